@@ -1,0 +1,16 @@
+"""CDE: composite-dataset evaluation (Section 4.4, Tables 5-6, 10-12).
+
+CASME II + SAMM + SMIC-HS mapped to negative/positive/surprise (Table 2), LOSO
+over all subjects of all three sets, after pretraining on CK+ + RAF-DB + FER-2013.
+Point ``data.roots.*`` at your licensed copies.
+"""
+from mer_jax import config_defaults
+
+
+def get_config():
+  c = config_defaults.get_base_config()
+  c.name = "cde"
+  c.data.task = "3class"
+  c.data.micro = ("casme2", "samm", "smic")
+  c.model.num_classes = 3
+  return c

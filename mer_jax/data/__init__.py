@@ -1,0 +1,1 @@
+"""Dataset readers, SynthME, preprocessing and TFDS builders."""

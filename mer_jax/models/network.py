@@ -1,0 +1,77 @@
+"""The full classifier: backbone -> 7x7 adaptive average pool -> flatten -> FC (Section 3.4)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from mer_jax.errors import ConfigError
+from mer_jax.models.attention import ATTENTION_KINDS
+from mer_jax.models.backbones import DenseBackbone, ResidualBackbone
+from mer_jax.models.layers import adaptive_avg_pool
+
+BACKBONES = {"dense": DenseBackbone, "residual": ResidualBackbone}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class MERNet(nn.Module):
+  """Dense mixed-attention MER network.
+
+  ``__call__(x [N, H, W, C] float32, train) -> logits [N, num_classes]`` (float32;
+  softmax belongs to the loss / predict). ``return_features=True`` also returns
+  the last feature map ``[N, h, w, C_out]`` (before pooling), for Grad-CAM.
+  Batch statistics live in the ``batch_stats`` collection: apply with
+  ``mutable=['batch_stats']`` when ``train=True``.
+  """
+  num_classes: int
+  backbone: nn.Module
+  head_pool: int = 7
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool = False, return_features: bool = False):
+    feats = self.backbone(x.astype(self.dtype), train)
+    pooled = adaptive_avg_pool(feats, self.head_pool)
+    flat = pooled.reshape((pooled.shape[0], -1))
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(flat).astype(jnp.float32)
+    if return_features:
+      return logits, feats
+    return logits
+
+
+def build_model(cfg: ml_collections.ConfigDict) -> MERNet:
+  """Builds :class:`MERNet` from the ``config.model`` section (see config_defaults)."""
+  if cfg.backbone not in BACKBONES:
+    raise ConfigError(f"config.model.backbone={cfg.backbone!r}: use one of {sorted(BACKBONES)}")
+  if cfg.attention not in ATTENTION_KINDS:
+    raise ConfigError(f"config.model.attention={cfg.attention!r}: use one of {list(ATTENTION_KINDS)}")
+  if cfg.attention_placement not in ("block", "layer"):
+    raise ConfigError(f"config.model.attention_placement={cfg.attention_placement!r}: use 'block' or 'layer'")
+  if cfg.dtype not in DTYPES:
+    raise ConfigError(f"config.model.dtype={cfg.dtype!r}: use one of {sorted(DTYPES)}")
+  dtype = DTYPES[cfg.dtype]
+  backbone = BACKBONES[cfg.backbone](
+      stem_features=cfg.stem_features, growth_rate=cfg.growth_rate,
+      block_layers=tuple(cfg.block_layers), compression=cfg.compression,
+      kernel_size=cfg.kernel_size, attention=cfg.attention,
+      attention_placement=cfg.attention_placement, reduction=cfg.reduction,
+      attention_kernel=cfg.attention_kernel, leaky_slope=cfg.leaky_slope,
+      residual_bottleneck=cfg.residual_bottleneck, bn_momentum=cfg.bn_momentum,
+      bn_epsilon=cfg.bn_epsilon, dtype=dtype, name="backbone")
+  return MERNet(num_classes=cfg.num_classes, backbone=backbone, head_pool=cfg.head_pool, dtype=dtype)
+
+
+def init_variables(model: MERNet, rng: jax.Array, image_size: int, channels: int = 3) -> dict:
+  """``{'params', 'batch_stats'}`` for inputs ``[N, image_size, image_size, channels]``."""
+  x = jnp.zeros((1, image_size, image_size, channels), jnp.float32)
+  variables = jax.jit(lambda r, x: model.init(r, x, train=False))(rng, x)
+  return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+
+
+def count_params(tree) -> int:
+  """Total number of scalars in a pytree of arrays."""
+  return int(sum(x.size for x in jax.tree_util.tree_leaves(tree)))

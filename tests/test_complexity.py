@@ -1,0 +1,84 @@
+"""The Table-13 complexity report: rows, JSON keys, FLOPs from XLA, CLI errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import pytest
+
+from mer_jax import complexity, config_defaults
+from mer_jax.models import build_model, init_variables
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tiny_config():
+  c = config_defaults.get_base_config()
+  c.image_size = 32
+  c.model.stem_features, c.model.growth_rate, c.model.block_layers = 8, 4, (2, 2)
+  c.model.reduction, c.model.residual_bottleneck = 2, 6
+  return c
+
+
+def test_xla_flops_match_an_analytic_count_for_a_single_conv():
+  import flax.linen as nn
+
+  class OneConv(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      return nn.Conv(8, (5, 5), padding="SAME", use_bias=False)(x)
+
+  model = OneConv()
+  v = model.init(jax.random.key(0), jax.numpy.zeros((1, 16, 16, 3)))
+  flops = complexity.xla_flops(model, v, 16, 3)
+  # XLA counts the multiply-adds that touch real (non-padding) pixels: along each axis of 16 with a
+  # 5-tap SAME kernel, 16*5 taps minus the 2+1 missing at each border.
+  valid_taps_per_axis = 16 * 5 - 2 * (2 + 1)
+  assert flops == pytest.approx(2 * valid_taps_per_axis ** 2 * 8 * 3, rel=0.01)
+
+
+def test_rows_cover_every_variant_with_the_configured_model_first():
+  rows = complexity.report_rows(_tiny_config())
+  assert len(rows) == 1 + 2 * 4
+  assert rows[0]["variant"].startswith("configured (dense, mixed)")
+  assert {"variant", "input_size", "params", "flops"} <= set(rows[0])
+  by_name = {r["variant"]: r for r in rows[1:]}
+  assert rows[0]["params"] == by_name["dense, attention=mixed"]["params"]
+  assert by_name["dense, attention=none"]["params"] < by_name["dense, attention=channel"]["params"]
+  # A forward pass of a conv network costs far more FLOPs than 2x its parameter count.
+  for r in rows:
+    assert r["flops"] > 2 * r["params"]
+    assert r["input_size"] == "32x32x3"
+
+
+def test_cli_json_first_row_is_the_configured_model_and_paper_size():
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  out = subprocess.run(
+      [sys.executable, "-m", "mer_jax.complexity", "--config=configs/cde.py", "--json",
+       "--config.model.attention=channel"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  assert out.returncode == 0, out.stderr[-2000:]
+  rows = json.loads(out.stdout)
+  assert rows[0]["variant"] == "configured (dense, channel)"
+  assert rows[0]["input_size"] == "112x112x3"
+  assert abs(rows[0]["params"] - 3.115e6) / 3.115e6 < 0.02
+  assert 5e8 < rows[0]["flops"] < 2e9       # ~0.87 GFLOPs, see the README note on the paper's 6.26e6
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--config=configs/does_not_exist.py"], "cannot read the config file configs/does_not_exist.py"),
+    (["--config=configs/cde.py", "--config.model.atention=none"], "unknown config key '--config.model.atention'"),
+    (["--config=configs/cde.py", "--config.model.growth_rate=abc"], "growth_rate"),
+    ([], "--config is required"),
+    (["--config=configs/cde.py", "--config.model.backbone=vgg"], "config.model.backbone='vgg'"),
+])
+def test_cli_user_errors_are_one_readable_message(args, needle):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  out = subprocess.run([sys.executable, "-m", "mer_jax.complexity", *args], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 2
+  assert needle in out.stderr
+  assert "Traceback" not in out.stderr
