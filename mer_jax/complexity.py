@@ -24,8 +24,6 @@ from mer_jax import configuration
 from mer_jax.errors import run_cli
 from mer_jax.models import ATTENTION_KINDS, BACKBONES, build_model, count_params, init_variables
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml-collections config file.", lock_config=True)
-_JSON = flags.DEFINE_bool("json", False, "Print the rows as a JSON list instead of a table.")
 
 
 def xla_flops(model, variables, image_size: int, channels: int) -> float:
@@ -82,12 +80,14 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv) -> None:
+  """CLI entry. Flags are defined only when run as a program, so importing this module for
+  :func:`report_rows` never clashes with another CLI's ``--config`` flag."""
   del argv
 
   def run():
-    config = configuration.require_config(_CONFIG.value, "--config")
+    config = configuration.require_config(flags.FLAGS.config, "--config")
     rows = report_rows(config)
-    if _JSON.value:
+    if flags.FLAGS.json:
       print(json.dumps(rows, indent=2))
     else:
       print(format_table(rows))
@@ -96,4 +96,6 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+  config_flags.DEFINE_config_file("config", None, "Path to an ml-collections config file.", lock_config=True)
+  flags.DEFINE_bool("json", False, "Print the rows as a JSON list instead of a table.")
   configuration.run_app(main)
