@@ -1,0 +1,382 @@
+"""Eulerian Video Magnification (Wu et al. 2012) as pure, jittable jax.numpy.
+
+Paper settings (Gan et al., Sec. 3.2 / 4.1.2): alpha = 15, band 0.1-0.4 Hz. See docs/evm.md for the
+frequency-resolution trap (short clips have no FFT bin in that band) and what to do about it.
+
+How it is computed (exactly the reference algorithm, reorganised because every stage is linear):
+  out = clip(x + A^-1 diag(1, ca, ca) A . S(F(x)), 0, 1)
+where A is RGB->YIQ, ca the chrominance attenuation, F the temporal band-pass (per pixel) and S the spatial
+operator (Laplacian: build pyramid, scale band l by alpha_l, collapse; Gaussian: down-sample ``levels`` times,
+times alpha, up-sample). F, S and A act on different axes and are linear, so they commute: the YIQ
+conversion becomes one 3x3 matrix on the amplified change; for the ideal filter S runs on the few in-band
+cos/sin coefficients (2 per FFT bin) instead of all T frames; and the unamplified finest levels are taken
+out as S(x) = up^k(S_k(down^k(x))), so the temporal work can run on a down-sampled clip. All paths give the
+MIT result up to float32 rounding (tested against a literal float64 NumPy implementation in tests/test_evm.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+import warnings
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+import numpy as np
+
+from mer_jax.errors import ConfigError, EVMError
+from mer_jax.evm import color, filters, pyramids
+
+PYRAMIDS = ("laplacian", "gaussian")
+ON_EMPTY_BAND = ("error", "fallback")
+IDEAL_METHODS = ("auto", "projection", "fft", "time")
+FALLBACK_FILTER = "butterworth"
+STATIC_ARGNAMES = ("fps", "alpha", "freq_band", "pyramid", "levels", "lambda_c", "chrom_attenuation",
+                   "temporal_filter", "on_empty_band", "mit_compatible", "iir_rates", "exaggeration",
+                   "chunk_bytes", "ideal_method")
+DEFAULT_CHUNK_BYTES = 256 * 2**20
+REDUCE_MIN_RATIO = 5            # ideal projection with r coefficients: full-resolution pass while 5 r < T
+MAX_PROJECTION_SIZE = 1 << 18   # ideal filter: matrix-product projection while T x r is at most this, else FFT
+
+
+class EVMWarning(UserWarning):
+  """Emitted when magnification falls back to another filter (``on_empty_band="fallback"``)."""
+
+
+def motion_level_alphas(height: int, width: int, levels: int, alpha: float, lambda_c: float,
+                        exaggeration: float = 2.0) -> np.ndarray:
+  """Per-level amplification of the Laplacian (motion) pipeline, [levels + 1], finest first, residual last.
+
+  delta = lambda_c / 8 / (1 + alpha); lambda = sqrt(H^2 + W^2) / 3 at the coarsest level (the residual),
+  halving per finer level; alpha_l = min(alpha, (lambda / delta / 8 - 1) * exaggeration) (clipped at 0 for
+  tiny frames, where the MIT code would invert the motion); the finest band and the residual get 0.
+  """
+  lam = math.sqrt(height ** 2 + width ** 2) / 3.0
+  delta = lambda_c / 8.0 / (1.0 + alpha)
+  out = np.zeros(levels + 1, np.float64)
+  for l in range(levels, -1, -1):
+    if 0 < l < levels:
+      cur = (lam / delta / 8.0 - 1.0) * exaggeration
+      out[l] = min(max(cur, 0.0), alpha)
+    lam /= 2.0
+  return out
+
+
+def chroma_matrix(channels: int, chrom_attenuation: float) -> np.ndarray:
+  """[C, C] matrix applied to the amplified band-pass signal: A^-1 diag(1, ca, ca) A for RGB, [[1]] for grey."""
+  if channels == 1:
+    return np.ones((1, 1))
+  return color.YIQ_TO_RGB @ np.diag([1.0, chrom_attenuation, chrom_attenuation]) @ color.RGB_TO_YIQ
+
+
+def _laplacian_operator(x: jnp.ndarray, levels: int, level_alphas: np.ndarray) -> jnp.ndarray:
+  """collapse(alpha_l * L_l(x)) for [N, H, W, C], with one up-sampling per level.
+
+  With L_l = g_l - up(g_{l+1}) and a linear ``up``, the collapse out_l = up(out_{l+1}) + a_l L_l equals
+  a_l g_l + up(out_{l+1} - a_l g_{l+1}): the Laplacian bands are never formed.
+  """
+  g = pyramids.build_gaussian(x, levels)
+  a = [float(v) for v in level_alphas]
+  out = a[levels] * g[levels] if a[levels] else None
+  for l in range(levels - 1, -1, -1):
+    low = out if not a[l] else (-a[l] * g[l + 1] if out is None else out - a[l] * g[l + 1])
+    out = None if low is None else pyramids.up(low, g[l].shape[1:3])
+    if a[l]:
+      out = a[l] * g[l] if out is None else out + a[l] * g[l]
+  return jnp.zeros_like(x) if out is None else out
+
+
+def _mix_channels(x: jnp.ndarray, m: np.ndarray) -> jnp.ndarray:
+  """y[..., i] = sum_j m[i, j] x[..., j] for a small constant matrix m ([..., C] -> [..., C])."""
+  chans = [x[..., j] for j in range(x.shape[-1])]
+  return jnp.stack([sum(float(m[i, j]) * chans[j] for j in range(len(chans))) for i in range(m.shape[0])], -1)
+
+
+def _map_frames(fn, x: jnp.ndarray, chunk_bytes: int | None, frame_bytes: int | None = None) -> jnp.ndarray:
+  """Applies a per-frame operator ``fn`` ([N, ...] -> [N, ...]) in chunks of frames to bound memory.
+
+  frame_bytes: the larger of one input / output frame (default: one input frame).
+  """
+  n = x.shape[0]
+  if frame_bytes is None:
+    frame_bytes = x.dtype.itemsize * math.prod(x.shape[1:])
+  per_frame = 8 * frame_bytes                                   # pyramid temporaries ~ 8 frames
+  chunk = n if chunk_bytes is None else max(1, min(n, chunk_bytes // per_frame))
+  if chunk >= n:
+    return fn(x)
+  num = -(-n // chunk)
+  xp = jnp.pad(x, [(0, num * chunk - n)] + [(0, 0)] * (x.ndim - 1))
+  y = lax.map(fn, xp.reshape((num, chunk) + x.shape[1:]))
+  return y.reshape((num * chunk,) + y.shape[2:])[:n]
+
+
+def _check_options(alpha, freq_band, pyramid, levels, lambda_c, chrom_attenuation, temporal_filter,
+                   on_empty_band, ideal_method="auto") -> tuple[float, float]:
+  if pyramid not in PYRAMIDS:
+    raise ConfigError(f"evm.pyramid must be one of {PYRAMIDS}, got {pyramid!r}")
+  if temporal_filter not in filters.FILTERS:
+    raise ConfigError(f"evm.temporal_filter must be one of {filters.FILTERS}, got {temporal_filter!r}")
+  if ideal_method not in IDEAL_METHODS:
+    raise ConfigError(f"ideal_method must be one of {IDEAL_METHODS}, got {ideal_method!r}")
+  if on_empty_band not in ON_EMPTY_BAND:
+    raise ConfigError(f"evm.on_empty_band must be one of {ON_EMPTY_BAND}, got {on_empty_band!r}")
+  try:
+    lo, hi = (float(f) for f in freq_band)
+  except (TypeError, ValueError):
+    raise ConfigError(f"evm.freq_band must be two frequencies in Hz (low, high), got {freq_band!r}") from None
+  if not 0.0 <= lo < hi:
+    raise ConfigError(f"evm.freq_band must satisfy 0 <= low < high, got {freq_band!r}")
+  if not alpha >= 0:
+    raise ConfigError(f"evm.alpha must be >= 0, got {alpha!r}")
+  if not lambda_c > 0:
+    raise ConfigError(f"evm.lambda_c must be > 0, got {lambda_c!r}")
+  if not chrom_attenuation >= 0:
+    raise ConfigError(f"evm.chrom_attenuation must be >= 0, got {chrom_attenuation!r}")
+  if not (levels == "auto" or (isinstance(levels, numbers.Integral) and not isinstance(levels, bool))):
+    raise ConfigError(f"evm.levels must be 'auto' or an integer, got {levels!r}")
+  return lo, hi
+
+
+def empty_band_message(num_frames: int, fps: float, band: Sequence[float]) -> str:
+  """The explanation shown when the ideal filter has no rFFT bin in ``band``."""
+  df = fps / num_frames
+  near = filters.nearest_usable_band(num_frames, fps, band)
+  need = filters.min_frames_for_band(fps, band)
+  need_txt = (f", or a clip of at least {need} frames ({need / fps:.2f} s) for this band"
+              if need else "")
+  return (f"empty passband: the ideal temporal filter has no frequency bin in freq_band=({band[0]:g}, "
+          f"{band[1]:g}) Hz for a clip of {num_frames} frames ({num_frames / fps:.3f} s) at fps={fps:g} "
+          f"(bins are every fps/T = {df:.4g} Hz), so it would amplify nothing. Use the nearest usable band "
+          f"({near[0]:.4g}, {near[1]:.4g}) Hz{need_txt}, or temporal_filter='butterworth'/'iir' "
+          f"(onset-referenced), or on_empty_band='fallback'.")
+
+
+def magnify(video: jnp.ndarray, fps: float, *, alpha: float = 15.0,
+            freq_band: Sequence[float] = (0.1, 0.4), pyramid: str = "laplacian", levels: Any = "auto",
+            lambda_c: float = 16.0, chrom_attenuation: float = 0.1, temporal_filter: str = "ideal",
+            on_empty_band: str = "error", mit_compatible: bool = False,
+            iir_rates: tuple[float, float] | None = None, exaggeration: float = 2.0,
+            chunk_bytes: int | None = DEFAULT_CHUNK_BYTES, ideal_method: str = "auto") -> jnp.ndarray:
+  """Magnifies the motion (``pyramid="laplacian"``) or colour (``"gaussian"``) changes of one clip.
+
+  Args:
+    video: float32 [T, H, W, C] in [0, 1], C = 3 (RGB, processed in YIQ) or C = 1 (grey, e.g. SAMM).
+    fps: frame rate in Hz (a Python number: static under jit).
+    alpha: amplification factor (paper: 15).
+    freq_band: (low, high) temporal passband in Hz (paper: 0.1-0.4).
+    pyramid: "laplacian" (motion: per-level alpha limited by ``lambda_c``) or "gaussian" (colour:
+      down-sample ``levels`` times, amplify by alpha, up-sample).
+    levels: number of pyramid halvings, or "auto" (laplacian: halve while both sides >= 5 px;
+      gaussian: min(4, that)).
+    lambda_c: spatial cut-off wavelength in px (laplacian only).
+    chrom_attenuation: I and Q are amplified ``chrom_attenuation`` times less than Y (ignored for C = 1).
+    temporal_filter: "ideal" (FFT mask), "butterworth" (first-order band) or "iir" (two-rate EMA); the last
+      two are initialised at frame 0 (onset-referenced).
+    on_empty_band: "error" raises EVMError when the ideal filter has no bin in the band; "fallback" warns
+      (EVMWarning) and uses the Butterworth filter on the same band instead.
+    mit_compatible: reproduce the MIT code's ideal half-gain mask and fs-normalised Butterworth cut-offs.
+    iir_rates: explicit (r_hi, r_lo) for the IIR filter instead of deriving them from ``freq_band``.
+    exaggeration: factor of the per-level alphas (MIT: 2).
+    chunk_bytes: process the spatial pyramid in chunks of frames of about this many bytes of input
+      (None: all at once).
+    ideal_method: how the ideal filter is evaluated, all equal up to float rounding: "projection" (matrix
+      products with the in-band cos/sin basis), "fft" (rfft, spatial pass on the in-band coefficients, irfft),
+      "time" (band-pass all T frames, then the spatial pass); "auto" picks the cheapest.
+
+  Returns:
+    float32 [T, H, W, C] in [0, 1].
+
+  The computation is compiled once per clip shape and settings (validation runs in Python first, so errors
+  and the fallback warning appear on every call). Under an outer ``jax.jit`` every argument except ``video``
+  must be static (see :data:`STATIC_ARGNAMES` and
+  :func:`magnify_jit`); it vmaps over a batch of equal-length clips (:func:`magnify_batch`).
+  """
+  if isinstance(fps, jax.core.Tracer):
+    raise TypeError("fps must be a Python number (mark it static under jax.jit: static_argnames=('fps', ...))")
+  lo, hi = _check_options(alpha, freq_band, pyramid, levels, lambda_c, chrom_attenuation, temporal_filter,
+                          on_empty_band, ideal_method)
+  band = (lo, hi)
+  fps = float(fps)
+  if not fps > 0:
+    raise EVMError(f"fps must be > 0, got {fps!r}")
+  video = jnp.asarray(video, jnp.float32)
+  if video.ndim != 4 or video.shape[-1] not in (1, 3):
+    raise EVMError(f"video must be [T, H, W, C] with C = 1 or 3, got shape {tuple(video.shape)}")
+  t, h, w, c = video.shape
+  if t < 3:
+    raise EVMError(f"clip too short: {t} frames; the temporal filters need at least 3 frames")
+  try:
+    n_levels = pyramids.check_levels(h, w, levels, pyramid)
+  except ValueError as e:
+    raise EVMError(str(e)) from None
+
+  if temporal_filter == "ideal":
+    bins, gains = filters.ideal_bin_gains(t, fps, band, mit_compatible)
+    if bins.size == 0:
+      msg = empty_band_message(t, fps, band)
+      if on_empty_band == "error":
+        raise EVMError(msg)
+      warnings.warn(EVMWarning(f"{msg} Falling back to temporal_filter='{FALLBACK_FILTER}' on the same band "
+                               "(state initialised at frame 0: amplifies the change since the first frame)."),
+                    stacklevel=2)
+      temporal_filter = FALLBACK_FILTER
+  nyquist = fps if mit_compatible and temporal_filter == "butterworth" else fps / 2.0
+  if temporal_filter != "ideal" and not hi < nyquist and not (temporal_filter == "iir" and iir_rates):
+    raise EVMError(f"freq_band high edge {hi:g} Hz must be below {nyquist:g} Hz for the {temporal_filter} "
+                   f"filter at fps={fps:g}")
+
+  return _magnify_core(video, fps=fps, alpha=float(alpha), band=band, pyramid=pyramid, n_levels=n_levels,
+                       lambda_c=float(lambda_c), chrom_attenuation=float(chrom_attenuation),
+                       temporal_filter=temporal_filter, mit_compatible=bool(mit_compatible),
+                       iir_rates=None if iir_rates is None else tuple(float(r) for r in iir_rates),
+                       exaggeration=float(exaggeration), chunk_bytes=chunk_bytes, ideal_method=ideal_method)
+
+
+@functools.partial(jax.jit, static_argnames=("fps", "alpha", "band", "pyramid", "n_levels", "lambda_c",
+                                             "chrom_attenuation", "temporal_filter", "mit_compatible",
+                                             "iir_rates", "exaggeration", "chunk_bytes", "ideal_method",
+                                             "reduce"))
+def _magnify_core(video, *, fps, alpha, band, pyramid, n_levels, lambda_c, chrom_attenuation, temporal_filter,
+                  mit_compatible, iir_rates, exaggeration, chunk_bytes, ideal_method, reduce=None):
+  """The computation of :func:`magnify` on validated, static settings ([T, H, W, C] -> same).
+
+  The finest levels that are not amplified (Laplacian: the finest band; Gaussian: all ``levels``) only
+  down-sample on the way in and up-sample on the way out, and up-sampling is linear, so
+  S(x) = up^k(S_k(down^k(x))). All T frames are down-sampled ``k`` times, every temporal and remaining
+  spatial step runs at 1/4^k of the pixels, and the change is up-sampled back once.
+  """
+  t, h, w, c = video.shape
+  shapes = pyramids.level_shapes(h, w, n_levels)
+  mix = chroma_matrix(c, chrom_attenuation)
+  if pyramid == "laplacian":
+    level_alphas = motion_level_alphas(h, w, n_levels, alpha, lambda_c, exaggeration)
+    nonzero = np.flatnonzero(level_alphas)
+    if nonzero.size == 0:
+      return jnp.clip(video, 0.0, 1.0)
+    skip = int(nonzero[0])
+  else:
+    skip = n_levels
+  if temporal_filter == "ideal":
+    bins, gains = filters.ideal_bin_gains(t, fps, band, mit_compatible)
+    basis, col_gains = filters.ideal_projection(t, bins, gains)
+    if ideal_method == "auto":
+      r = basis.shape[1]
+      ideal_method = "projection" if r < t and r * t <= MAX_PROJECTION_SIZE else "fft" if 2 * bins.size < t else "time"
+  if reduce is None:
+    # Full resolution is cheaper only for a few in-band coefficients (measured on CPU, see docs/evm.md).
+    reduce = not (temporal_filter == "ideal" and ideal_method == "projection" and
+                  basis.shape[1] * REDUCE_MIN_RATIO < t)
+  if not reduce:
+    skip = 0
+  if pyramid == "laplacian":
+    operator = lambda x: _mix_channels(_laplacian_operator(x, n_levels - skip, level_alphas[skip:]), mix)
+  elif skip == n_levels:
+    operator = lambda x: _mix_channels(x, alpha * mix)
+  else:
+    operator = lambda x: _mix_channels(alpha * pyramids.gaussian_down_up(x, n_levels - skip), mix)
+  # [N, h_k, w_k, C] -> amplified change at that size, RGB (or grey); the 3x3 mix written out so XLA fuses it
+
+  def down_k(x):
+    for _ in range(skip):
+      x = pyramids.down(x)
+    return x
+
+  def up_k(x):
+    for shape in reversed(shapes[:skip]):
+      x = pyramids.up(x, shape)
+    return x
+
+  frame_bytes = 4 * h * w * c
+  small = _map_frames(down_k, video, chunk_bytes, frame_bytes) if skip else video   # [T, h_k, w_k, C]
+  if temporal_filter == "ideal" and ideal_method == "projection":
+    # the spatial operator on the r = basis.shape[1] in-band cos/sin coefficients; matrix products along time
+    q = jnp.asarray(basis, jnp.float32)
+    coeffs = jnp.einsum("tr,thwc->rhwc", q, small, precision=lax.Precision.HIGHEST)
+    coeffs = coeffs * jnp.asarray(col_gains, jnp.float32).reshape((-1, 1, 1, 1))
+    coeffs = _map_frames(operator, coeffs, chunk_bytes)
+    delta = jnp.einsum("tr,rhwc->thwc", q, coeffs, precision=lax.Precision.HIGHEST)
+  elif temporal_filter == "ideal" and ideal_method == "fft":
+    # the spatial operator on the in-band Fourier coefficients only (real and imaginary parts as 2k frames)
+    k = bins.size
+    spec = jnp.take(jnp.fft.rfft(small, axis=0), jnp.asarray(bins), axis=0)
+    spec = spec * jnp.asarray(gains, jnp.float32).reshape((k, 1, 1, 1))
+    coeffs = _map_frames(operator, jnp.concatenate([spec.real, spec.imag], axis=0), chunk_bytes)
+    full = jnp.zeros((t // 2 + 1,) + small.shape[1:], spec.dtype).at[jnp.asarray(bins)].set(
+        lax.complex(coeffs[:k], coeffs[k:]))
+    delta = jnp.fft.irfft(full, n=t, axis=0)
+  else:
+    if temporal_filter == "ideal":
+      filtered = filters.ideal_bandpass(small, fps, band, mit_compatible)
+    elif temporal_filter == "butterworth":
+      filtered = filters.butterworth_bandpass(small, fps, band, mit_compatible)
+    else:
+      filtered = filters.iir_bandpass(small, fps, band, iir_rates)
+    delta = _map_frames(operator, filtered, chunk_bytes)
+  if skip:
+    delta = _map_frames(up_k, delta, chunk_bytes, frame_bytes)
+  return jnp.clip(video + delta, 0.0, 1.0).astype(jnp.float32)
+
+
+magnify_jit = jax.jit(magnify, static_argnames=STATIC_ARGNAMES)
+magnify_jit.__doc__ = "jax.jit(magnify) with every option static; same signature as :func:`magnify`."
+
+
+@functools.partial(jax.jit, static_argnames=STATIC_ARGNAMES + ("vectorize",))
+def magnify_batch(videos: jnp.ndarray, fps: float, vectorize: bool | None = None, **kwargs) -> jnp.ndarray:
+  """:func:`magnify` over equal-length clips, jitted: [B, T, H, W, C] -> [B, T, H, W, C].
+
+  vectorize: True = jax.vmap; False = jax.lax.map (one clip after the other inside one program);
+  None = vmap on GPU/TPU, lax.map on CPU, where it measured ~2x faster than vmap.
+  """
+  one = lambda v: magnify(v, fps, **kwargs)
+  if vectorize is None:
+    vectorize = jax.default_backend() != "cpu"
+  return jax.vmap(one)(videos) if vectorize else lax.map(one, videos)
+
+
+_CONFIG_KEYS = ("alpha", "freq_band", "pyramid", "levels", "lambda_c", "chrom_attenuation", "temporal_filter",
+                "on_empty_band")
+
+
+def options_from_config(evm_cfg) -> dict:
+  """The magnify() keyword arguments from the ``evm`` section of the config (mer_jax.config_defaults).
+
+  Reads alpha, freq_band, pyramid, levels, lambda_c, chrom_attenuation, temporal_filter, on_empty_band and, when
+  present, the optional mit_compatible. Raises ConfigError naming ``evm.<key>`` for a missing or bad value.
+  """
+  missing = [k for k in _CONFIG_KEYS if k not in evm_cfg]
+  if missing:
+    raise ConfigError(f"config section evm is missing key(s) {missing}")
+  opts = {k: evm_cfg[k] for k in _CONFIG_KEYS}
+  for key in ("alpha", "lambda_c", "chrom_attenuation"):
+    if isinstance(opts[key], bool) or not isinstance(opts[key], (int, float)):
+      raise ConfigError(f"evm.{key} must be a number, got {opts[key]!r}")
+    opts[key] = float(opts[key])
+  try:
+    opts["freq_band"] = tuple(float(f) for f in opts["freq_band"])
+  except (TypeError, ValueError):
+    raise ConfigError(f"evm.freq_band must be two frequencies in Hz, got {opts['freq_band']!r}") from None
+  if len(opts["freq_band"]) != 2:
+    raise ConfigError(f"evm.freq_band must be two frequencies in Hz, got {opts['freq_band']!r}")
+  _check_options(**{k: opts[k] for k in _CONFIG_KEYS})
+  if "mit_compatible" in evm_cfg:          # optional key, not in config_defaults
+    opts["mit_compatible"] = bool(evm_cfg["mit_compatible"])
+  return opts
+
+
+def magnify_from_config(video: jnp.ndarray, fps: float, evm_cfg, **overrides) -> jnp.ndarray:
+  """magnify() driven by the ``evm`` config section; returns ``video`` unchanged when evm.enabled is False.
+
+  [T, H, W, C] float32 -> same. Compiled once per clip shape and settings; errors and the fallback warning
+  happen on every call. ``overrides`` are passed to magnify (e.g. chunk_bytes, mit_compatible).
+  """
+  if not evm_cfg.get("enabled", True):
+    return video
+  if fps is None:
+    raise EVMError("EVM needs the clip's frame rate (fps), but none is known for this clip")
+  opts = options_from_config(evm_cfg)
+  opts.update(overrides)
+  return magnify(video, float(fps), **opts)
