@@ -1,0 +1,87 @@
+"""Prints what a checkpoint holds, without any training data.
+
+    python -m mer_jax.inspect_checkpoint runs/synth_demo/pretrain
+    python -m mer_jax.inspect_checkpoint runs/synth_demo/finetune/folds/000_casme2_sub01
+
+DIR is a run directory (``best/`` and/or ``latest/`` inside, see
+mer_jax.train.checkpoint). Output: the run (kind, subject, class names, image
+size), the checkpoint epoch / optimiser step, the stored validation metrics, the
+loop state of ``latest`` (epochs done, best epoch, early-stopped), the config,
+and a table of parameters (name, shape, count) with totals.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+
+from mer_jax.errors import UserError, run_cli
+from mer_jax.train import checkpoint as ckpt
+
+
+def _path_name(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def param_table(tree) -> tuple[list[tuple[str, tuple, int]], int]:
+  """[(name, shape, count)] of every array in ``tree`` (sorted by name) and the total count."""
+  rows = []
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    shape = tuple(int(d) for d in np.shape(leaf))
+    rows.append((_path_name(path), shape, int(np.prod(shape, dtype=np.int64))))
+  rows.sort()
+  return rows, sum(r[2] for r in rows)
+
+
+def describe(run_dir: str) -> str:
+  """The text ``inspect_checkpoint`` prints for ``run_dir``."""
+  if not os.path.isdir(run_dir):
+    raise UserError(f"{run_dir}: no such directory")
+  kind = ckpt.find_run_kind(run_dir)
+  tree, meta = ckpt.restore(run_dir, kind)
+  lines = [f"checkpoint: {os.path.abspath(run_dir)}/{kind} (epoch index {meta.get('epoch')})"]
+  for k in ("kind", "subject", "fold", "model_selection", "class_names", "image_size", "channels"):
+    if k in meta:
+      lines.append(f"  {k}: {meta[k]}")
+  if meta.get("metrics"):
+    lines.append("  metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in meta["metrics"].items()))
+  if ckpt.latest_epoch(run_dir, "latest") is not None:
+    ltree, lmeta = ckpt.restore(run_dir, "latest")
+    st = ltree.get("state", {})
+    loop = lmeta.get("loop", {})
+    lines.append(f"  latest: {ckpt.latest_epoch(run_dir, 'latest')} epochs done, optimiser step "
+                 f"{int(np.asarray(st.get('step', -1)))}, best epoch index {loop.get('best_epoch')}, "
+                 f"early-stopped/finished: {loop.get('stopped')}")
+    if "plateau" in st:
+      lines.append(f"          lr scale {float(np.asarray(st['plateau']['scale'])):.3g}")
+  lines.append("config:")
+  config = ml_collections.ConfigDict(meta.get("config", {}))
+  lines += ["  " + ln for ln in str(config).rstrip().splitlines()]
+  params = tree.get("params", tree)
+  rows, total = param_table(params)
+  width = max([len(r[0]) for r in rows] + [9])
+  lines.append("parameters:")
+  lines.append(f"  {'name':<{width}}  {'shape':<18} {'count':>10}")
+  for name, shape, count in rows:
+    lines.append(f"  {name:<{width}}  {str(shape):<18} {count:>10,}")
+  lines.append(f"  {'total':<{width}}  {'':<18} {total:>10,}")
+  if tree.get("batch_stats"):
+    _, bs_total = param_table(tree["batch_stats"])
+    lines.append(f"  (+ {bs_total:,} BatchNorm statistics)")
+  return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+  if len(argv) != 1 or argv[0] in ("-h", "--help"):
+    print(__doc__, file=sys.stderr)
+    return 2
+  print(describe(argv[0]))
+  return 0
+
+
+if __name__ == "__main__":
+  run_cli(lambda: main(sys.argv[1:]))

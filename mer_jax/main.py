@@ -1,0 +1,189 @@
+"""Runs a whole benchmark of the paper: data -> pretraining -> LOSO fine-tuning -> reports.
+
+    python -m mer_jax.main --config=configs/cde.py --workdir=runs/cde
+    python -m mer_jax.main --config=configs/synth_demo.py --workdir=runs/synth_demo
+    python -m mer_jax.main --config=configs/cde.py --workdir=runs/cde_channel --config.model.attention=channel
+
+Every config field is overridable with ``--config.<a>.<b>=<value>`` (see
+mer_jax/config_defaults.py). Steps:
+
+1. macro data (``config.data.macro``) -> pretraining (``config.pretrain``; skipped
+   when ``pretrain.enabled=False`` or ``pretrained_checkpoint`` names a run dir to reuse);
+2. micro data (``config.data.micro``) -> LOSO fine-tuning (``config.finetune``), each
+   fold initialised from the pretrained backbone + attention;
+3. reports (results.json, results.md, confusion PNGs) in the workdir.
+
+Re-running the same command on the same workdir resumes: finished pretraining and
+folds are reused, the running fold continues from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Optional
+
+# TensorFlow (imported by the TFDS and TensorBoard writers) logs C++ INFO lines on import; keep the console readable.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax
+import ml_collections
+from absl import flags
+from ml_collections import config_flags
+
+from mer_jax.errors import ConfigError
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Benchmark config file (configs/*.py).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (checkpoints, reports; reused to resume).")
+_QUIET = flags.DEFINE_bool("quiet", False, "Only print the final summary (no per-epoch progress).")
+
+
+def _say(msg: str) -> None:
+  print(msg, flush=True)
+
+
+def _make_writer(workdir: str):
+  """clu metric writer: TensorBoard event files in <workdir>/tb + absl-logging console lines."""
+  from clu import metric_writers
+  return metric_writers.create_default_writer(os.path.join(workdir, "tb"), asynchronous=False)
+
+
+def _init_fn(model, image_size: int, channels: int):
+  """rng -> {'params','batch_stats'}; compiled once per (model, input shape) for the whole process."""
+  from mer_jax.train.state import jit_init
+  return lambda rng: jit_init(model, rng, int(image_size), int(channels))
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *, mesh=None, progress: bool = True,
+        writer=None, on_epoch_end=None, load_arrays=None) -> dict:
+  """The whole pipeline; returns {'records', 'reports', 'pretrain', ...} (paths and fold records).
+
+  load_arrays: ``(config, workdir, kind) -> ArrayDataset`` (default mer_jax.data.pipeline.load_arrays).
+  """
+  from mer_jax.models import build_model
+  from mer_jax.train import checkpoint as ckpt
+  from mer_jax.train import loso, parallel, pretrain, transfer
+  from mer_jax.train.state import model_apply
+
+  t0 = time.time()
+  if load_arrays is None:
+    from mer_jax.data.pipeline import load_arrays
+  if not config.data.micro and not config.pretrain.enabled:
+    raise ConfigError("config.data.micro is empty and config.pretrain.enabled=False: nothing to do")
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json(indent=1))
+  mesh = mesh or parallel.make_mesh()
+  own_writer = writer is None
+  writer = writer or _make_writer(workdir)
+  _say(f"[main] {config.name}: workdir {os.path.abspath(workdir)}; {mesh.devices.size} "
+       f"{jax.default_backend()} device(s) (data parallel)")
+  out: dict = {"workdir": os.path.abspath(workdir)}
+  seed_key = jax.random.PRNGKey(int(config.seed))
+
+  pretrained: Optional[dict] = None
+  if config.pretrained_checkpoint:
+    _, pretrained, pre_classes = ckpt.load_for_inference(config.pretrained_checkpoint)
+    out["pretrain"] = {"reused": config.pretrained_checkpoint, "class_names": pre_classes}
+    _say(f"[main] using pretrained weights from {config.pretrained_checkpoint}")
+  elif config.pretrain.enabled:
+    macro = load_arrays(config, workdir, "macro")
+    pcfg = ml_collections.ConfigDict(json.loads(config.to_json()))
+    pcfg.model.num_classes = len(macro.class_names)
+    pmodel = build_model(pcfg.model)
+    init = _init_fn(pmodel, macro.images.shape[1], macro.images.shape[-1])
+    _say(f"[main] pretraining on {len(macro)} macro samples ({', '.join(config.data.macro)}), "
+         f"classes {list(macro.class_names)}")
+    hook = (lambda e: on_epoch_end("pretrain", e)) if on_epoch_end else None
+    pretrained, summary = pretrain.run_pretrain(
+        pcfg, macro, workdir, apply_fn=model_apply(pmodel), init_variables=init(jax.random.fold_in(seed_key, 0)),
+        mesh=mesh, writer=writer, progress=progress, on_epoch_end=hook)
+    out["pretrain"] = {"run_dir": os.path.join(out["workdir"], "pretrain"),
+                       "best_val_accuracy": summary["best_val_accuracy"], "best_epoch": summary["best_epoch"]}
+    del macro
+  else:
+    _say("[main] pretraining disabled (config.pretrain.enabled=False): fine-tuning from random init")
+
+  if config.data.micro:
+    micro = load_arrays(config, workdir, "micro")
+    if len(micro.class_names) != config.model.num_classes:
+      raise ConfigError(f"config.model.num_classes={config.model.num_classes} but data.task={config.data.task!r} "
+                        f"gives {len(micro.class_names)} classes {list(micro.class_names)}")
+    model = build_model(config.model)
+    init = _init_fn(model, micro.images.shape[1], micro.images.shape[-1])
+    source = config.pretrained_checkpoint or os.path.join(workdir, "pretrain")
+
+    def fold_init(index: int) -> dict:
+      fresh = jax.device_get(init(jax.random.fold_in(seed_key, 1000 + index)))
+      if pretrained is None:
+        return fresh
+      return transfer.merge_pretrained(fresh, pretrained, source)[0]
+
+    if pretrained is not None:
+      _, rep = transfer.merge_pretrained(jax.device_get(init(seed_key)), pretrained, source)
+      _say(f"[main] transfer: loaded {rep['loaded']}, re-initialised {rep['reinitialised'] or 'nothing'}")
+    n_subj = len(loso.subjects_of(micro))
+    sel = ("the held-out subject (test-fold early stopping, labelled in reports)"
+           if config.finetune.test_fold_early_stopping else "a validation split of the training subjects")
+    _say(f"[main] LOSO over {n_subj} subjects, {len(micro)} clips ({', '.join(config.data.micro)}); "
+         f"model selection on {sel}")
+    records = loso.run_loso(config, micro, workdir, apply_fn=model_apply(model), init_fn=fold_init, mesh=mesh,
+                            writer=writer, progress=progress, on_epoch_end=on_epoch_end)
+    out["records"] = records
+    from mer_jax import reporting
+    out["reports"] = reporting.write_reports(workdir, config, records, list(micro.class_names))
+  if own_writer:
+    writer.close()
+  out["wall_time_s"] = time.time() - t0
+  return out
+
+
+def _summary(out: dict) -> str:
+  lines = [f"[main] done in {out['wall_time_s']:.0f} s. Outputs in {out['workdir']}:"]
+  rep = out.get("reports") or {}
+  if rep:
+    lines.append(f"  results:      {rep.get('results_json')}")
+    lines.append(f"                {rep.get('results_md')}")
+    pngs = [v for k, v in rep.items() if k.startswith("confusion")]
+    if pngs:
+      lines.append(f"  plots:        {', '.join(pngs)}")
+    try:
+      with open(rep["results_json"]) as f:
+        res = json.load(f)
+      mixed = res["aggregate"].get("Mixed", {})
+      lines.append(f"  LOSO (pooled): acc {mixed.get('accuracy', float('nan')):.4f}  "
+                   f"UF1 {mixed.get('uf1', float('nan')):.4f}  UAR {mixed.get('uar', float('nan')):.4f}")
+    except (OSError, KeyError, ValueError, TypeError):
+      pass
+  pre = out.get("pretrain") or {}
+  if "run_dir" in pre:
+    lines.append(f"  checkpoints:  {pre['run_dir']} (pretraining; best val acc {pre['best_val_accuracy']:.4f})")
+  if out.get("records") is not None:
+    lines.append(f"                {os.path.join(out['workdir'], 'finetune', 'folds')}/<fold_id>/ "
+                 f"({len(out['records'])} LOSO folds; per-fold JSON alongside)")
+  lines.append(f"  TensorBoard:  tensorboard --logdir {os.path.join(out['workdir'], 'tb')}")
+  lines.append(f"  inspect:      python -m mer_jax.inspect_checkpoint {os.path.join(out['workdir'], 'pretrain')}")
+  return "\n".join(lines)
+
+
+def main(argv) -> int:
+  del argv
+  from mer_jax.configuration import require_config
+  config = require_config(_CONFIG.value)
+  if not _WORKDIR.value:
+    raise ConfigError("--workdir is required, e.g. --workdir=runs/synth_demo")
+  out = run(config, _WORKDIR.value, progress=not _QUIET.value)
+  _say(_summary(out))
+  return 0
+
+
+def _entry(argv) -> int:
+  from mer_jax.errors import run_cli
+  run_cli(lambda: main(argv))
+  return 0
+
+
+if __name__ == "__main__":
+  from mer_jax.configuration import run_app
+  run_app(lambda argv: _entry(argv))

@@ -1,0 +1,27 @@
+"""Config fingerprints: a resumed workdir must have been made by the same settings."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import ml_collections
+
+# Fields that do not change what is computed (speed, logging, reporting).
+VOLATILE = ("finetune.parallel_folds", "log_every_steps", "checkpoint_every_epochs", "bootstrap_samples",
+            "pretrained_checkpoint")
+
+
+def fingerprint(config: ml_collections.ConfigDict, keep: tuple[str, ...] = ()) -> str:
+  """sha256 (16 hex) of the config JSON without VOLATILE fields (or only ``keep`` top-level keys)."""
+  d = json.loads(config.to_json())
+  if keep:
+    d = {k: d[k] for k in keep if k in d}
+  for dotted in VOLATILE:
+    node = d
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+      node = node.get(p, {}) if isinstance(node, dict) else {}
+    if isinstance(node, dict):
+      node.pop(leaf, None)
+  return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

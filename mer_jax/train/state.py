@@ -1,0 +1,112 @@
+"""Train state: parameters, BatchNorm statistics, optimiser and plateau state.
+
+The learning rate schedule is Keras' ``ReduceLROnPlateau`` (Tables 3-4: lr 0.01,
+x0.1 after ``plateau_patience`` epochs without improvement of the validation
+loss), implemented with ``optax.contrib.reduce_on_plateau``. Its state
+(``plateau``) is advanced once per epoch with the validation loss
+(:func:`plateau_step`); every optimiser step multiplies the Adam update by
+``plateau.scale``. Adam's update is linear in the learning rate, so this equals
+Adam with learning rate ``lr * scale``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax.training import train_state
+
+from mer_jax.errors import ConfigError
+
+
+class TrainState(train_state.TrainState):
+  """flax TrainState plus ``batch_stats``, ``epoch`` and the plateau state.
+
+  ``apply_fn`` is the model's ``apply``; ``tx`` is Adam; ``plateau_tx`` the
+  ``reduce_on_plateau`` transformation (both static, not part of the pytree).
+  """
+  batch_stats: Any = None
+  epoch: jax.Array = None
+  plateau: Any = None
+  plateau_tx: optax.GradientTransformationExtraArgs = flax.struct.field(pytree_node=False, default=None)
+
+  def apply_scaled_gradients(self, *, grads, batch_stats) -> "TrainState":
+    """One Adam step with the learning rate scaled by the plateau state."""
+    updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+    updates = jax.tree_util.tree_map(lambda u: u * self.plateau.scale.astype(u.dtype), updates)
+    params = optax.apply_updates(self.params, updates)
+    return self.replace(step=self.step + 1, params=params, opt_state=opt_state, batch_stats=batch_stats)
+
+
+def make_optimizer(train_cfg: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, Any]:
+  """(Adam, reduce_on_plateau) from a ``config.pretrain`` / ``config.finetune`` section.
+
+  The transformations are cached by their settings: they are static parts of
+  the TrainState pytree, so equal objects let successive folds reuse one compilation.
+  """
+  if train_cfg.optimizer != "adam":
+    raise ConfigError(f"optimizer={train_cfg.optimizer!r}: only 'adam' is implemented (Section 4.2)")
+  if train_cfg.learning_rate <= 0:
+    raise ConfigError(f"learning_rate={train_cfg.learning_rate}: must be > 0")
+  if not 0 < train_cfg.plateau_factor <= 1:
+    raise ConfigError(f"plateau_factor={train_cfg.plateau_factor}: must be in (0, 1]")
+  return _optimizer(float(train_cfg.learning_rate), float(train_cfg.plateau_factor),
+                    int(train_cfg.plateau_patience))
+
+
+@functools.lru_cache(maxsize=None)
+def _optimizer(learning_rate: float, factor: float, patience: int):
+  tx = optax.adam(learning_rate)
+  plateau_tx = optax.contrib.reduce_on_plateau(factor=factor, patience=patience)
+  return tx, plateau_tx
+
+
+def create_state(apply_fn: Callable, variables: dict, train_cfg: ml_collections.ConfigDict) -> TrainState:
+  """A fresh train state (step 0, epoch 0) around ``variables`` ``{'params','batch_stats'}``."""
+  tx, plateau_tx = make_optimizer(train_cfg)
+  params = variables["params"]
+  return TrainState(
+      step=jnp.asarray(0, jnp.int32), apply_fn=apply_fn, params=params, tx=tx,
+      opt_state=tx.init(params), batch_stats=variables.get("batch_stats", {}),
+      epoch=jnp.asarray(0, jnp.int32), plateau=plateau_tx.init(params), plateau_tx=plateau_tx)
+
+
+def plateau_step(state: TrainState, val_loss: jax.Array) -> TrainState:
+  """Advances the plateau state by one epoch with the validation loss (lower is better)."""
+  _, plateau = state.plateau_tx.update(updates={}, state=state.plateau, value=val_loss)
+  return state.replace(plateau=plateau, epoch=state.epoch + 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelApply:
+  """``model.apply`` compared by value: models built from equal configs are equal, so the
+  train state treedefs match and jitted steps compile once per process (a bound method
+  ``model.apply`` compares by object identity and would recompile for every model instance)."""
+  model: Any
+
+  def __call__(self, *args, **kwargs):
+    return self.model.apply(*args, **kwargs)
+
+
+def model_apply(model) -> ModelApply:
+  return ModelApply(model)
+
+
+def _init(model, rng, image_size: int, channels: int) -> dict:
+  from mer_jax.models import init_variables
+  return init_variables(model, rng, image_size, channels)
+
+
+jit_init = jax.jit(_init, static_argnums=(0, 2, 3))
+jit_init.__doc__ = """jit_init(model, rng, image_size, channels) -> {'params','batch_stats'} (compiled once per
+model config and input shape; models are compared by value)."""
+
+
+def variables_of(state: TrainState) -> dict:
+  return {"params": state.params, "batch_stats": state.batch_stats}
