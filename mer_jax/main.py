@@ -88,8 +88,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh=None, progress:
     out["pretrain"] = {"reused": config.pretrained_checkpoint, "class_names": pre_classes}
     _say(f"[main] using pretrained weights from {config.pretrained_checkpoint}")
   elif config.pretrain.enabled:
-    macro = load_arrays(config, workdir, "macro")
+    # Pretraining always uses the macro sets' own task (3 classes, Table 2), also for the 5-class SDE
+    # benchmarks: fine-tuning then re-initialises the head for the micro class count.
     pcfg = ml_collections.ConfigDict(json.loads(config.to_json()))
+    pcfg.data.task = config.pretrain.task
+    macro = load_arrays(pcfg, workdir, "macro")
     pcfg.model.num_classes = len(macro.class_names)
     pmodel = build_model(pcfg.model)
     init = _init_fn(pmodel, macro.images.shape[1], macro.images.shape[-1])

@@ -245,3 +245,27 @@ def test_resume_refuses_a_checkpoint_of_another_config(fitted, tmp_path):
   other = loop.RunData(**{**first.__dict__, "metadata": {**run.metadata, "fingerprint": "b"}})
   with pytest.raises(UserError, match="different configuration"):
     loop.fit(model_apply(model), v0, other, cfg, num_classes=3, progress=False)
+
+
+def test_sde_five_class_pretrains_on_three_classes_and_reinitialises_the_head(tiny, tmp_path):
+  """SDE CASME II/SAMM are 5-class, the macro sets only have the 3-class mapping (Table 2): the macro data
+  is loaded with pretrain.task, and fine-tuning re-initialises the head for 5 classes."""
+  config, _, _ = tiny
+  config = config.copy_and_resolve_references()
+  config.pretrain.epochs = config.finetune.epochs = 1
+  config.data.task = "5class"
+  config.model.num_classes = 5
+  micro = train_data.fabricate(subject_sizes=(10, 10, 10), num_classes=5)
+  micro.class_names = ("disgust", "happiness", "repression", "surprise", "others")
+  macro = train_data.fabricate(subject_sizes=(12, 12), seed=9, source="ck", prefix="m")
+  tasks = {}
+
+  def load_arrays(cfg, workdir, kind):
+    tasks[kind] = cfg.data.task
+    return micro if kind == "micro" else macro
+
+  out = main_mod.run(config, str(tmp_path), load_arrays=load_arrays, progress=False)
+  assert tasks == {"macro": "3class", "micro": "5class"}
+  _, pre, pre_classes = ckpt.load_for_inference(os.path.join(tmp_path, "pretrain"))
+  assert len(pre_classes) == 3 and pre["params"]["head"]["kernel"].shape[-1] == 3
+  assert all(len(r["probs"][0]) == 5 for r in out["records"])
