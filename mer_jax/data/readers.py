@@ -322,7 +322,18 @@ def read_casme2(root: str, *, skip_bad: bool = False) -> ReadResult:
   if frames_root is None:
     raise DataError(f"no frame folder ({' or '.join(CASME2_FRAME_DIRS[:4])}) in {root}; "
                     f"{MANUAL_DOWNLOAD_INSTRUCTIONS['casme2']}")
-  rows, _ = _read_xlsx_table(xlsx, CASME2_COLUMNS)
+  return _read_coding_sheet("casme2", xlsx, CASME2_COLUMNS, frames_root, subject_format="sub{:02d}",
+                            column_names=("OnsetFrame", "OffsetFrame"), fps=200.0, skip_bad=skip_bad)
+
+
+def _read_coding_sheet(dataset: str, xlsx: str, columns: dict, frames_root: str, *, subject_format: str,
+                       column_names: tuple[str, str], fps: float, skip_bad: bool) -> ReadResult:
+  """Rows of a CASME II / SAMM coding sheet -> clip samples (frames onset..offset by frame number).
+
+  ``subject_format`` turns a numeric Subject cell into the folder name (6 -> 'sub06' or '006');
+  ``column_names`` are the onset/offset column names used in messages.
+  """
+  rows, _ = _read_xlsx_table(xlsx, columns)
   col = _Collector(skip_bad)
   for excel_row, v in rows:
     col.read += 1
@@ -333,22 +344,22 @@ def read_casme2(root: str, *, skip_bad: bool = False) -> ReadResult:
         raise _Bad("Subject is empty")
       s = str(subj).strip()
       if re.fullmatch(r"\d+(\.0+)?", s):
-        s = f"sub{int(float(s)):02d}"
+        s = subject_format.format(int(float(s)))
       clip = str(v["filename"] or "").strip()
       if not clip:
         raise _Bad("Filename is empty")
       item = f"{item} ({s}/{clip})"
-      label = _label("casme2", v["emotion"], item)
-      onset = _as_int(v["onset"], "OnsetFrame")
-      offset = _as_int(v["offset"], "OffsetFrame")
+      label = _label(dataset, v["emotion"], item)
+      onset = _as_int(v["onset"], column_names[0])
+      offset = _as_int(v["offset"], column_names[1])
       apex = _as_apex(v["apex"])
       paths, apex_i = _clip_from_numbers(os.path.join(frames_root, s, clip), onset, apex, offset)
     except _Bad as e:
       col.bad(item, str(e))
       continue
     col.add(Sample(
-        dataset="casme2", subject=s, clip_id=clip, label=label, frame_paths=paths,
-        onset=0, apex=apex_i, offset=len(paths) - 1, fps=200.0, source_row=item))
+        dataset=dataset, subject=s, clip_id=clip, label=label, frame_paths=paths,
+        onset=0, apex=apex_i, offset=len(paths) - 1, fps=fps, source_row=item))
   return col.result()
 
 
@@ -380,34 +391,8 @@ def read_samm(root: str, *, skip_bad: bool = False) -> ReadResult:
                     f"{MANUAL_DOWNLOAD_INSTRUCTIONS['samm']}")
   xlsx = sheets[-1]
   frames_root = os.path.join(root, "SAMM") if os.path.isdir(os.path.join(root, "SAMM")) else root
-  rows, _ = _read_xlsx_table(xlsx, SAMM_COLUMNS)
-  col = _Collector(skip_bad)
-  for excel_row, v in rows:
-    col.read += 1
-    item = f"{os.path.basename(xlsx)} row {excel_row}"
-    try:
-      subj = v["subject"]
-      if subj is None or str(subj).strip() == "":
-        raise _Bad("Subject is empty")
-      s = str(subj).strip()
-      if re.fullmatch(r"\d+(\.0+)?", s):
-        s = f"{int(float(s)):03d}"
-      clip = str(v["filename"] or "").strip()
-      if not clip:
-        raise _Bad("Filename is empty")
-      item = f"{item} ({s}/{clip})"
-      label = _label("samm", v["emotion"], item)
-      onset = _as_int(v["onset"], "Onset Frame")
-      offset = _as_int(v["offset"], "Offset Frame")
-      apex = _as_apex(v["apex"])
-      paths, apex_i = _clip_from_numbers(os.path.join(frames_root, s, clip), onset, apex, offset)
-    except _Bad as e:
-      col.bad(item, str(e))
-      continue
-    col.add(Sample(
-        dataset="samm", subject=s, clip_id=clip, label=label, frame_paths=paths,
-        onset=0, apex=apex_i, offset=len(paths) - 1, fps=200.0, source_row=item))
-  return col.result()
+  return _read_coding_sheet("samm", xlsx, SAMM_COLUMNS, frames_root, subject_format="{:03d}",
+                            column_names=("Onset Frame", "Offset Frame"), fps=200.0, skip_bad=skip_bad)
 
 
 # ---------------------------------------------------------------------------- SMIC-HS
