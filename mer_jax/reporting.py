@@ -227,7 +227,7 @@ def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, num
 
 
 def _metric_summary(m: Mapping[str, Any]) -> dict:
-  """The lead's metrics dict as JSON types."""
+  """A mer_jax.metrics result dict as JSON types."""
   return {k: _jsonable(v) for k, v in m.items()}
 
 
@@ -315,7 +315,7 @@ def _source_keys(sources_present: Iterable[str]) -> list[str]:
 def build_results(config: Any, fold_records: Sequence[Any], class_names: Sequence[str], *,
                   git_commit: Optional[str] = None, label: Optional[str] = None) -> dict:
   """The results.json content (see module docstring); pure apart from the git lookup."""
-  from mer_jax import metrics  # the lead's metric definitions (accumulated confusion)
+  from mer_jax import metrics  # accumulated-confusion metric definitions
 
   records = [FoldRecord.from_any(r) for r in fold_records]
   if not records:

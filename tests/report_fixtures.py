@@ -79,7 +79,7 @@ def train_patch_model(config, steps: int = 60, seed: int = 0):
 
 
 def save_run(run_dir: str, config, variables: dict, class_names) -> str:
-  """Writes a run directory in the train helper's layout (mer_jax.train.checkpoint)."""
+  """Writes a run directory in the layout of mer_jax.train.checkpoint."""
   from mer_jax.train import checkpoint
   meta = {"config": json.loads(config.to_json()), "class_names": list(class_names),
           "image_size": int(config.image_size), "channels": int(config.channels), "epoch": 0,

@@ -73,7 +73,7 @@ def test_loso_outputs_match_data(setup, reference, tmp_path):
   with open(os.path.join(wd, "finetune", "predictions.json")) as f:
     allp = json.load(f)
   assert len(allp["y_true"]) == len(ds) and sorted(allp["clip_ids"]) == sorted(ds.clip_ids)
-  # The report helper's results.json sees the same counts.
+  # results.json (mer_jax.reporting) sees the same counts.
   paths = reporting.write_reports(str(tmp_path), config, records, list(ds.class_names))
   with open(paths["results_json"]) as f:
     res = json.load(f)

@@ -14,7 +14,7 @@ parallelism (pmap is in maintenance mode and lowered onto the same machinery):
   axis of a sharded array is a global reduction, so the batch statistics (and
   the running averages) are those of the whole batch, exactly as on one device.
   With pmap, a plain flax BatchNorm would average per device unless the model
-  were written with ``axis_name`` (the lead's model has none).
+  were written with ``axis_name`` (mer_jax.models has none).
 * it composes with ``jax.vmap`` over LOSO folds (batch ``[F, B, ...]`` sharded
   ``P(None, 'data')``) and with a single device without code changes.
 

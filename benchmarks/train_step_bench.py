@@ -1,0 +1,210 @@
+"""Training-step speed: the jitted mer_jax train step vs the same network in PyTorch (eager, torch.compile).
+
+Same network (benchmarks/torch_twin.py, tested to have the same parameters and logits), same batch
+(default 32 x 112 x 112 x 3, random data, 3 classes), same optimiser (Adam, lr 0.01), same loss
+(mean cross-entropy), BatchNorm in training mode. The JAX step is ``mer_jax.train.steps.train_step``
+(what ``mer_jax.train.loop.fit`` jits), timed with the state carried from step to step and the batch
+already on the device; PyTorch does ``zero_grad / forward / backward / step``. Every figure is the
+median over ``--repeats`` timed blocks of ``--steps`` steps, after warm-up (compile time separate); the
+blocks run round-robin over the variants so that load from other processes affects all of them alike.
+
+  .venv/bin/python benchmarks/train_step_bench.py                  # jax, jax+donate, torch eager: ~2-3 min
+  .venv/bin/python benchmarks/train_step_bench.py --torch-compile  # + torch.compile (~7 min to compile here)
+  .venv/bin/python benchmarks/train_step_bench.py --variants "jax,jax bf16,torch eager,torch eager CL"
+  .venv/bin/python benchmarks/train_step_bench.py --batch 64 --steps 5 --repeats 5
+
+Variants: ``jax``: jax.jit(train_step) as in loop.fit; ``jax+donate``: the same with the train state
+donated (buffers updated in place); ``jax bf16``: model.dtype='bfloat16' (compute in bf16, params float32);
+``torch eager`` (NCHW), ``torch eager CL`` (channels_last), ``torch.compile`` (inductor).
+Ratios are against ``torch eager`` measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mer_jax import config_defaults  # noqa: E402
+from mer_jax.models import build_model, init_variables  # noqa: E402
+from mer_jax.train.state import create_state  # noqa: E402
+from mer_jax.train.steps import train_step  # noqa: E402
+
+
+def jax_variant(args, dtype: str = "float32", donate: bool = False) -> dict:
+  """The compiled train step, warmed up: ``block(n)`` runs n steps and returns the last loss."""
+  mcfg = config_defaults.get_model_config(num_classes=3)
+  mcfg.dtype = dtype
+  model = build_model(mcfg)
+  tcfg = config_defaults.get_train_config(batch_size=args.batch, epochs=1)
+  variables = init_variables(model, jax.random.key(0), args.size, 3)
+  state = create_state(model.apply, variables, tcfg)
+  rng = np.random.default_rng(0)
+  x = jax.device_put(rng.uniform(0, 1, (args.batch, args.size, args.size, 3)).astype(np.float32))
+  y = jax.device_put(rng.integers(0, 3, args.batch).astype(np.int32))
+  step = jax.jit(train_step, donate_argnums=(0,) if donate else ())
+  t = time.perf_counter()
+  compiled = step.lower(state, x, y).compile()
+  compile_s = time.perf_counter() - t
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+  holder = {"state": state}
+
+  def block(n):
+    s = holder["state"]
+    loss = None
+    for _ in range(n):
+      s, loss = compiled(s, x, y)
+    loss.block_until_ready()
+    holder["state"] = s
+    return float(jax.device_get(loss))
+
+  block(args.warmup)
+  return dict(block=block, compile_s=compile_s, flops=flops)
+
+
+def torch_variant(args, mode: str) -> dict:
+  import torch
+  from benchmarks import torch_twin
+  torch.manual_seed(0)
+  twin = torch_twin.from_model_config(config_defaults.get_model_config(num_classes=3), image_size=args.size)
+  device = torch.device(args.torch_device)
+  twin = twin.to(device).train()
+  rng = np.random.default_rng(0)
+  x = torch.from_numpy(rng.uniform(0, 1, (args.batch, 3, args.size, args.size)).astype(np.float32)).to(device)
+  y = torch.from_numpy(rng.integers(0, 3, args.batch).astype(np.int64)).to(device)
+  if mode == "channels_last":
+    twin = twin.to(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
+  opt = torch.optim.Adam(twin.parameters(), lr=0.01)
+  loss_fn = torch.nn.CrossEntropyLoss()
+
+  def one_step(model):
+    opt.zero_grad(set_to_none=True)
+    loss = loss_fn(model(x), y)
+    loss.backward()
+    opt.step()
+    return loss
+
+  step_model = twin
+  compile_s = 0.0
+  if mode == "compile":
+    step_model = torch.compile(twin)
+    t = time.perf_counter()
+    one_step(step_model)              # compiles forward + backward
+    compile_s = time.perf_counter() - t
+
+  def block(n):
+    for _ in range(n):
+      loss = one_step(step_model)
+    return float(loss.detach())        # .item() waits for the device
+
+  block(args.warmup)
+  return dict(block=block, compile_s=compile_s, threads=torch.get_num_threads())
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--batch", type=int, default=32)
+  ap.add_argument("--size", type=int, default=112)
+  ap.add_argument("--steps", type=int, default=2, help="steps per timed block")
+  ap.add_argument("--repeats", type=int, default=3, help="timed blocks (the median is reported)")
+  ap.add_argument("--warmup", type=int, default=1)
+  ap.add_argument("--torch-compile", action="store_true",
+                  help="add torch.compile (inductor; its compile took ~400 s on this 2-core machine)")
+  ap.add_argument("--no-torch", action="store_true", help="JAX variants only")
+  ap.add_argument("--torch-device", default=None,
+                  help="cpu | cuda (default: cuda when this torch build sees a GPU, else cpu)")
+  ap.add_argument("--variants", default="jax,jax+donate,torch eager",
+                  help="comma-separated list from: jax, jax+donate, jax bf16, torch eager, torch eager CL, "
+                  "torch.compile")
+  args = ap.parse_args()
+  wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
+  if args.torch_compile and "torch.compile" not in wanted:
+    wanted.append("torch.compile")
+  try:
+    import torch
+    torch_version = torch.__version__
+  except ImportError:
+    torch, torch_version = None, None
+  if torch is not None and args.torch_device is None:
+    args.torch_device = "cuda" if torch.cuda.is_available() else "cpu"
+  if args.no_torch or torch is None:
+    if torch is None:
+      print("torch is not installed (.venv/bin/pip install torch==2.13.0): PyTorch rows skipped")
+    wanted = [v for v in wanted if v.startswith("jax")]
+
+  dev = jax.devices()[0]
+  print(f"# train-step benchmark {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}")
+  print(f"# device: jax {jax.__version__} {dev.platform} ({dev.device_kind}), {os.cpu_count()} CPU cores, "
+        f"{platform.processor() or platform.machine()}; torch {torch_version}"
+        + (f" on {args.torch_device} ({torch.get_num_threads()} CPU threads)" if torch is not None else ""))
+  if torch is not None and dev.platform != "cpu" and args.torch_device == "cpu":
+    print("# WARNING: JAX runs on an accelerator but torch on the CPU (install a CUDA torch build for a fair "
+          "baseline); ratios against torch are not like for like")
+  print(f"# batch {args.batch} x {args.size}x{args.size}x3, Adam lr 0.01, paper config (3,135,541 params); "
+        f"median of {args.repeats} blocks of {args.steps} steps after {args.warmup} warm-up")
+  runners = {
+      "jax": lambda: jax_variant(args),
+      "jax+donate": lambda: jax_variant(args, donate=True),
+      "jax bf16": lambda: jax_variant(args, dtype="bfloat16"),
+      "torch eager": lambda: torch_variant(args, "eager"),
+      "torch eager CL": lambda: torch_variant(args, "channels_last"),
+      "torch.compile": lambda: torch_variant(args, "compile"),
+  }
+  results, flops = {}, float("nan")
+  for name in wanted:
+    if name not in runners:
+      raise SystemExit(f"unknown variant {name!r}; choose from {', '.join(runners)}")
+    try:
+      results[name] = runners[name]()
+    except Exception as e:  # noqa: BLE001 - e.g. torch.compile without a working C++ toolchain
+      results[name] = dict(error=f"{type(e).__name__}: {str(e).splitlines()[0][:120]}")
+    r = results[name]
+    if r.get("flops", float("nan")) == r.get("flops") and not name.endswith("bf16"):
+      flops = r["flops"]
+    print(f"  ready: {name}", file=sys.stderr, flush=True)
+  # Timed blocks round-robin over the variants, so that load from other processes hits all alike.
+  ready = {k: r for k, r in results.items() if "error" not in r}
+  for r in ready.values():
+    r["times"] = []
+  for _ in range(args.repeats):
+    for r in ready.values():
+      t = time.perf_counter()
+      r["loss"] = r["block"](args.steps)
+      r["times"].append((time.perf_counter() - t) / args.steps)
+  for r in ready.values():
+    r["sec"] = statistics.median(r["times"])
+
+  base = results.get("torch eager", {}).get("sec")
+  print(f"\n{'variant':<16} {'ms/step':>9} {'images/s':>9} {'GFLOP/s':>8} {'vs eager':>9} {'compile s':>10} "
+        f"{'loss@end':>9}")
+  for name, r in results.items():
+    if "error" in r:
+      print(f"{name:<16} failed: {r['error']}")
+      continue
+    ips = args.batch / r["sec"]
+    gf = flops / r["sec"] / 1e9 if flops == flops else float("nan")
+    ratio = f"{base / r['sec']:.2f}x" if base else "-"
+    print(f"{name:<16} {r['sec'] * 1e3:9.1f} {ips:9.1f} {gf:8.1f} {ratio:>9} {r['compile_s']:10.1f} "
+          f"{r['loss']:9.4f}")
+  if flops == flops:
+    print(f"\nwork per step (XLA cost analysis of the f32 train step): {flops / 1e9:.1f} GFLOP "
+          f"({flops / args.batch / 1e9:.2f} GFLOP per image, forward + backward + Adam)")
+
+
+if __name__ == "__main__":
+  main()
