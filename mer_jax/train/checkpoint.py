@@ -8,8 +8,9 @@ Layout of one run directory (pretraining: ``<workdir>/pretrain``; a LOSO fold:
   <run>/best/<epoch>/state        train state at the best validation epoch (inference)
   <run>/best/<epoch>/metadata
 
-Each is an ``orbax.checkpoint.CheckpointManager`` (``max_to_keep=1``, step =
-epoch) with two items:
+Each is an ``orbax.checkpoint.CheckpointManager`` (step = epoch; ``best`` keeps 1,
+``latest`` keeps 2 so that a damaged newest checkpoint has a good predecessor) with
+two items:
 
 * ``state``: ``flax.serialization.to_state_dict(TrainState)``, i.e. a dict with
   ``params``, ``batch_stats``, ``opt_state`` (Adam), ``plateau``
@@ -22,6 +23,12 @@ epoch) with two items:
 
 :func:`load_for_inference` reads a run directory (its ``best`` manager, else
 ``latest``) without any training data and returns ``(config, variables, class_names)``.
+Crash safety: orbax writes each checkpoint into a temporary directory and renames
+it when complete, so a crash during a save leaves no half-visible checkpoint. A
+checkpoint that is nevertheless unreadable (truncated or corrupted files) raises
+:class:`CorruptCheckpointError` (a UserError naming it); :func:`restore_newest_good`,
+used to resume training, then falls back to the previous ``latest`` checkpoint
+with a warning.
 A vmapped LOSO group also keeps ``<workdir>/finetune/groups/<group_id>/latest``
 (the stacked states of its folds, for resume); each fold still gets its own
 ``best`` run directory when the group finishes.
@@ -29,8 +36,15 @@ A vmapped LOSO group also keeps ``<workdir>/finetune/groups/<group_id>/latest``
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import io
 import json
+import logging
 import os
+import sys
+import time
+import warnings
 from typing import Any, Optional
 
 import flax.serialization
@@ -41,10 +55,21 @@ import orbax.checkpoint as ocp
 from mer_jax.errors import UserError
 
 KINDS = ("best", "latest")
+KEEP = {"best": 1, "latest": 2}
 
 
-def _manager(directory: str, create: bool = True) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=1, create=create, enable_async_checkpointing=False)
+class CorruptCheckpointError(UserError):
+  """A checkpoint exists but cannot be read (truncated / corrupted files)."""
+
+
+class CheckpointFallbackWarning(UserWarning):
+  """The newest checkpoint was unreadable; an older one was used."""
+
+
+def _manager(directory: str, create: bool = True, max_to_keep: int = 1) -> ocp.CheckpointManager:
+  # cleanup_tmp_directories: a writing manager removes what a crash during an earlier save left behind
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create, enable_async_checkpointing=False,
+                                         cleanup_tmp_directories=create)
   return ocp.CheckpointManager(
       os.path.abspath(directory), options=options,
       item_handlers={"state": ocp.StandardCheckpointHandler(), "metadata": ocp.JsonCheckpointHandler()})
@@ -57,7 +82,7 @@ def _jsonable(x: Any) -> Any:
 def save(run_dir: str, kind: str, epoch: int, state_tree: Any, metadata: dict) -> None:
   """Saves ``state_tree`` (a pytree of arrays, e.g. ``to_state_dict(state)``) as ``<run_dir>/<kind>/<epoch>``."""
   assert kind in KINDS, kind
-  mngr = _manager(os.path.join(run_dir, kind))
+  mngr = _manager(os.path.join(run_dir, kind), max_to_keep=KEEP[kind])
   for step in mngr.all_steps():     # a resumed run re-saves epochs it had reached before a crash: replace
     if step >= epoch:
       mngr.delete(step)
@@ -77,27 +102,129 @@ def latest_epoch(run_dir: str, kind: str) -> Optional[int]:
   return step
 
 
+def _corrupt(path: str, step: int, err: Exception) -> CorruptCheckpointError:
+  first = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+  return CorruptCheckpointError(
+      f"checkpoint {path}/{step} is unreadable, probably truncated or corrupted ({type(err).__name__}: {first}); "
+      f"delete {path}/{step} (training then resumes from an older checkpoint or starts that run again), "
+      "or retrain")
+
+
+class _DropAbandonedReads(logging.Filter):
+  """Drops asyncio's 'Task exception was never retrieved' records of orbax reads abandoned by a failed restore."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    msg = record.getMessage()
+    if "exception was never retrieved" not in msg:
+      return True
+    text = msg + " " + str(record.exc_info[1] if record.exc_info else "")
+    return not any(k in text for k in ("async_deserialize", "OCDBT", '"zarr" driver'))
+
+
+_ABANDONED_READS = _DropAbandonedReads()
+
+
+@contextlib.contextmanager
+def _quiet_on_failure(settle_s: float = 0.3):
+  """Holds back stderr during a restore; on failure waits ``settle_s`` and drops what was written.
+
+  When a read fails half-way, orbax closes its event loop while tensorstore reads are still in
+  flight; their callbacks then print 'Event loop is closed' tracebacks from worker threads, and
+  the abandoned tasks log 'Task exception was never retrieved' when collected. They say nothing
+  the CorruptCheckpointError does not, and a CLI must not show tracebacks.
+  """
+  buf = io.StringIO()
+  real, real_hook = sys.stderr, sys.unraisablehook
+
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value)):
+      real_hook(unraisable)
+  sys.stderr, sys.unraisablehook = buf, hook
+  try:
+    yield
+  except BaseException:
+    logging.getLogger("asyncio").addFilter(_ABANDONED_READS)   # idempotent
+    try:
+      time.sleep(settle_s)
+      gc.collect()
+    finally:
+      sys.stderr, sys.unraisablehook = real, real_hook
+    raise
+  sys.stderr, sys.unraisablehook = real, real_hook
+  real.write(buf.getvalue())
+
+
+def _restore_step(mngr: ocp.CheckpointManager, path: str, step: int, target: Any) -> tuple[Any, dict]:
+  try:
+    with _quiet_on_failure():
+      if target is None:
+        tree = mngr.item_metadata(step)["state"]
+        tree = getattr(tree, "tree", tree)
+        dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=dev), tree)
+      out = mngr.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target), metadata=ocp.args.JsonRestore()))
+      if not isinstance(out.metadata, dict):
+        raise ValueError("the metadata item is missing")
+    return out.state, out.metadata
+  except UserError:
+    raise
+  except Exception as e:  # orbax/tensorstore raise many types (ValueError, JSONDecodeError, XlaRuntimeError, ...)
+    raise _corrupt(path, step, e) from None
+
+
 def restore(run_dir: str, kind: str, target: Any = None) -> tuple[Any, dict]:
   """(state tree, metadata) of ``<run_dir>/<kind>``'s newest checkpoint.
 
   ``target``: a pytree of arrays (or ShapeDtypeStructs) with the saved structure,
   whose shardings the restored arrays take; ``None`` restores every saved array
   onto the first local device (any device count at save time).
+  Raises CorruptCheckpointError when that checkpoint cannot be read.
   """
   path = os.path.join(run_dir, kind)
   mngr = _manager(path, create=False)
   step = mngr.latest_step()
   if step is None:
     raise UserError(f"{path}: no checkpoint found")
-  if target is None:
-    tree = mngr.item_metadata(step)["state"]
-    tree = getattr(tree, "tree", tree)
-    dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=dev), tree)
-  out = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(target), metadata=ocp.args.JsonRestore()))
-  mngr.close()
-  return out.state, out.metadata
+  try:
+    return _restore_step(mngr, path, step, target)
+  finally:
+    mngr.close()
+
+
+def restore_newest_good(run_dir: str, kind: str, target: Any = None) -> tuple[Any, dict, int]:
+  """(state tree, metadata, step) of the newest *readable* checkpoint of ``<run_dir>/<kind>``.
+
+  An unreadable newer checkpoint is skipped with a :class:`CheckpointFallbackWarning`
+  (also printed to stderr); CorruptCheckpointError when none can be read.
+  """
+  path = os.path.join(run_dir, kind)
+  mngr = _manager(path, create=False)
+  try:
+    steps = sorted(mngr.all_steps(), reverse=True)
+    if not steps:
+      raise UserError(f"{path}: no checkpoint found")
+    bad: list[tuple[int, CorruptCheckpointError]] = []
+    for step in steps:
+      try:
+        tree, meta = _restore_step(mngr, path, step, target)
+      except CorruptCheckpointError as e:
+        bad.append((step, e))
+        continue
+      if bad:
+        msg = (f"{path}: checkpoint(s) {', '.join(str(b) for b, _ in bad)} could not be read ({bad[0][1]}); "
+               f"falling back to the previous good checkpoint {path}/{step}")
+        warnings.warn(msg, CheckpointFallbackWarning, stacklevel=2)
+        print(f"warning: {msg}", file=sys.stderr, flush=True)
+      return tree, meta, step
+    if len(bad) == 1:
+      raise bad[0][1]
+    raise CorruptCheckpointError(
+        f"{path}: none of the checkpoints ({', '.join(str(b) for b, _ in bad)}) can be read, probably truncated or "
+        f"corrupted (newest: {str(bad[0][1]).split(' (', 1)[-1].split('); delete')[0]}); delete {path} to start "
+        "this run again, or retrain")
+  finally:
+    mngr.close()
 
 
 def read_metadata(run_dir: str, kind: str) -> dict:
@@ -106,8 +233,12 @@ def read_metadata(run_dir: str, kind: str) -> dict:
   step = mngr.latest_step()
   if step is None:
     raise UserError(f"{path}: no checkpoint found")
-  out = mngr.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))
-  mngr.close()
+  try:
+    out = mngr.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))
+  except Exception as e:
+    raise _corrupt(path, step, e) from None
+  finally:
+    mngr.close()
   return out.metadata
 
 

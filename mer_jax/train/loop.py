@@ -190,6 +190,41 @@ def _check_same_config(directory: str, saved: dict, current: dict) -> None:
                     f"use a new --workdir, or delete {directory} to start this run again")
 
 
+def _check_resumable(directory: str, current: dict) -> Optional[dict]:
+  """The newest ``latest`` metadata of ``directory`` after the same-config check; None when that checkpoint
+  is unreadable (the restore then falls back to an older one, with a warning)."""
+  try:
+    meta = ckpt.read_metadata(directory, "latest")
+  except ckpt.CorruptCheckpointError:
+    return None
+  _check_same_config(directory, meta, current)
+  return meta
+
+
+class TrainingDivergedError(UserError):
+  """The loss became NaN or infinite; the run stopped before saving anything from that epoch."""
+
+
+def _diverged(run: RunData, train_cfg: ml_collections.ConfigDict, epoch: int, where: str, what: str,
+              value: float, ckpt_dir: Optional[str] = None) -> TrainingDivergedError:
+  section = "pretrain" if run.metadata.get("kind") == "pretrain" else "finetune"
+  cfg = run.metadata.get("config") or {}
+  ckpt_dir = ckpt_dir or run.run_dir
+  kept = ckpt.latest_epoch(ckpt_dir, "latest") if ckpt_dir else None
+  if kept is not None:
+    keep = f"the last good checkpoint is kept: {os.path.join(ckpt_dir, 'latest', str(kept))} ({kept} epochs done)"
+  elif ckpt_dir:
+    keep = f"no checkpoint of this run had been written yet (checkpoint directory {ckpt_dir})"
+  else:
+    keep = "this run writes no checkpoints"
+  return TrainingDivergedError(
+      f"{run.name}: the {what} is {value} at epoch {epoch + 1}, {where}; training of this run stopped and "
+      f"{keep}. Config {cfg.get('name', '?')!r}: {section}.learning_rate={float(train_cfg.learning_rate):g}, "
+      f"{section}.batch_size={int(train_cfg.batch_size)}, {section}.optimizer={train_cfg.optimizer!r}, "
+      f"seed={cfg.get('seed', '?')}. Lower --config.{section}.learning_rate or check the inputs for NaN/Inf, "
+      "and rerun with a new --workdir")
+
+
 def _fmt_time(s: float) -> str:
   s = int(round(s))
   return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
@@ -235,8 +270,9 @@ def fit(apply_fn: Callable, init_variables: dict, run: RunData, train_cfg: ml_co
   resumed = 0
   if run.run_dir and ckpt.latest_epoch(run.run_dir, "latest") is not None:
     template = {"state": flax.serialization.to_state_dict(state), "best": best}
-    _check_same_config(run.run_dir, ckpt.read_metadata(run.run_dir, "latest"), run.metadata)
-    tree, meta = ckpt.restore(run.run_dir, "latest", template)
+    _check_resumable(run.run_dir, run.metadata)
+    tree, meta, _ = ckpt.restore_newest_good(run.run_dir, "latest", template)   # falls back past a damaged one
+    _check_same_config(run.run_dir, meta, run.metadata)
     state = flax.serialization.from_state_dict(state, tree["state"])
     best = tree["best"]
     book = _Book(**meta["loop"])
@@ -266,8 +302,16 @@ def fit(apply_fn: Callable, init_variables: dict, run: RunData, train_cfg: ml_co
       host_step += 1
       if writer is not None and log_every_steps > 0 and host_step % log_every_steps == 0:
         writer.write_scalars(host_step, {f"{run.name}/step_train_loss": float(loss)})
-    train_loss = float(np.mean(np.asarray(jax.device_get(losses))))
+    step_losses = np.asarray(jax.device_get(losses), np.float64)
+    nonfinite = np.flatnonzero(~np.isfinite(step_losses))
+    if nonfinite.size:
+      i = int(nonfinite[0])
+      raise _diverged(run, train_cfg, epoch, f"optimiser step {host_step - len(losses) + i + 1} "
+                      f"(batch {i + 1} of the epoch)", "training loss", step_losses[i])
+    train_loss = float(np.mean(step_losses))
     val_loss, val_acc = _val_scores(val_logits(variables_of(state)), run.val_y)
+    if not np.isfinite(val_loss):
+      raise _diverged(run, train_cfg, epoch, "validation", "validation loss", val_loss)
     state = fns["plateau"](state, jnp.asarray(val_loss, jnp.float32))
     improved = book.update(epoch, val_acc, val_loss, patience, max_epochs)
     lr = float(train_cfg.learning_rate) * float(state.plateau.scale)
@@ -339,13 +383,13 @@ def fit_many(apply_fn: Callable, init_variables: Sequence[dict], runs: Sequence[
   names = [r.name for r in runs]
   resumed = 0
   if group_dir and ckpt.latest_epoch(group_dir, "latest") is not None:
-    meta = ckpt.read_metadata(group_dir, "latest")
-    _check_same_config(group_dir, meta, runs[0].metadata)
-    if meta.get("runs") != names:   # another grouping of folds (not resumable): start the group afresh
+    meta = _check_resumable(group_dir, runs[0].metadata)
+    if meta is not None and meta.get("runs") != names:   # another grouping of folds (not resumable): start afresh
       shutil.rmtree(os.path.join(group_dir, "latest"))
     else:
       template = {"state": flax.serialization.to_state_dict(state), "best": best}
-      tree, meta = ckpt.restore(group_dir, "latest", template)
+      tree, meta, _ = ckpt.restore_newest_good(group_dir, "latest", template)   # falls back past a damaged one
+      _check_same_config(group_dir, meta, runs[0].metadata)
       state = flax.serialization.from_state_dict(state, tree["state"])
       best = tree["best"]
       books = [_Book(**b) for b in meta["loop"]]
@@ -382,9 +426,19 @@ def fit_many(apply_fn: Callable, init_variables: Sequence[dict], runs: Sequence[
         x[f], y[f] = r.train_x[idx], r.train_y[idx]
       state, loss = fns["train"](state, jax.device_put(x, data), jax.device_put(y, data),
                                  jax.device_put(step_active, rep))
-      losses += np.asarray(loss)
+      loss = np.asarray(loss, np.float64)
+      nonfinite = np.flatnonzero(step_active & ~np.isfinite(loss))
+      if nonfinite.size:
+        f = int(nonfinite[0])
+        raise _diverged(runs[f], train_cfg, epoch, f"batch {s + 1} of the epoch (vmapped group {names[0]}.."
+                        f"{names[-1]})", "training loss", loss[f], ckpt_dir=group_dir)
+      losses += loss
     logits = val_logits(variables_of(state))
     scores = [_val_scores(logits[f, : len(r.val_y)], r.val_y) for f, r in enumerate(runs)]
+    for f, (sc, r) in enumerate(zip(scores, runs)):
+      if active[f] and not np.isfinite(sc[0]):
+        raise _diverged(r, train_cfg, epoch, "validation (vmapped group)", "validation loss", sc[0],
+                        ckpt_dir=group_dir)
     val_loss = np.array([s[0] for s in scores], np.float32)
     state = fns["plateau"](state, jax.device_put(val_loss, rep), jax.device_put(active, rep))
     improved = np.zeros(f_runs, bool)

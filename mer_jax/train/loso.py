@@ -36,6 +36,7 @@ import dataclasses
 import json
 import os
 import re
+import socket
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -110,7 +111,7 @@ def check_no_leakage(ds: ArrayDataset, split: FoldSplit) -> None:
 
 
 def _atomic_json(path: str, obj: Any) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
+  tmp = f"{path}.tmp.{socket.gethostname()}.{os.getpid()}"   # unique per process (multi-host runs)
   with open(tmp, "w") as f:
     json.dump(obj, f, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
   os.replace(tmp, path)
