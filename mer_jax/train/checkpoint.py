@@ -173,6 +173,17 @@ def _restore_step(mngr: ocp.CheckpointManager, path: str, step: int, target: Any
     raise _corrupt(path, step, e) from None
 
 
+def _open_latest(run_dir: str, kind: str):
+  """(path, open CheckpointManager, newest step) of ``<run_dir>/<kind>``; UserError when it holds none."""
+  path = os.path.join(run_dir, kind)
+  mngr = _manager(path, create=False)
+  step = mngr.latest_step()
+  if step is None:
+    mngr.close()
+    raise UserError(f"{path}: no checkpoint found")
+  return path, mngr, step
+
+
 def restore(run_dir: str, kind: str, target: Any = None) -> tuple[Any, dict]:
   """(state tree, metadata) of ``<run_dir>/<kind>``'s newest checkpoint.
 
@@ -181,11 +192,7 @@ def restore(run_dir: str, kind: str, target: Any = None) -> tuple[Any, dict]:
   onto the first local device (any device count at save time).
   Raises CorruptCheckpointError when that checkpoint cannot be read.
   """
-  path = os.path.join(run_dir, kind)
-  mngr = _manager(path, create=False)
-  step = mngr.latest_step()
-  if step is None:
-    raise UserError(f"{path}: no checkpoint found")
+  path, mngr, step = _open_latest(run_dir, kind)
   try:
     return _restore_step(mngr, path, step, target)
   finally:
@@ -228,11 +235,7 @@ def restore_newest_good(run_dir: str, kind: str, target: Any = None) -> tuple[An
 
 
 def read_metadata(run_dir: str, kind: str) -> dict:
-  path = os.path.join(run_dir, kind)
-  mngr = _manager(path, create=False)
-  step = mngr.latest_step()
-  if step is None:
-    raise UserError(f"{path}: no checkpoint found")
+  path, mngr, step = _open_latest(run_dir, kind)
   try:
     out = mngr.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))
   except Exception as e:
