@@ -61,7 +61,8 @@ def describe(run_dir: str) -> str:
   lines.append("config:")
   config = ml_collections.ConfigDict(meta.get("config", {}))
   lines += ["  " + ln for ln in str(config).rstrip().splitlines()]
-  params = tree.get("params", tree)
+  variables = ckpt.best_variables(tree, kind)
+  params = variables["params"]
   rows, total = param_table(params)
   width = max([len(r[0]) for r in rows] + [9])
   lines.append("parameters:")
@@ -69,8 +70,8 @@ def describe(run_dir: str) -> str:
   for name, shape, count in rows:
     lines.append(f"  {name:<{width}}  {str(shape):<18} {count:>10,}")
   lines.append(f"  {'total':<{width}}  {'':<18} {total:>10,}")
-  if tree.get("batch_stats"):
-    _, bs_total = param_table(tree["batch_stats"])
+  if variables.get("batch_stats"):
+    _, bs_total = param_table(variables["batch_stats"])
     lines.append(f"  (+ {bs_total:,} BatchNorm statistics)")
   return "\n".join(lines)
 

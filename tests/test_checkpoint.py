@@ -92,3 +92,22 @@ def test_inspect_checkpoint_describes_without_data(run_dir):
   proc = subprocess.run([sys.executable, "-m", "mer_jax.inspect_checkpoint", os.path.join(d, "nope")],
                         capture_output=True, text=True, cwd=REPO, timeout=300)
   assert proc.returncode == 2 and "error:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_load_for_inference_and_inspect_work_from_latest_alone(run_dir, tmp_path):
+  """A run whose best/ was deleted (the corrupt-checkpoint message suggests it) still loads from latest/:
+  the best-validation variables stored inside the latest checkpoint, not the whole train state."""
+  import shutil
+  d, _, _, _ = run_dir
+  _, variables, classes = ckpt.load_for_inference(d)
+  only_latest = str(tmp_path / "run")
+  shutil.copytree(d, only_latest)
+  shutil.rmtree(os.path.join(only_latest, "best"))
+  _, variables2, classes2 = ckpt.load_for_inference(only_latest)
+  assert classes2 == classes
+  assert jax.tree_util.tree_structure(variables) == jax.tree_util.tree_structure(variables2)
+  for a, b in zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(variables2)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  params_part = inspect_checkpoint.describe(only_latest).split("parameters:")[1]
+  assert "opt_state" not in params_part and "mu" not in params_part
+  assert params_part == inspect_checkpoint.describe(d).split("parameters:")[1]

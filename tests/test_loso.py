@@ -39,8 +39,8 @@ def _run(setup, workdir, **overrides):
   config = config.copy_and_resolve_references()
   hook = overrides.pop("on_epoch_end", None)
   for k, v in overrides.items():
-    section, key = k.split(".")
-    config[section][key] = v
+    *section, key = k.split(".")
+    (config[section[0]] if section else config)[key] = v
   return loso.run_loso(config, ds, str(workdir), apply_fn=model_apply(model), init_fn=init_fn, progress=False,
                        on_epoch_end=hook)
 
@@ -201,10 +201,13 @@ def test_test_fold_early_stopping_runs_are_labelled_in_reports(setup, tmp_path):
     assert json.load(f)["test_fold_early_stopping"] is True
 
 
-def test_changed_config_refuses_to_mix_folds(setup, reference):
+@pytest.mark.parametrize("override", [{"finetune.learning_rate": 0.5},
+                                      {"pretrained_checkpoint": "/elsewhere/pretrain"}])
+def test_changed_config_refuses_to_mix_folds(setup, reference, override):
+  """Folds trained with other settings, or started from other pretrained weights, are never pooled."""
   wd, _ = reference
   with pytest.raises(Exception, match="different configuration"):
-    _run(setup, wd, **{"finetune.learning_rate": 0.5})
+    _run(setup, wd, **override)
 
 
 _FOUR_DEVICES = textwrap.dedent("""

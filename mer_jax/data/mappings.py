@@ -39,8 +39,8 @@ nothing about the macro sets; for them "megc2019" is the same as "paper".
 5class (SDE, Tables 7-8), the usual 5-class protocol for each set:
 CASME II: disgust, happiness, repression, surprise, others (fear, sadness
 excluded; 246 clips); SAMM: anger, contempt, happiness, surprise, others (SAMM's
-"Other"; disgust, fear, sadness excluded; 136 clips). Class order is alphabetic
-as listed. No other dataset has a 5-class task.
+"Other"; disgust, fear, sadness excluded; 136 clips). Class order is
+as listed (alphabetic, "others" last). No other dataset has a 5-class task.
 """
 
 from __future__ import annotations

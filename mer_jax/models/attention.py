@@ -1,6 +1,6 @@
 """Mixed (channel + spatial) attention, eqs. (5)-(8) of the paper.
 
-Applied in the skip pathways of the dense blocks (see :mod:`densenet`). Every
+Applied in the skip pathways of the dense blocks (see :mod:`mer_jax.models.backbones`). Every
 variant maps ``[N, H, W, C] -> [N, H, W, C]``; the weights are sown into the
 ``intermediates`` collection so tests and Grad-CAM can read them:
 ``channel_attention`` ``[N, C]`` (M_c of eq. 5) and ``spatial_attention``

@@ -261,10 +261,17 @@ def find_run_kind(run_dir: str) -> str:
       "pass e.g. <workdir>/pretrain or <workdir>/finetune/folds/<fold_id>)")
 
 
+def best_variables(tree: dict, kind: str) -> dict:
+  """The best-validation ``{'params', 'batch_stats'}`` of a restored ``kind`` tree: a ``latest``
+  checkpoint holds ``{'state': ..., 'best': variables}``, a ``best`` checkpoint the variables themselves."""
+  return tree["best"] if kind == "latest" else tree
+
+
 def load_for_inference(run_dir: str) -> tuple[ml_collections.ConfigDict, dict, list[str]]:
   """(config, variables ``{'params','batch_stats'}``, class_names) of a run's best checkpoint."""
   kind = find_run_kind(run_dir)
   tree, metadata = restore(run_dir, kind)
   config = ml_collections.ConfigDict(metadata["config"])
+  tree = best_variables(tree, kind)
   variables = {"params": tree["params"], "batch_stats": tree.get("batch_stats", {})}
   return config, variables, list(metadata["class_names"])
