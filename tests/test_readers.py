@@ -325,3 +325,26 @@ def test_casme2_cropped_release(roots, tmp_path):
   got = readers.read_dataset("casme2", root).samples
   assert [(s.clip_id, s.apex, len(s.frame_paths)) for s in got] == [(s.clip_id, s.apex, len(s.frame_paths)) for s in want]
   assert all("/Cropped/" in p and os.path.basename(p).startswith("reg_img") for s in got for p in s.frame_paths)
+
+
+def test_apex_outside_onset_offset_keeps_the_clip_and_is_spotted(roots, tmp_path):
+  """A coding-sheet apex outside onset..offset is an annotation error: the clip is kept, and the
+  'annotated' apex rule spots the apex and says why (never a silently wrong frame)."""
+  from mer_jax.data import apex as apex_lib
+  root = copy(roots, "casme2", tmp_path)
+  xlsx = os.path.join(root, "CASME2-coding-20140508.xlsx")
+  header = [c.value for c in openpyxl.load_workbook(xlsx).active[1]]
+  apex_col, offset_col = header.index("ApexFrame") + 1, header.index("OffsetFrame") + 1
+
+  def push_apex_past_offset(ws):
+    ws.cell(row=2, column=apex_col).value = int(ws.cell(row=2, column=offset_col).value) + 5
+  _edit_xlsx(xlsx, push_apex_past_offset)
+  before = readers.read_dataset("casme2", roots["casme2"])
+  after = readers.read_dataset("casme2", root)
+  assert len(after.samples) == len(before.samples) and not after.skipped
+  s = after.samples[0]
+  assert s.apex == len(s.frame_paths) - 1 + 5
+  frames = np.zeros((len(s.frame_paths), 16, 16, 3), np.float32)
+  idx, how = apex_lib.choose_apex("annotated", onset=s.onset, offset=s.offset, annotated=s.apex, frames=frames)
+  assert how.startswith("spot (annotation") and "outside onset..offset" in how
+  assert s.onset <= idx <= s.offset

@@ -271,13 +271,16 @@ def _label(dataset: str, raw, item: str) -> str:
 
 def _clip_from_numbers(folder: str, onset: int, apex: Optional[int], offset: int
                        ) -> tuple[tuple[str, ...], Optional[int]]:
-  """Frame paths onset..offset (by the number in the file name) and apex as an index."""
+  """Frame paths onset..offset (by the number in the file name) and apex as an index.
+
+  An annotated apex outside onset..offset is kept as it is (an index < 0 or past the last
+  frame): ``data.apex='annotated'`` then spots the apex and the build summary reports it
+  (mer_jax.data.apex.choose_apex), rather than dropping the clip.
+  """
   if not os.path.isdir(folder):
     raise _Bad(f"frame folder {folder} is missing")
   if offset < onset:
     raise _Bad(f"offset frame {offset} is before onset frame {onset}")
-  if apex is not None and not onset <= apex <= offset:
-    raise _Bad(f"apex frame {apex} is outside onset..offset {onset}..{offset}")
   frames = _frames_by_number(folder)
   paths = []
   for n in range(onset, offset + 1):
