@@ -186,11 +186,6 @@ def scores_from_confusion(conf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
   return acc, uf1, uar
 
 
-def _confusion(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
-  """[K, K] int64 counts, rows = true class."""
-  return np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k).astype(np.int64)
-
-
 def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, num_classes: int, *,
                  samples: int, seed: int, level: float = 0.95) -> dict:
   """Percentile bootstrap CI of UF1 / UAR / accuracy over groups (subjects).

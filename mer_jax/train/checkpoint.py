@@ -47,7 +47,6 @@ import time
 import warnings
 from typing import Any, Optional
 
-import flax.serialization
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
@@ -243,12 +242,6 @@ def read_metadata(run_dir: str, kind: str) -> dict:
   finally:
     mngr.close()
   return out.metadata
-
-
-def restore_state(run_dir: str, kind: str, template):
-  """Restores a TrainState shaped like ``template`` (shardings included); -> (state, metadata)."""
-  tree, metadata = restore(run_dir, kind, flax.serialization.to_state_dict(template))
-  return flax.serialization.from_state_dict(template, tree), metadata
 
 
 def find_run_kind(run_dir: str) -> str:

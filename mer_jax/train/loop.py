@@ -45,7 +45,7 @@ from mer_jax.train import checkpoint as ckpt
 from mer_jax.train import parallel
 from mer_jax.train.sampling import epoch_plan, epoch_rng
 from mer_jax.train.state import TrainState, create_state, plateau_step, variables_of
-from mer_jax.train.steps import masked_train_step, train_step
+from mer_jax.train.steps import eval_step, masked_train_step, train_step
 
 
 @dataclasses.dataclass
@@ -106,10 +106,6 @@ class _Book:
 # Compiled functions (cached per mesh so that successive folds reuse the compilation)
 # ---------------------------------------------------------------------------------------------
 
-def _logits(variables, images, apply_fn):
-  return apply_fn(variables, images, train=False)
-
-
 def _masked_plateau(state: TrainState, val_loss, active):
   new = plateau_step(state, val_loss)
   return jax.tree_util.tree_map(lambda n, o: jnp.where(active, n, o), new, state)
@@ -127,7 +123,7 @@ def _select(mask, new, old):
 def _compiled(mesh: jax.sharding.Mesh, stacked: bool, apply_fn: Callable):
   rep = parallel.replicated(mesh)
   data = parallel.batch_sharding(mesh, fold_axis=stacked)
-  logits = functools.partial(_logits, apply_fn=apply_fn)
+  logits = functools.partial(eval_step, apply_fn=apply_fn)
   if not stacked:
     return dict(
         train=jax.jit(train_step, in_shardings=(rep, data, data), out_shardings=(rep, rep)),

@@ -36,7 +36,6 @@ import dataclasses
 import json
 import os
 import re
-import socket
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -111,10 +110,9 @@ def check_no_leakage(ds: ArrayDataset, split: FoldSplit) -> None:
 
 
 def _atomic_json(path: str, obj: Any) -> None:
-  tmp = f"{path}.tmp.{socket.gethostname()}.{os.getpid()}"   # unique per process (multi-host runs)
-  with open(tmp, "w") as f:
-    json.dump(obj, f, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
-  os.replace(tmp, path)
+  """JSON via mer_jax.reporting.atomic_write_text (temp file unique per process, fsync, os.replace)."""
+  from mer_jax.reporting import atomic_write_text
+  atomic_write_text(path, lambda f: json.dump(obj, f, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
 def _load_record(path: str, fp: str) -> dict:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from typing import Callable, Optional
 
 import jax
@@ -74,8 +73,6 @@ def run_pretrain(config: ml_collections.ConfigDict, ds: ArrayDataset, workdir: s
              "n_train": int(tr.size), "n_val": int(va.size), "class_names": list(ds.class_names),
              "class_counts": np.bincount(ds.labels, minlength=len(ds.class_names)).tolist(),
              "wall_time_s": res.wall_time_s, "history": res.history}
-  tmp = f"{summary_path}.tmp.{socket.gethostname()}.{os.getpid()}"   # unique per process (multi-host runs)
-  with open(tmp, "w") as f:
-    json.dump(summary, f, indent=1)
-  os.replace(tmp, summary_path)
+  from mer_jax.reporting import atomic_write_text
+  atomic_write_text(summary_path, lambda f: json.dump(summary, f, indent=1))
   return res.variables, summary
