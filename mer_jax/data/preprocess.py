@@ -231,10 +231,12 @@ def preprocess_clip(frames: np.ndarray, fps: Optional[float], *, onset: Optional
     notes.name, notes.box, notes.apex, notes.apex_rule, notes.evm = name, box, ap, how, evm_on
     notes.face_found = None if box is None else box.detected
   size = int(config.image_size)
-  faces = np.stack([face_lib.crop_and_resize(f, box, size) for f in clip])   # [T, S, S, C]
   if evm_on:
-    faces = magnify(faces, float(fps), config.evm, name=name, notes=notes)
-  out = _fix_channels(faces[ap - onset], int(config.get("channels", 3)), name)
+    faces = np.stack([face_lib.crop_and_resize(f, box, size) for f in clip])   # [T, S, S, C]
+    apex_face = magnify(faces, float(fps), config.evm, name=name, notes=notes)[ap - onset]
+  else:                                    # without EVM only the apex frame is needed
+    apex_face = face_lib.crop_and_resize(clip[ap - onset], box, size)
+  out = _fix_channels(apex_face, int(config.get("channels", 3)), name)
   return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
