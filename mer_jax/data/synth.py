@@ -59,6 +59,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from mer_jax.data import mappings
 from mer_jax.errors import ConfigError, run_cli
 
 LAYOUTS = ("casme2", "samm", "smic", "ck", "rafdb", "fer2013")
@@ -83,12 +84,10 @@ MICRO_CYCLES = {
              "disgust", "surprise", "contempt", "fear", "sadness"),
     "smic": ("negative", "positive", "surprise"),
 }
-CK_CODES = {1: "anger", 2: "contempt", 3: "disgust", 4: "fear", 5: "happy", 6: "sadness",
-            7: "surprise"}
-RAFDB_CODES = {1: "surprise", 2: "fear", 3: "disgust", 4: "happiness", 5: "sadness", 6: "anger",
-               7: "neutral"}
-FER_CODES = {0: "angry", 1: "disgust", 2: "fear", 3: "happy", 4: "sad", 5: "surprise",
-             6: "neutral"}
+# The official code tables (mer_jax.data.mappings); CK+ labelled sequences never carry 0 (neutral).
+CK_CODES = {code: label for code, label in mappings.CK_CODES.items() if code}
+RAFDB_CODES = mappings.RAFDB_CODES
+FER_CODES = mappings.FER2013_CODES
 
 # ----------------------------------------------------------------------------- action units
 # Landmark displacements in "face units" (the face is 112 units wide), for intensity 1.
