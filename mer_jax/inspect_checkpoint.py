@@ -49,11 +49,13 @@ def describe(run_dir: str) -> str:
       lines.append(f"  {k}: {meta[k]}")
   if meta.get("metrics"):
     lines.append("  metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in meta["metrics"].items()))
-  if ckpt.latest_epoch(run_dir, "latest") is not None:
-    ltree, lmeta = ckpt.restore(run_dir, "latest")
+  latest_epoch = ckpt.latest_epoch(run_dir, "latest")
+  if latest_epoch is not None:
+    # A run without best/ was restored from latest above: reuse it instead of reading it again.
+    ltree, lmeta = (tree, meta) if kind == "latest" else ckpt.restore(run_dir, "latest")
     st = ltree.get("state", {})
     loop = lmeta.get("loop", {})
-    lines.append(f"  latest: {ckpt.latest_epoch(run_dir, 'latest')} epochs done, optimiser step "
+    lines.append(f"  latest: {latest_epoch} epochs done, optimiser step "
                  f"{int(np.asarray(st.get('step', -1)))}, best epoch index {loop.get('best_epoch')}, "
                  f"early-stopped/finished: {loop.get('stopped')}")
     if "plateau" in st:
