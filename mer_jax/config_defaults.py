@@ -106,5 +106,6 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   c.log_every_steps = 50
   c.checkpoint_every_epochs = 1
+  c.checkpoint_async = True        # write checkpoints in the background (single-process runs; see train/checkpoint.py)
   c.bootstrap_samples = 1000
   return c

@@ -111,3 +111,26 @@ def test_load_for_inference_and_inspect_work_from_latest_alone(run_dir, tmp_path
   params_part = inspect_checkpoint.describe(only_latest).split("parameters:")[1]
   assert "opt_state" not in params_part and "mu" not in params_part
   assert params_part == inspect_checkpoint.describe(d).split("parameters:")[1]
+
+
+def test_background_saves_keep_what_was_passed_and_close_waits(tmp_path):
+  """RunCheckpoints(asynchronous=True): the saved arrays are private copies (the caller may overwrite or donate
+  its buffers right after save returns), ``latest`` keeps the newest two, and close() leaves every save on disk."""
+  d = str(tmp_path)
+  arrays = {"w": np.arange(6, dtype=np.float32), "b": np.ones(3, np.float32)}
+  with ckpt.RunCheckpoints(d, asynchronous=True) as ck:
+    assert ck.asynchronous
+    for epoch in (1, 2, 3):
+      ck.save("latest", epoch, {"state": arrays, "best": arrays}, {"epoch": epoch})
+      arrays["w"] *= 10                   # in place, while the background writer may still be busy
+    ck.save("best", 0, {"w": jax.device_put(arrays["w"])}, {"epoch": 0})
+  assert sorted(os.listdir(os.path.join(d, "latest"))) == ["2", "3"]
+  tree, meta = ckpt.restore(d, "latest")
+  np.testing.assert_array_equal(np.asarray(tree["state"]["w"]), np.arange(6, dtype=np.float32) * 100)
+  assert meta == {"epoch": 3}
+  np.testing.assert_array_equal(np.asarray(ckpt.restore(d, "best")[0]["w"]), np.arange(6) * 1000)
+  # a second writer on the same run (a resumed run) replaces the epochs it saves again
+  with ckpt.RunCheckpoints(d) as ck:
+    ck.save("latest", 3, {"state": {"w": np.zeros(2, np.float32)}, "best": {}}, {"epoch": 2})
+  assert sorted(os.listdir(os.path.join(d, "latest"))) == ["2", "3"]
+  np.testing.assert_array_equal(np.asarray(ckpt.restore(d, "latest")[0]["state"]["w"]), [0, 0])

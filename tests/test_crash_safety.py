@@ -163,7 +163,9 @@ def test_sigkill_at_three_points_then_resume_gives_the_same_predictions(data, tm
   final = run_cli(wd, data)
   assert final.returncode == 0, final.stderr[-4000:]
   with open(wd / "finetune" / "folds" / f"{expected_fold0_id(wd)}.json") as f:
-    assert json.load(f)["resumed_from_epoch"] == 2     # fold 0 continued from its epoch-2 checkpoint
+    # fold 0 continued from its epoch-2 checkpoint, or from epoch 1 when the kill came while the epoch-2
+    # checkpoint was still being written in the background (asynchronous checkpointing loses at most that one)
+    assert json.load(f)["resumed_from_epoch"] in (1, 2)
   got = predictions(wd)
   assert [g[:3] for g in got] == [e[:3] for e in expected]
   assert [g[3] for g in got] == [e[3] for e in expected]      # bit-identical probabilities (CPU determinism)

@@ -131,6 +131,24 @@ def test_fit_is_deterministic(fitted):
   np.testing.assert_array_equal(p1, p2)
 
 
+def test_sync_checkpoints_and_device_inputs_give_the_same_run(fitted, tmp_path):
+  """checkpoint_async=False writes the same checkpoints as the default background writer, and the caller's
+  initial variables (device arrays) survive fit although the train state is donated to every step."""
+  config, model, init, _, run, v0, res = fitted
+  v_dev = jax.device_put(v0)
+  sync = loop.fit(model_apply(model), v_dev, loop.RunData(**{**run.__dict__, "run_dir": str(tmp_path)}),
+                  config.finetune, num_classes=3, progress=False, checkpoint_async=False)
+  assert not any(x.is_deleted() for x in jax.tree_util.tree_leaves(v_dev))
+  for a, b in zip(jax.tree_util.tree_leaves(sync.variables), jax.tree_util.tree_leaves(res.variables)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  for kind in ("best", "latest"):
+    assert ckpt.latest_epoch(str(tmp_path), kind) == ckpt.latest_epoch(run.run_dir, kind)
+    (t_async, m_async), (t_sync, m_sync) = ckpt.restore(run.run_dir, kind), ckpt.restore(str(tmp_path), kind)
+    assert m_async == m_sync
+    for a, b in zip(jax.tree_util.tree_leaves(t_async), jax.tree_util.tree_leaves(t_sync)):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_batch_size_must_divide_devices():
   two = type("Mesh", (), {"devices": np.empty(2)})()      # only .devices.size is consulted
   parallel.check_batch_size(8, two)

@@ -15,7 +15,14 @@ One epoch of a run (both functions, Tables 3-4):
    ``early_stopping_patience`` (0 disables early stopping) or after ``epochs``;
 6. checkpoints: ``latest`` every ``checkpoint_every`` epochs and at the end
    (train state + best weights + loop bookkeeping: a resumed run continues
-   bit-identically), ``best`` when the validation accuracy improved.
+   bit-identically), ``best`` once, when the run ends (until then the best
+   weights live in ``latest``, which ``checkpoint.load_for_inference`` reads
+   for an unfinished run); written in the background by default
+   (:class:`checkpoint.RunCheckpoints`).
+
+The train state is donated to the jitted step (updated in place); the loop
+keeps its best weights as a host copy, and the step losses stay on the device
+until the epoch ends (one host transfer per epoch, where the NaN/Inf check runs).
 
 ``fit_many`` runs F runs (LOSO folds) in lock-step under ``jax.vmap``: each
 epoch runs ``max_f steps_f`` steps, a run with fewer steps (smaller training
@@ -119,6 +126,17 @@ def _select(mask, new, old):
   return jax.tree_util.tree_map(pick, new, old)
 
 
+# XLA:CPU hands convolutions to YNNPACK by default; under vmap over folds every convolution becomes a
+# grouped one (feature_group_count = folds), which YNNPACK ran ~2.4x slower than XLA's own kernels in
+# benchmarks/RESULTS.md (LOSO log). The vmapped programs therefore compile without YNNPACK fusions on CPU.
+STACKED_CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def stacked_compiler_options(mesh: jax.sharding.Mesh) -> Optional[dict]:
+  """XLA options of the vmapped (``fit_many``) programs on ``mesh``'s platform (None: XLA's defaults)."""
+  return dict(STACKED_CPU_COMPILER_OPTIONS) if mesh.devices.flat[0].platform == "cpu" else None
+
+
 @functools.lru_cache(maxsize=None)
 def _compiled(mesh: jax.sharding.Mesh, stacked: bool, apply_fn: Callable):
   rep = parallel.replicated(mesh)
@@ -126,12 +144,14 @@ def _compiled(mesh: jax.sharding.Mesh, stacked: bool, apply_fn: Callable):
   logits = functools.partial(eval_step, apply_fn=apply_fn)
   if not stacked:
     return dict(
-        train=jax.jit(train_step, in_shardings=(rep, data, data), out_shardings=(rep, rep)),
+        train=jax.jit(train_step, in_shardings=(rep, data, data), out_shardings=(rep, rep), donate_argnums=0),
         logits=jax.jit(logits, in_shardings=(rep, data), out_shardings=rep),
         plateau=jax.jit(plateau_step, in_shardings=(rep, rep), out_shardings=rep))
+  opts = stacked_compiler_options(mesh)
   return dict(
-      train=jax.jit(jax.vmap(masked_train_step), in_shardings=(rep, data, data, rep), out_shardings=(rep, rep)),
-      logits=jax.jit(jax.vmap(logits), in_shardings=(rep, data), out_shardings=rep),
+      train=jax.jit(jax.vmap(masked_train_step), in_shardings=(rep, data, data, rep), out_shardings=(rep, rep),
+                    donate_argnums=0, compiler_options=opts),
+      logits=jax.jit(jax.vmap(logits), in_shardings=(rep, data), out_shardings=rep, compiler_options=opts),
       plateau=jax.jit(jax.vmap(_masked_plateau), in_shardings=(rep, rep, rep), out_shardings=rep),
       select=jax.jit(_select, in_shardings=(rep, rep, rep), out_shardings=rep))
 
@@ -231,6 +251,17 @@ def _write(writer, step: int, scalars: dict) -> None:
     writer.write_scalars(step, scalars)
 
 
+def _host_copy(tree: Any) -> Any:
+  """A host (numpy) copy of a pytree of arrays that owns its memory (no view of a device buffer)."""
+  return jax.tree_util.tree_map(lambda a: np.array(a, copy=True), jax.device_get(tree))
+
+
+def _flush(ckpts: Optional[ckpt.RunCheckpoints]) -> None:
+  """Waits for background checkpoint writes (so that an error message names the last checkpoint on disk)."""
+  if ckpts is not None:
+    ckpts.wait()
+
+
 def _padded_chunks(n: int, batch: int) -> list[tuple[int, int]]:
   return [(i, min(i + batch, n)) for i in range(0, n, batch)]
 
@@ -242,7 +273,7 @@ def _padded_chunks(n: int, batch: int) -> list[tuple[int, int]]:
 def fit(apply_fn: Callable, init_variables: dict, run: RunData, train_cfg: ml_collections.ConfigDict, *,
         num_classes: int, mesh: Optional[jax.sharding.Mesh] = None, writer=None,
         checkpoint_every: int = 1, progress: bool = True, log_every_steps: int = 0,
-        on_epoch_end: Optional[Callable[[int], None]] = None) -> FitResult:
+        on_epoch_end: Optional[Callable[[int], None]] = None, checkpoint_async: bool = True) -> FitResult:
   """Trains one run from ``init_variables`` and returns its best-validation weights.
 
   writer: a clu MetricWriter (per-epoch scalars; the training loss every
@@ -250,8 +281,22 @@ def fit(apply_fn: Callable, init_variables: dict, run: RunData, train_cfg: ml_co
 
   Resumes from ``<run_dir>/latest`` when present (its metadata must carry the
   same ``fingerprint`` as ``run.metadata``, else UserError). ``on_epoch_end(epoch)``
-  is called after each epoch's checkpoints (tests use it to simulate a crash).
+  is called after each epoch's checkpoints were issued (tests use it to simulate a crash).
+  checkpoint_async: write checkpoints in the background (single-process runs only; see
+  :class:`checkpoint.RunCheckpoints`).
   """
+  if not run.run_dir:
+    return _fit(apply_fn, init_variables, run, train_cfg, None, num_classes=num_classes, mesh=mesh,
+                writer=writer, checkpoint_every=checkpoint_every, progress=progress,
+                log_every_steps=log_every_steps, on_epoch_end=on_epoch_end)
+  with ckpt.RunCheckpoints(run.run_dir, asynchronous=None if checkpoint_async else False) as ckpts:
+    return _fit(apply_fn, init_variables, run, train_cfg, ckpts, num_classes=num_classes, mesh=mesh,
+                writer=writer, checkpoint_every=checkpoint_every, progress=progress,
+                log_every_steps=log_every_steps, on_epoch_end=on_epoch_end)
+
+
+def _fit(apply_fn, init_variables, run, train_cfg, ckpts: Optional[ckpt.RunCheckpoints], *, num_classes, mesh,
+         writer, checkpoint_every, progress, log_every_steps, on_epoch_end) -> FitResult:
   t0 = time.time()
   mesh = mesh or parallel.make_mesh()
   batch = int(train_cfg.batch_size)
@@ -260,17 +305,18 @@ def fit(apply_fn: Callable, init_variables: dict, run: RunData, train_cfg: ml_co
   fns = _compiled(mesh, False, apply_fn)
   rep = parallel.replicated(mesh)
   data = parallel.batch_sharding(mesh)
-  state = jax.device_put(create_state(apply_fn, init_variables, train_cfg), rep)
-  best = variables_of(state)
+  # may_alias=False: the state owns its buffers (they are donated to every step; the caller keeps its variables)
+  state = jax.device_put(create_state(apply_fn, init_variables, train_cfg), rep, may_alias=False)
+  best = _host_copy(variables_of(state))
   book = _Book()
   resumed = 0
   if run.run_dir and ckpt.latest_epoch(run.run_dir, "latest") is not None:
-    template = {"state": flax.serialization.to_state_dict(state), "best": best}
+    template = {"state": flax.serialization.to_state_dict(state), "best": variables_of(state)}
     _check_resumable(run.run_dir, run.metadata)
     tree, meta, _ = ckpt.restore_newest_good(run.run_dir, "latest", template)   # falls back past a damaged one
     _check_same_config(run.run_dir, meta, run.metadata)
     state = flax.serialization.from_state_dict(state, tree["state"])
-    best = tree["best"]
+    best = _host_copy(tree["best"])
     book = _Book(**meta["loop"])
     resumed = book.epochs_done
   patience = int(train_cfg.early_stopping_patience)
@@ -302,11 +348,13 @@ def fit(apply_fn: Callable, init_variables: dict, run: RunData, train_cfg: ml_co
     nonfinite = np.flatnonzero(~np.isfinite(step_losses))
     if nonfinite.size:
       i = int(nonfinite[0])
+      _flush(ckpts)
       raise _diverged(run, train_cfg, epoch, f"optimiser step {host_step - len(losses) + i + 1} "
                       f"(batch {i + 1} of the epoch)", "training loss", step_losses[i])
     train_loss = float(np.mean(step_losses))
     val_loss, val_acc = _val_scores(val_logits(variables_of(state)), run.val_y)
     if not np.isfinite(val_loss):
+      _flush(ckpts)
       raise _diverged(run, train_cfg, epoch, "validation", "validation loss", val_loss)
     state = fns["plateau"](state, jnp.asarray(val_loss, jnp.float32))
     improved = book.update(epoch, val_acc, val_loss, patience, max_epochs)
@@ -316,12 +364,9 @@ def fit(apply_fn: Callable, init_variables: dict, run: RunData, train_cfg: ml_co
     _write(writer, epoch, {f"{run.name}/train_loss": train_loss, f"{run.name}/val_loss": val_loss,
                            f"{run.name}/val_accuracy": val_acc, f"{run.name}/lr": lr})
     if improved:
-      best = variables_of(state)
-      if run.run_dir:
-        ckpt.save(run.run_dir, "best", epoch, best, dict(
-            run.metadata, epoch=epoch, metrics={"val_accuracy": val_acc, "val_loss": val_loss}))
-    if run.run_dir and (book.stopped or (epoch + 1) % max(checkpoint_every, 1) == 0):
-      ckpt.save(run.run_dir, "latest", epoch + 1,
+      best = _host_copy(variables_of(state))
+    if ckpts and (book.stopped or (epoch + 1) % max(checkpoint_every, 1) == 0):
+      ckpts.save("latest", epoch + 1,
                 {"state": flax.serialization.to_state_dict(state), "best": best},
                 dict(run.metadata, epoch=epoch, metrics={"val_accuracy": val_acc, "val_loss": val_loss},
                      loop=dataclasses.asdict(book)))
@@ -331,7 +376,11 @@ def fit(apply_fn: Callable, init_variables: dict, run: RunData, train_cfg: ml_co
     if on_epoch_end is not None:
       on_epoch_end(epoch)
     epoch += 1
-  return FitResult(variables=jax.device_get(best), best_epoch=book.best_epoch,
+  if ckpts and book.best_epoch >= 0:
+    ckpts.save("best", book.best_epoch, best, dict(
+        run.metadata, epoch=book.best_epoch, metrics={"val_accuracy": book.best_accuracy,
+                                                      "val_loss": book.best_loss}))
+  return FitResult(variables=best, best_epoch=book.best_epoch,
                    best_val_accuracy=book.best_accuracy, best_val_loss=book.best_loss,
                    epochs_trained=book.epochs_done, history=book.history, resumed_from_epoch=resumed,
                    wall_time_s=time.time() - t0)
@@ -352,12 +401,29 @@ def _unstack(tree: Any, i: int) -> Any:
 def fit_many(apply_fn: Callable, init_variables: Sequence[dict], runs: Sequence[RunData],
              train_cfg: ml_collections.ConfigDict, *, num_classes: int, group_dir: Optional[str] = None,
              mesh: Optional[jax.sharding.Mesh] = None, writer=None, checkpoint_every: int = 1,
-             progress: bool = True, on_epoch_end: Optional[Callable[[int], None]] = None) -> list[FitResult]:
+             progress: bool = True, on_epoch_end: Optional[Callable[[int], None]] = None,
+             log_every_steps: int = 0, checkpoint_async: bool = True) -> list[FitResult]:
   """``fit`` for F runs at once (one jitted, vmapped program; results equal to ``fit`` run by run).
 
   group_dir: ``<group_dir>/latest`` holds the stacked states (resume); each run's
   ``run_dir`` gets its ``best`` checkpoint when the group finishes.
+  log_every_steps: > 0 writes each active run's training loss every that many group steps.
   """
+  asynchronous = None if checkpoint_async else False
+  if not group_dir:
+    return _fit_many(apply_fn, init_variables, runs, train_cfg, None, asynchronous, num_classes=num_classes,
+                     mesh=mesh, writer=writer, checkpoint_every=checkpoint_every, progress=progress,
+                     on_epoch_end=on_epoch_end, log_every_steps=log_every_steps)
+  with ckpt.RunCheckpoints(group_dir, asynchronous=asynchronous) as ckpts:
+    return _fit_many(apply_fn, init_variables, runs, train_cfg, ckpts, asynchronous, num_classes=num_classes,
+                     mesh=mesh, writer=writer, checkpoint_every=checkpoint_every, progress=progress,
+                     on_epoch_end=on_epoch_end, log_every_steps=log_every_steps)
+
+
+def _fit_many(apply_fn, init_variables, runs, train_cfg, ckpts: Optional[ckpt.RunCheckpoints], asynchronous, *,
+              num_classes, mesh, writer, checkpoint_every, progress, on_epoch_end,
+              log_every_steps) -> list[FitResult]:
+  group_dir = ckpts.run_dir if ckpts else None
   t0 = time.time()
   f_runs = len(runs)
   if f_runs == 0:
@@ -373,8 +439,8 @@ def fit_many(apply_fn: Callable, init_variables: Sequence[dict], runs: Sequence[
   states = [create_state(apply_fn, v, train_cfg) for v in init_variables]
   state = jax.device_put(states[0].replace(**{
       k: _stack([getattr(s, k) for s in states])
-      for k in ("step", "params", "opt_state", "batch_stats", "epoch", "plateau")}), rep)
-  best = jax.device_put(variables_of(state), rep)
+      for k in ("step", "params", "opt_state", "batch_stats", "epoch", "plateau")}), rep, may_alias=False)
+  best = jax.device_put(_host_copy(variables_of(state)), rep)   # own buffers: the state is donated
   books = [_Book() for _ in runs]
   names = [r.name for r in runs]
   resumed = 0
@@ -386,10 +452,13 @@ def fit_many(apply_fn: Callable, init_variables: Sequence[dict], runs: Sequence[
       template = {"state": flax.serialization.to_state_dict(state), "best": best}
       tree, meta, _ = ckpt.restore_newest_good(group_dir, "latest", template)   # falls back past a damaged one
       _check_same_config(group_dir, meta, runs[0].metadata)
-      state = flax.serialization.from_state_dict(state, tree["state"])
-      best = tree["best"]
-      books = [_Book(**b) for b in meta["loop"]]
-      resumed = max(b.epochs_done for b in books)
+      if meta.get("runs") != names:     # the readable (older) checkpoint holds another grouping: start afresh
+        shutil.rmtree(os.path.join(group_dir, "latest"))
+      else:
+        state = flax.serialization.from_state_dict(state, tree["state"])
+        best = tree["best"]
+        books = [_Book(**b) for b in meta["loop"]]
+        resumed = max(b.epochs_done for b in books)
   patience = int(train_cfg.early_stopping_patience)
   max_epochs = int(train_cfg.epochs)
   prog = Progress(f"{names[0]}..{names[-1]} ({f_runs} vmapped)", max_epochs) if progress else None
@@ -407,12 +476,13 @@ def fit_many(apply_fn: Callable, init_variables: Sequence[dict], runs: Sequence[
     return np.concatenate(out, axis=1)   # [F, n_val, K]
 
   epoch = max(b.epochs_done for b in books)
+  host_step = 0
   while not all(b.stopped for b in books) and epoch < max_epochs:
     active = np.array([not b.stopped for b in books])
     plans = [epoch_plan(r.train_y, batch, epoch_rng(r.seed, epoch), bool(train_cfg.balanced_sampling))
              for r in runs]
     n_steps = max(len(p) for p, a in zip(plans, active) if a)
-    losses = np.zeros(f_runs)
+    step_losses, step_masks = [], []
     for s in range(n_steps):
       step_active = np.array([a and s < len(p) for p, a in zip(plans, active)])
       x = np.empty((f_runs, batch) + shape, np.float32)
@@ -422,17 +492,26 @@ def fit_many(apply_fn: Callable, init_variables: Sequence[dict], runs: Sequence[
         x[f], y[f] = r.train_x[idx], r.train_y[idx]
       state, loss = fns["train"](state, jax.device_put(x, data), jax.device_put(y, data),
                                  jax.device_put(step_active, rep))
-      loss = np.asarray(loss, np.float64)
-      nonfinite = np.flatnonzero(step_active & ~np.isfinite(loss))
-      if nonfinite.size:
-        f = int(nonfinite[0])
-        raise _diverged(runs[f], train_cfg, epoch, f"batch {s + 1} of the epoch (vmapped group {names[0]}.."
-                        f"{names[-1]})", "training loss", loss[f], ckpt_dir=group_dir)
-      losses += loss
+      step_losses.append(loss)
+      step_masks.append(step_active)
+      host_step += 1
+      if writer is not None and log_every_steps > 0 and host_step % log_every_steps == 0:
+        now = np.asarray(loss)
+        writer.write_scalars(host_step, {f"{r.name}/step_train_loss": float(now[f])
+                                         for f, r in enumerate(runs) if step_active[f]})
+    step_losses = np.asarray(jax.device_get(step_losses), np.float64)   # [steps, F]: one transfer per epoch
+    bad = np.argwhere(np.asarray(step_masks) & ~np.isfinite(step_losses))
+    if bad.size:
+      s, f = (int(v) for v in bad[0])
+      _flush(ckpts)
+      raise _diverged(runs[f], train_cfg, epoch, f"batch {s + 1} of the epoch (vmapped group {names[0]}.."
+                      f"{names[-1]})", "training loss", step_losses[s, f], ckpt_dir=group_dir)
+    losses = step_losses.sum(axis=0)
     logits = val_logits(variables_of(state))
     scores = [_val_scores(logits[f, : len(r.val_y)], r.val_y) for f, r in enumerate(runs)]
     for f, (sc, r) in enumerate(zip(scores, runs)):
       if active[f] and not np.isfinite(sc[0]):
+        _flush(ckpts)
         raise _diverged(r, train_cfg, epoch, "validation (vmapped group)", "validation loss", sc[0],
                         ckpt_dir=group_dir)
     val_loss = np.array([s[0] for s in scores], np.float32)
@@ -452,8 +531,8 @@ def fit_many(apply_fn: Callable, init_variables: Sequence[dict], runs: Sequence[
     if improved.any():
       best = fns["select"](jax.device_put(improved, rep), variables_of(state), best)
     done = all(b.stopped for b in books)
-    if group_dir and (done or (epoch + 1) % max(checkpoint_every, 1) == 0):
-      ckpt.save(group_dir, "latest", epoch + 1,
+    if ckpts and (done or (epoch + 1) % max(checkpoint_every, 1) == 0):
+      ckpts.save("latest", epoch + 1,
                 {"state": flax.serialization.to_state_dict(state), "best": best},
                 {"runs": names, "epoch": epoch, "loop": [dataclasses.asdict(b) for b in books],
                  "fingerprint": runs[0].metadata.get("fingerprint")})
@@ -466,15 +545,22 @@ def fit_many(apply_fn: Callable, init_variables: Sequence[dict], runs: Sequence[
 
   best_host = jax.device_get(best)
   results = []
-  for f, (b, r) in enumerate(zip(books, runs)):
-    variables = _unstack(best_host, f)
-    if r.run_dir and b.best_epoch >= 0:
-      ckpt.save(r.run_dir, "best", b.best_epoch, variables, dict(
-          r.metadata, epoch=b.best_epoch,
-          metrics={"val_accuracy": b.best_accuracy, "val_loss": b.best_loss}))
-    results.append(FitResult(variables=variables, best_epoch=b.best_epoch, best_val_accuracy=b.best_accuracy,
-                             best_val_loss=b.best_loss, epochs_trained=b.epochs_done, history=b.history,
-                             resumed_from_epoch=resumed, wall_time_s=(time.time() - t0) / f_runs))
+  writers = []          # every run's best checkpoint written in the background, all awaited below
+  try:
+    for f, (b, r) in enumerate(zip(books, runs)):
+      variables = _unstack(best_host, f)
+      if r.run_dir and b.best_epoch >= 0:
+        writers.append(ckpt.RunCheckpoints(r.run_dir, asynchronous=asynchronous))
+        writers[-1].save("best", b.best_epoch, variables, dict(
+            r.metadata, epoch=b.best_epoch,
+            metrics={"val_accuracy": b.best_accuracy, "val_loss": b.best_loss}))
+      results.append(FitResult(
+          variables=variables, best_epoch=b.best_epoch, best_val_accuracy=b.best_accuracy,
+          best_val_loss=b.best_loss, epochs_trained=b.epochs_done, history=b.history,
+          resumed_from_epoch=resumed, wall_time_s=(time.time() - t0) / f_runs))
+  finally:
+    for w in writers:
+      w.close()
   return results
 
 

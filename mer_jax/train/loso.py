@@ -162,6 +162,10 @@ def run_loso(config: ml_collections.ConfigDict, ds: ArrayDataset, workdir: str, 
   if records and progress:
     print(f"[loso] {len(records)} of {len(folds)} folds already finished in {folds_dir}; skipping them",
           flush=True)
+  if int(ft.parallel_folds) > 0 and progress and mesh.devices.flat[0].platform == "cpu":
+    print(f"[loso] note: finetune.parallel_folds={int(ft.parallel_folds)} on a CPU: vmapped folds measured no "
+          "faster than folds one by one on XLA:CPU (benchmarks/RESULTS.md); they are meant for GPUs. "
+          "--config.finetune.parallel_folds=0 runs them one by one (same results).", flush=True)
 
   def make_run(index: int, subject: str) -> tuple[loop.RunData, FoldSplit]:
     seed = fold_seed(config.seed, index)
@@ -208,12 +212,14 @@ def run_loso(config: ml_collections.ConfigDict, ds: ArrayDataset, workdir: str, 
       results = loop.fit_many(apply_fn, inits, runs, ft, num_classes=num_classes,
                               group_dir=os.path.join(out_dir, "groups", gid), mesh=mesh, writer=writer,
                               checkpoint_every=int(config.checkpoint_every_epochs), progress=progress,
-                              on_epoch_end=hook)
+                              on_epoch_end=hook, log_every_steps=int(config.log_every_steps),
+                              checkpoint_async=bool(config.checkpoint_async))
     else:
       hook = (lambda e, f=fold_id(*chunk[0]): on_epoch_end(f, e)) if on_epoch_end else None
       results = [loop.fit(apply_fn, inits[0], runs[0], ft, num_classes=num_classes, mesh=mesh, writer=writer,
                           checkpoint_every=int(config.checkpoint_every_epochs), progress=progress,
-                          log_every_steps=int(config.log_every_steps), on_epoch_end=hook)]
+                          log_every_steps=int(config.log_every_steps), on_epoch_end=hook,
+                          checkpoint_async=bool(config.checkpoint_async))]
     for (index, subject), (_, split), res in zip(chunk, runs_splits, results):
       records[index] = finish(index, subject, split, res)
     done += len(chunk)

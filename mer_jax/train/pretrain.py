@@ -67,7 +67,8 @@ def run_pretrain(config: ml_collections.ConfigDict, ds: ArrayDataset, workdir: s
                 "image_size": int(ds.images.shape[1]), "channels": int(ds.images.shape[-1]), "fingerprint": fp})
   res = loop.fit(apply_fn, init_variables, run, pt, num_classes=int(config.model.num_classes), mesh=mesh,
                  writer=writer, checkpoint_every=int(config.checkpoint_every_epochs), progress=progress,
-                 log_every_steps=int(config.log_every_steps), on_epoch_end=on_epoch_end)
+                 log_every_steps=int(config.log_every_steps), on_epoch_end=on_epoch_end,
+                 checkpoint_async=bool(config.checkpoint_async))
   summary = {"fingerprint": fp, "best_epoch": res.best_epoch, "best_val_accuracy": res.best_val_accuracy,
              "best_val_loss": res.best_val_loss, "epochs_trained": res.epochs_trained,
              "n_train": int(tr.size), "n_val": int(va.size), "class_names": list(ds.class_names),
