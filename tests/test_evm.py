@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 import warnings
 
@@ -244,6 +245,14 @@ def test_magnify_matches_float64_reference(pyramid, kind, band, method):
   assert np.abs(want - v).max() > 1e-3             # something was amplified
   assert 0.0 < want.min() and want.max() < 1.0      # no clipping: exact linear regime
   np.testing.assert_allclose(got, want, rtol=0, atol=2e-5)
+  if pyramid == "gaussian":     # same temporal paths as below; the batching is checked once per path
+    return
+  # natively batched clips, same path: in the linear regime magnify(a v + b) = a magnify(v) + b (the band
+  # excludes DC), so each clip of [v, 1 - v, v / 2 + 1/4] must give that clip's own result
+  batch = np.stack([v, 1.0 - v, 0.5 * v + 0.25])
+  out = np.asarray(magnify_batch(jnp.asarray(batch), 30.0, vectorize="native", alpha=10.0, freq_band=band,
+                                 pyramid=pyramid, temporal_filter=kind, ideal_method=method))
+  np.testing.assert_allclose(out, np.stack([got, 1.0 - got, 0.5 * got + 0.25]), rtol=0, atol=2e-6)
 
 
 def test_magnify_grey_clip_matches_reference():
@@ -408,6 +417,58 @@ def test_vmap_over_batch_equals_per_clip():
   np.testing.assert_allclose(np.asarray(batch_bw[1]),
                              np.asarray(magnify(jnp.asarray(vids[1]), 16.0, temporal_filter="iir", **opts)),
                              atol=1e-6)
+
+
+# Batches: every batching mode must give magnify's result per clip (odd frame sizes, every filter path).
+BATCH_FPS = 16.0
+
+
+def batch_of_clips(b=3, t=12, h=17, w=23, c=3):
+  return np.stack([smooth_video(t, h, w, c, seed=30 + s) for s in range(b)])
+
+
+def test_batch_modes_agree_grey_single_clip_and_chunked():
+  vids = batch_of_clips(b=2, t=10, h=15, w=21, c=1)
+  opts = dict(alpha=8.0, freq_band=(1.0, 5.0), temporal_filter="butterworth")
+  want = np.stack([np.asarray(magnify(jnp.asarray(v), BATCH_FPS, **opts)) for v in vids])
+  assert np.abs(want - vids).max() > 1e-3
+  got = magnify_batch(jnp.asarray(vids), BATCH_FPS, **opts)         # CPU default: "map"
+  np.testing.assert_allclose(np.asarray(got), want, atol=1e-6)
+  one = magnify_batch(jnp.asarray(vids[:1]), BATCH_FPS, vectorize="native", **opts)     # B = 1
+  np.testing.assert_allclose(np.asarray(one)[0], want[0], atol=1e-6)
+  # memory chunking over the B * T frames (chunks of one frame, across clip boundaries) changes nothing
+  got = magnify_batch(jnp.asarray(vids), BATCH_FPS, vectorize="native", chunk_bytes=1, **opts)
+  np.testing.assert_allclose(np.asarray(got), want, atol=1e-6)
+
+
+def test_loop_batch_groups_with_remainder_in_place(monkeypatch):
+  magnify_module = importlib.import_module("mer_jax.evm.magnify")
+  vids = batch_of_clips(b=5, t=9, h=13, w=11)
+  opts = dict(alpha=10.0, freq_band=(1.0, 4.0), temporal_filter="iir")
+  want = np.stack([np.asarray(magnify(jnp.asarray(v), BATCH_FPS, **opts)) for v in vids])
+  calls = []
+  donated = magnify_module._batch_core_donated
+  monkeypatch.setattr(magnify_module, "_batch_core_donated", lambda v, **kw: calls.append(kw) or donated(v, **kw))
+  monkeypatch.setattr(magnify_module, "LOOP_GROUP_BYTES", 2 * vids[0].nbytes)   # 2 steps of 2 clips + 1
+  x = jnp.asarray(vids)
+  pointer = x.unsafe_buffer_pointer()
+  got = magnify_batch(x, BATCH_FPS, donate=True, **opts)        # CPU default with donation: "loop"
+  assert [(c["mode"], c["group"]) for c in calls] == [("loop", 2)]
+  np.testing.assert_allclose(np.asarray(got), want, atol=1e-6)
+  assert x.is_deleted() and got.unsafe_buffer_pointer() == pointer    # the output took over the input buffer
+
+
+def test_batch_errors_and_fallback_warning_on_every_call():
+  vids = jnp.asarray(batch_of_clips(b=2, t=8, h=16, w=16))
+  with pytest.raises(EVMError, match=r"\[B, T, H, W, C\]"):
+    magnify_batch(vids[0], BATCH_FPS)
+  with pytest.raises(ConfigError, match="vectorize"):
+    magnify_batch(vids, BATCH_FPS, vectorize="pmap")
+  with pytest.raises(ConfigError, match="evm.temporal_filter"):
+    magnify_batch(vids, BATCH_FPS, temporal_filter="fir")
+  for _ in range(2):   # validation runs in Python each time, not only when the program is traced
+    with pytest.warns(EVMWarning, match="empty passband"):
+      magnify_batch(vids, 200.0, freq_band=(0.1, 0.4), on_empty_band="fallback")
 
 
 def test_magnify_from_config():

@@ -46,15 +46,17 @@ def ideal_bin_gains(num_frames: int, fps: float, band: Sequence[float],
   return bins, gains
 
 
-def ideal_bandpass(x: jnp.ndarray, fps: float, band: Sequence[float], mit_compatible: bool = False) -> jnp.ndarray:
-  """[T, ...] -> [T, ...]: ideal (FFT mask) band-pass along time. An empty passband returns zeros."""
-  t = x.shape[0]
+def ideal_bandpass(x: jnp.ndarray, fps: float, band: Sequence[float], mit_compatible: bool = False,
+                   axis: int = 0) -> jnp.ndarray:
+  """[T, ...] -> [T, ...]: ideal (FFT mask) band-pass along time (``axis``, default 0). An empty passband gives zeros."""
+  axis = axis % x.ndim
+  t = x.shape[axis]
   bins, gains = ideal_bin_gains(t, fps, band, mit_compatible)
   mask = np.zeros(t // 2 + 1, np.float32)
   mask[bins] = gains
-  spec = jnp.fft.rfft(x, axis=0)
-  spec = spec * jnp.asarray(mask).reshape((-1,) + (1,) * (x.ndim - 1))
-  return jnp.fft.irfft(spec, n=t, axis=0).astype(x.dtype)
+  spec = jnp.fft.rfft(x, axis=axis)
+  spec = spec * jnp.asarray(mask).reshape((-1,) + (1,) * (x.ndim - 1 - axis))
+  return jnp.fft.irfft(spec, n=t, axis=axis).astype(x.dtype)
 
 
 def ideal_projection(num_frames: int, bins: np.ndarray, gains: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
