@@ -7,6 +7,10 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed-stamp
 WORKDIR ?= runs/synth_demo
 PYTEST_ARGS ?=
+# Transparent huge pages for glibc malloc: buffers over 32 MiB (EVM at 256^2 and 640x480, batches of clips) are
+# mapped afresh on every call and pay a page fault per 4 KiB on first touch; 2 MiB pages remove most of them
+# (EVM 1.6x-2.8x faster there, benchmarks/RESULTS.md log entry 15). Ignored by other C libraries.
+export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
 .PHONY: setup demo test complexity clean
 

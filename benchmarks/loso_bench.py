@@ -17,18 +17,32 @@ compared (fit_many is documented to equal fit run by run).
   .venv/bin/python benchmarks/loso_bench.py --model paper --size 112 --epochs 200 --early-stopping 20
                                                                    # the GPU-session setting (hours on a CPU)
   .venv/bin/python benchmarks/loso_bench.py --folds 8 --mode vmapped --parallel-folds 8
+  .venv/bin/python benchmarks/loso_bench.py --mode all   # + synchronous checkpoints, + folds sharded over processes
+
+Modes: ``sequential`` (the baseline: folds one by one, ``finetune.parallel_folds=0``); ``vmapped`` (all folds,
+or groups of ``--parallel-folds``, as one vmapped program); ``sharded`` (folds spread over ``--shards``
+processes, each pinned to one CPU core and running its folds one by one: mer_jax.main's ``--fold_shard=k/n``
+on one machine; wall time includes the processes' start-up); ``sequential-sync`` (the baseline with
+``checkpoint_async=False``). The checkpoint column is the time the training loop was blocked by
+checkpointing (saves and waits for background writes).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
+
+PIN_ENV = "MER_JAX_BENCH_CORE"
+if os.environ.get(PIN_ENV):     # a sharded-mode worker: one core, set before JAX sizes its thread pool
+  os.sched_setaffinity(0, {int(os.environ[PIN_ENV])})
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -83,29 +97,36 @@ def make_config(args):
   ft.epochs, ft.batch_size = args.epochs, args.batch
   ft.early_stopping_patience = args.early_stopping
   c.checkpoint_every_epochs = args.checkpoint_every
+  c.checkpoint_async = not args.sync_checkpoints
   return c
 
 
 class Meter:
-  """Sums JAX compile-event durations and checkpoint-save durations while active."""
+  """Sums JAX compile-event durations and the time the training loop spends blocked in checkpointing
+  (``RunCheckpoints.save``, and ``close``/``wait``, which wait for background writes) while active."""
 
   def __init__(self):
     self.compile_s = 0.0
     self.active = False
     jax.monitoring.register_event_duration_secs_listener(self._on_event)
-    self._save = ckpt.save
     self.ckpt_s = 0.0
     self.ckpt_n = 0
+    for name in ("save", "close", "wait"):
+      self._wrap(name)
 
-    def timed_save(*a, **kw):
+  def _wrap(self, name):
+    real = getattr(ckpt.RunCheckpoints, name)
+    meter = self
+
+    def timed(self_, *a, **kw):
       t = time.perf_counter()
       try:
-        return self._save(*a, **kw)
+        return real(self_, *a, **kw)
       finally:
-        if self.active:
-          self.ckpt_s += time.perf_counter() - t
-          self.ckpt_n += 1
-    ckpt.save = timed_save
+        if meter.active:
+          meter.ckpt_s += time.perf_counter() - t
+          meter.ckpt_n += name == "save"
+    setattr(ckpt.RunCheckpoints, name, timed)
 
   def _on_event(self, event, duration, **_):
     if self.active and event in COMPILE_EVENTS:
@@ -115,9 +136,12 @@ class Meter:
     self.compile_s, self.ckpt_s, self.ckpt_n = 0.0, 0.0, 0
 
 
-def run_mode(config, ds, model, init, group: int, subjects, meter: Meter, workroot: str) -> dict:
+def run_mode(config, ds, model, init, group: int, subjects, meter: Meter, workroot: str,
+             sync: bool = False) -> dict:
   config = config.copy_and_resolve_references()
   config.finetune.parallel_folds = group
+  if sync:
+    config.checkpoint_async = False
   workdir = tempfile.mkdtemp(prefix=f"loso_{'vmap' if group else 'seq'}_", dir=workroot)
   jax.clear_caches()            # each mode pays its own compilation
   meter.reset()
@@ -129,6 +153,47 @@ def run_mode(config, ds, model, init, group: int, subjects, meter: Meter, workro
   meter.active = False
   shutil.rmtree(workdir, ignore_errors=True)
   return dict(wall=wall, compile=meter.compile_s, ckpt=meter.ckpt_s, ckpt_n=meter.ckpt_n, records=records,
+              epochs=[r["epochs_trained"] for r in records])
+
+
+def _worker_argv(argv: list) -> list:
+  """The command-line arguments without --mode / --workdir / --shards (and their values)."""
+  out, skip = [], False
+  for a in argv:
+    if skip:
+      skip = False
+    elif a in ("--mode", "--workdir", "--shards"):
+      skip = True
+    elif not a.startswith(("--mode=", "--workdir=", "--shards=")):
+      out.append(a)
+  return out
+
+
+def run_sharded(argv: list, n: int, subjects, workroot: str) -> dict:
+  """Folds sharded over ``n`` processes, each pinned to one CPU core (``os.sched_setaffinity`` at start-up, so
+  XLA sizes its thread pool to 1) and running folds k, k+n, ... one by one: the ``--fold_shard=k/n`` recipe of
+  mer_jax.main on one machine. Wall time = first start to last finish, process start-up included."""
+  cores = sorted(os.sched_getaffinity(0))
+  outs, procs = [], []
+  t = time.perf_counter()
+  for k in range(n):
+    out = os.path.join(workroot, f"shard{k}.json")
+    outs.append(out)
+    cmd = [sys.executable, os.path.abspath(__file__), *argv, f"--worker={k}/{n}", f"--worker-out={out}"]
+    env = dict(os.environ, **{PIN_ENV: str(cores[k % len(cores)])})
+    procs.append(subprocess.Popen(cmd, env=env))
+  codes = [p.wait() for p in procs]
+  wall = time.perf_counter() - t
+  if any(codes):
+    raise SystemExit(f"a shard worker failed (exit codes {codes})")
+  parts = []
+  for out in outs:
+    with open(out) as f:
+      parts.append(json.load(f))
+  by_subject = {r["subject"]: r for p in parts for r in p["records"]}
+  records = [by_subject[s] for s in subjects]
+  return dict(wall=wall, compile=max(p["compile"] for p in parts), ckpt=max(p["ckpt"] for p in parts),
+              ckpt_n=sum(p["ckpt_n"] for p in parts), records=records,
               epochs=[r["epochs_trained"] for r in records])
 
 
@@ -145,8 +210,16 @@ def main() -> None:
                   "LOSO; 32 keeps the default run ~3 min on 2 busy cores)")
   ap.add_argument("--parallel-folds", type=int, default=0, help="folds per vmapped group (0: all in one)")
   ap.add_argument("--checkpoint-every", type=int, default=1, help="config.checkpoint_every_epochs")
+  ap.add_argument("--sync-checkpoints", action="store_true", help="config.checkpoint_async=False: every "
+                  "checkpoint is on disk before training goes on")
   ap.add_argument("--clip-scale", type=float, default=1.0, help="multiply the CDE clip counts")
-  ap.add_argument("--mode", choices=("both", "sequential", "vmapped"), default="both")
+  ap.add_argument("--mode", choices=("both", "sequential", "vmapped", "sharded", "all"), default="both",
+                  help="both: sequential and vmapped; all: also 'sequential-sync' (synchronous checkpoints) and "
+                  "'sharded' (folds spread over --shards processes, one CPU core each)")
+  ap.add_argument("--shards", type=int, default=len(os.sched_getaffinity(0)),
+                  help="processes of the sharded mode (default: the usable CPU cores)")
+  ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+  ap.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
   ap.add_argument("--workdir", default=None, help="where the runs write (default: a temporary folder)")
   args = ap.parse_args()
 
@@ -160,6 +233,14 @@ def main() -> None:
   meter = Meter()
   workroot = args.workdir or tempfile.mkdtemp(prefix="loso_bench_")
   os.makedirs(workroot, exist_ok=True)
+  if args.worker:               # one shard of the sharded mode (started by run_sharded)
+    k, n = (int(v) for v in args.worker.split("/"))
+    r = run_mode(config, ds, model, init, 0, subjects[k::n], meter, workroot)
+    keep = ("subject", "y_true", "y_pred", "probs", "epochs_trained")
+    r["records"] = [{key: rec[key] for key in keep} for rec in r["records"]]
+    with open(args.worker_out, "w") as f:
+      json.dump(r, f, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+    return
 
   dev = jax.devices()[0]
   print(f"# LOSO benchmark {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}")
@@ -168,19 +249,25 @@ def main() -> None:
   print(f"# synthetic CDE: {len(ds)} clips, {len(all_subjects)} subjects, {len(subjects)} folds run; "
         f"model {args.model} ({count_params(init['params']):,} params) at {args.size}x{args.size}; "
         f"{args.epochs} epochs, early stopping {'off' if not args.early_stopping else args.early_stopping}, "
-        f"batch {args.batch}, vmapped groups of {group}")
+        f"batch {args.batch}, vmapped groups of {group}; checkpoints every {args.checkpoint_every} epoch(s), "
+        f"{'synchronous' if args.sync_checkpoints else 'asynchronous'}")
   results = {}
-  modes = ["sequential", "vmapped"] if args.mode == "both" else [args.mode]
+  modes = {"both": ["sequential", "vmapped"], "all": ["sequential-sync", "sequential", "vmapped", "sharded"]}.get(
+      args.mode, [args.mode])
   for mode in modes:
     print(f"  running {mode} ...", file=sys.stderr, flush=True)
-    results[mode] = run_mode(config, ds, model, init, 0 if mode == "sequential" else group, subjects, meter,
-                             workroot)
+    if mode == "sharded":
+      results[mode] = run_sharded(_worker_argv(sys.argv[1:]) + [f"--workdir={workroot}"], args.shards, subjects,
+                                  workroot)
+    else:
+      results[mode] = run_mode(config, ds, model, init, group if mode == "vmapped" else 0, subjects, meter,
+                               workroot, sync=mode == "sequential-sync")
   if not args.workdir:
     shutil.rmtree(workroot, ignore_errors=True)
 
   n = len(subjects)
   base = results.get("sequential")
-  print(f"\n{'mode':<11} {'wall s':>8} {'compile s':>10} {'ckpt s':>8} {'per-fold s':>11} {'speed-up':>9} "
+  print(f"\n{'mode':<16} {'wall s':>8} {'compile s':>10} {'ckpt s':>8} {'per-fold s':>11} {'speed-up':>9} "
         f"{'excl. compile':>14} {'excl. compile+ckpt':>19}")
   for mode, r in results.items():
     per_fold = (r["wall"] - r["compile"]) / n
@@ -188,17 +275,21 @@ def main() -> None:
     up_nc = f"{(base['wall'] - base['compile']) / (r['wall'] - r['compile']):.2f}x" if base else "-"
     pure = lambda q: q["wall"] - q["compile"] - q["ckpt"]
     up_pure = f"{pure(base) / pure(r):.2f}x" if base else "-"
-    print(f"{mode:<11} {r['wall']:8.1f} {r['compile']:10.1f} {r['ckpt']:8.1f} {per_fold:11.2f} {up:>9} {up_nc:>14} "
+    if mode == "sharded":         # compile / checkpoint: the slowest shard's, overlapping with the others' work
+      per_fold, up_nc, up_pure = r["wall"] / n, "-", "-"
+    print(f"{mode:<16} {r['wall']:8.1f} {r['compile']:10.1f} {r['ckpt']:8.1f} {per_fold:11.2f} {up:>9} {up_nc:>14} "
           f"{up_pure:>19}")
   for mode, r in results.items():
     acc = np.mean([np.mean(np.asarray(x["y_true"]) == np.asarray(x["y_pred"])) for x in r["records"]])
     print(f"{mode}: mean fold test accuracy {acc:.3f}, epochs trained {min(r['epochs'])}-{max(r['epochs'])}, "
           f"{r['ckpt_n']} checkpoint saves")
-  if len(results) == 2:
-    a, b = (np.concatenate([np.asarray(x["probs"]) for x in results[m]["records"]]) for m in results)
-    same = all(x["y_pred"] == y["y_pred"] for x, y in zip(results["sequential"]["records"],
-                                                        results["vmapped"]["records"]))
-    print(f"predictions identical: {same} (max |prob difference| {np.max(np.abs(a - b)):.2e})")
+  for other in ("vmapped", "sharded"):
+    if "sequential" in results and other in results:
+      a, b = (np.concatenate([np.asarray(x["probs"]) for x in results[m]["records"]]) for m in ("sequential", other))
+      same = all(x["y_pred"] == y["y_pred"] for x, y in zip(results["sequential"]["records"],
+                                                          results[other]["records"]))
+      print(f"{other} vs sequential: predictions identical: {same} (max |prob difference| "
+            f"{np.max(np.abs(a - b)):.2e})")
 
 
 if __name__ == "__main__":

@@ -30,13 +30,15 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
+for _p in (ROOT, os.path.join(ROOT, "benchmarks")):
+  if _p not in sys.path:
+    sys.path.insert(0, _p)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+import peaks  # noqa: E402  (benchmarks/peaks.py)
 from mer_jax import config_defaults  # noqa: E402
 from mer_jax.models import build_model, init_variables  # noqa: E402
 from mer_jax.train.state import create_state  # noqa: E402
@@ -204,6 +206,12 @@ def main() -> None:
   if flops == flops:
     print(f"\nwork per step (XLA cost analysis of the f32 train step): {flops / 1e9:.1f} GFLOP "
           f"({flops / args.batch / 1e9:.2f} GFLOP per image, forward + backward + Adam)")
+    peak = peaks.matmul_gflops(jnp.float32)
+    sheet = (peaks.datasheet(dev) or {}).get("float32")
+    for name, r in ready.items():
+      if name.startswith("jax") and not name.endswith("bf16"):
+        print(f"matrix throughput, {name}: " + peaks.describe(flops / r["sec"] / 1e9, peak, sheet, "GFLOP/s")
+              + " (peak: a jitted float32 matmul measured in this run)")
 
 
 if __name__ == "__main__":

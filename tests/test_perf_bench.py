@@ -19,3 +19,22 @@ def test_synthetic_cde_has_the_cde_subjects_and_clip_counts():
   # The class is the bright quadrant: the quadrant means separate the classes.
   q = ds.images[:, :4, :4].mean(axis=(1, 2, 3))
   assert q[ds.labels == 0].min() > q[ds.labels != 0].max()
+
+
+def test_peaks_measure_positive_ceilings_and_map_datasheets():
+  from benchmarks import peaks
+  assert 0 < peaks.matmul_gflops(n=128, repeats=2) < 1e7
+  assert 0 < peaks.bandwidth_gbs(mbytes=4, repeats=2) < 1e5
+  fake = lambda kind: type("Dev", (), {"device_kind": kind})()
+  assert peaks.datasheet(fake("NVIDIA H100 80GB HBM3")) == peaks.DATASHEET["H100 SXM"]
+  assert peaks.datasheet(fake("NVIDIA H100 PCIe")) == peaks.DATASHEET["H100 PCIe"]
+  assert peaks.datasheet(fake("NVIDIA H200"))["bandwidth"] == 4800.0
+  assert peaks.datasheet(fake("cpu")) is None
+  assert peaks.describe(50.0, 200.0, 1000.0, "GB/s") == (
+      "50.0 GB/s = 25.0% of the measured peak (200.0 GB/s); 5.0% of the datasheet's 1,000 GB/s")
+  assert peaks.describe(50.0, 200.0, None, "GB/s") == "50.0 GB/s = 25.0% of the measured peak (200.0 GB/s)"
+
+
+def test_loso_bench_workers_drop_only_the_parent_options():
+  argv = ["--folds", "8", "--mode", "all", "--workdir=/tmp/x", "--shards", "2", "--epochs=2", "--mode=both"]
+  assert loso_bench._worker_argv(argv) == ["--folds", "8", "--epochs=2"]
