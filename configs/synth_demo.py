@@ -38,7 +38,7 @@ def get_config():
   c.finetune.epochs = 20
   c.finetune.plateau_patience = 4
   c.finetune.early_stopping_patience = 6
-  c.finetune.parallel_folds = 3    # three LOSO folds per vmapped program
+  c.finetune.parallel_folds = 0    # folds one by one: faster than vmapped folds on a CPU (benchmarks/RESULTS.md)
   c.checkpoint_every_epochs = 5
   c.bootstrap_samples = 200
   return c

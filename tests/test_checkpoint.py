@@ -134,3 +134,11 @@ def test_background_saves_keep_what_was_passed_and_close_waits(tmp_path):
     ck.save("latest", 3, {"state": {"w": np.zeros(2, np.float32)}, "best": {}}, {"epoch": 2})
   assert sorted(os.listdir(os.path.join(d, "latest"))) == ["2", "3"]
   np.testing.assert_array_equal(np.asarray(ckpt.restore(d, "latest")[0]["state"]["w"]), [0, 0])
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_checkpoint_that_cannot_be_written_is_a_clear_error(tmp_path, asynchronous):
+  (tmp_path / "latest").write_text("a file where the checkpoint directory should be")
+  with pytest.raises(ckpt.CheckpointWriteError, match=r"could not write the checkpoint .*latest.*1 .*re-run"):
+    with ckpt.RunCheckpoints(str(tmp_path), asynchronous=asynchronous) as ck:
+      ck.save("latest", 1, {"w": np.zeros(2, np.float32)}, {"epoch": 0})

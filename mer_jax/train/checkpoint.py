@@ -73,6 +73,10 @@ class CorruptCheckpointError(UserError):
   """A checkpoint exists but cannot be read (truncated / corrupted files)."""
 
 
+class CheckpointWriteError(UserError):
+  """A checkpoint could not be written (disk full, read-only or missing directory, ...)."""
+
+
 class CheckpointFallbackWarning(UserWarning):
   """The newest checkpoint was unreadable; an older one was used."""
 
@@ -112,6 +116,16 @@ class RunCheckpoints:
     self._pending: Optional[concurrent.futures.Future] = None
 
   def _write(self, kind: str, epoch: int, state_tree: Any, metadata: dict) -> None:
+    try:
+      self._write_unchecked(kind, epoch, state_tree, metadata)
+    except Exception as e:  # orbax / tensorstore / OS errors of many types
+      first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+      raise CheckpointWriteError(
+          f"could not write the checkpoint {os.path.join(self.run_dir, kind, str(epoch))} "
+          f"({type(e).__name__}: {first}); check free disk space and that {self.run_dir} is a writable "
+          "directory, then re-run the same command (training resumes from the last checkpoint on disk)") from e
+
+  def _write_unchecked(self, kind: str, epoch: int, state_tree: Any, metadata: dict) -> None:
     mngr = self._managers.get(kind)
     if mngr is None:
       mngr = _manager(os.path.join(self.run_dir, kind), max_to_keep=KEEP[kind])

@@ -165,7 +165,8 @@ def run_loso(config: ml_collections.ConfigDict, ds: ArrayDataset, workdir: str, 
   if int(ft.parallel_folds) > 0 and progress and mesh.devices.flat[0].platform == "cpu":
     print(f"[loso] note: finetune.parallel_folds={int(ft.parallel_folds)} on a CPU: vmapped folds measured no "
           "faster than folds one by one on XLA:CPU (benchmarks/RESULTS.md); they are meant for GPUs. "
-          "--config.finetune.parallel_folds=0 runs them one by one (same results).", flush=True)
+          "--config.finetune.parallel_folds=0 runs them one by one (the same computation, equal up to float "
+          "rounding).", flush=True)
 
   def make_run(index: int, subject: str) -> tuple[loop.RunData, FoldSplit]:
     seed = fold_seed(config.seed, index)
