@@ -88,14 +88,31 @@ def make_gradcam_fn(model):
   return run
 
 
-def gradcam(model, variables: dict, images: np.ndarray, classes: Optional[Sequence[int]] = None
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Grad-CAM maps for images [N, H, W, C] -> (cam [N, H, W] in [0, 1], probs [N, K], class [N])."""
+def gradcam(model, variables: dict, images: np.ndarray, classes: Optional[Sequence[int]] = None,
+            batch_size: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Grad-CAM maps for images [N, H, W, C] -> (cam [N, H, W] in [0, 1], probs [N, K], class [N]).
+
+  Runs in zero-padded batches of ``batch_size`` (one compilation; device memory bounded for big folders).
+  """
   import jax
   images = np.asarray(images, np.float32)
-  cls = np.full(images.shape[0], -1, np.int32) if classes is None else np.asarray(classes, np.int32)
-  cam, logits, used = make_gradcam_fn(model)(variables, images, cls)
-  return np.asarray(cam), np.asarray(jax.nn.softmax(logits, -1)), np.asarray(used)
+  n = images.shape[0]
+  cls = np.full(n, -1, np.int32) if classes is None else np.asarray(classes, np.int32)
+  fn = make_gradcam_fn(model)
+  bs = max(1, min(int(batch_size), n))
+  cams, logits, used = [], [], []
+  for a in range(0, n, bs):
+    b = min(a + bs, n)
+    x = np.zeros((bs,) + images.shape[1:], np.float32)
+    x[: b - a] = images[a:b]
+    c = np.full(bs, -1, np.int32)
+    c[: b - a] = cls[a:b]
+    cam, lg, u = fn(variables, x, c)
+    cams.append(np.asarray(cam)[: b - a])
+    logits.append(np.asarray(lg)[: b - a])
+    used.append(np.asarray(u)[: b - a])
+  logits = np.concatenate(logits)
+  return np.concatenate(cams), np.asarray(jax.nn.softmax(logits, -1)), np.concatenate(used)
 
 
 def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:

@@ -172,31 +172,6 @@ def prepare_input(kind: str, path: str, config: Any, fps: Optional[float]) -> tu
   return image, info
 
 
-def make_predict_fn(model):
-  """Jitted ``(variables, x [N, S, S, C]) -> probabilities [N, K]`` (eval mode)."""
-  import jax
-
-  @jax.jit
-  def predict_fn(variables, x):
-    logits = model.apply(variables, x, train=False)
-    return jax.nn.softmax(logits.astype(np.float32), axis=-1)
-  return predict_fn
-
-
-def batched_probs(predict_fn, variables, images: np.ndarray, batch_size: int) -> np.ndarray:
-  """Runs ``predict_fn`` over [N, S, S, C] in equal padded chunks (one compilation) -> [N, K]."""
-  n = images.shape[0]
-  bs = max(1, min(batch_size, n))
-  out = []
-  for start in range(0, n, bs):
-    chunk = images[start:start + bs]
-    pad = bs - chunk.shape[0]
-    if pad:
-      chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-    out.append(np.asarray(predict_fn(variables, chunk))[:bs - pad])
-  return np.concatenate(out)
-
-
 def predict(checkpoint_dir: str, input_path: str, *, fps: Optional[float] = None, apex: str = "spot",
             batch_size: int = 32, progress: bool = False) -> dict:
   """Classifies every clip ``input_path`` names; see the module docstring.
@@ -224,7 +199,9 @@ def predict(checkpoint_dir: str, input_path: str, *, fps: Optional[float] = None
   if progress and len(inputs) > 1:
     print(file=sys.stderr)
   model = build_model(cfg.model)
-  probs = batched_probs(make_predict_fn(model), variables, np.stack(images), batch_size)
+  from mer_jax.train.loop import predict_probs
+  from mer_jax.train.state import model_apply
+  probs = predict_probs(model_apply(model), variables, np.stack(images), batch_size)
   preds = []
   for info, p in zip(infos, probs):
     k = int(np.argmax(p))

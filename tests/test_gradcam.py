@@ -34,6 +34,11 @@ def test_gradcam_highlights_the_discriminative_patch(trained):
   cam_other, _, cls_other = gradcam.gradcam(model, variables, x, 1 - cls)
   np.testing.assert_array_equal(cls_other, 1 - cls)
   assert np.abs(cam_other - cam).mean() > 0.05
+  # In padded batches of 5 (12 = 5 + 5 + 2): the same maps, probabilities and classes as in one batch.
+  cam5, probs5, cls5 = gradcam.gradcam(model, variables, x, 1 - cls, batch_size=5)
+  np.testing.assert_allclose(cam5, cam_other, atol=1e-5)
+  np.testing.assert_array_equal(cls5, cls_other)
+  np.testing.assert_allclose(probs5, gradcam.gradcam(model, variables, x, 1 - cls)[1], atol=1e-6)
 
 
 def test_gradcam_weights_are_gradients_of_the_class_logit(trained):

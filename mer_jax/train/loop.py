@@ -266,6 +266,16 @@ def _padded_chunks(n: int, batch: int) -> list[tuple[int, int]]:
   return [(i, min(i + batch, n)) for i in range(0, n, batch)]
 
 
+def _logits_in_batches(logits_fn, variables, images: np.ndarray, batch: int, sharding) -> np.ndarray:
+  """Eval-mode logits [N, K] of images [N, H, W, C] in zero-padded batches of ``batch`` (one compilation)."""
+  out = []
+  for a, b in _padded_chunks(len(images), batch):
+    x = np.zeros((batch,) + images.shape[1:], np.float32)
+    x[: b - a] = images[a:b]
+    out.append(np.asarray(logits_fn(variables, jax.device_put(x, sharding)))[: b - a])
+  return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
 # ---------------------------------------------------------------------------------------------
 # One run
 # ---------------------------------------------------------------------------------------------
@@ -324,12 +334,7 @@ def _fit(apply_fn, init_variables, run, train_cfg, ckpts: Optional[ckpt.RunCheck
   prog = Progress(run.name, max_epochs) if progress else None
 
   def val_logits(variables):
-    out = []
-    for a, b in _padded_chunks(len(run.val_y), batch):
-      x = np.zeros((batch,) + run.val_x.shape[1:], np.float32)
-      x[: b - a] = run.val_x[a:b]
-      out.append(np.asarray(fns["logits"](variables, jax.device_put(x, data)))[: b - a])
-    return np.concatenate(out)
+    return _logits_in_batches(fns["logits"], variables, run.val_x, batch, data)
 
   epoch = book.epochs_done
   host_step = int(state.step)
@@ -572,13 +577,8 @@ def predict_probs(apply_fn: Callable, variables: dict, images: np.ndarray, batch
   fns = _compiled(mesh, False, apply_fn)
   data = parallel.batch_sharding(mesh)
   variables = jax.device_put(variables, parallel.replicated(mesh))
-  out = []
-  for a, b in _padded_chunks(len(images), batch):
-    x = np.zeros((batch,) + images.shape[1:], np.float32)
-    x[: b - a] = images[a:b]
-    logits = np.asarray(fns["logits"](variables, jax.device_put(x, data)))[: b - a]
-    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    out.append((np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)).astype(np.float32))
-  if not out:
+  logits = _logits_in_batches(fns["logits"], variables, images, batch, data)
+  if logits.size == 0:
     return np.zeros((0, 0), np.float32)
-  return np.concatenate(out)
+  z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+  return (np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)).astype(np.float32)

@@ -47,7 +47,7 @@ from mer_jax.data.types import ArrayDataset
 from mer_jax.errors import DataError, UserError
 from mer_jax.train import loop, parallel
 from mer_jax.train.fingerprint import fingerprint
-from mer_jax.train.sampling import stratified_split
+from mer_jax.train.sampling import derived_seed, stratified_split
 
 VALIDATION = "validation"
 TEST_FOLD = "test_fold"
@@ -76,7 +76,7 @@ def fold_id(index: int, subject: str) -> str:
 
 
 def fold_seed(seed: int, index: int) -> int:
-  return int(np.random.SeedSequence([int(seed), 1000 + int(index)]).generate_state(1)[0])
+  return derived_seed(seed, 1000 + int(index))
 
 
 def split_fold(ds: ArrayDataset, subject: str, val_fraction: float, seed: int,

@@ -22,7 +22,7 @@ from mer_jax.errors import UserError
 from mer_jax.train import checkpoint as ckpt
 from mer_jax.train import loop
 from mer_jax.train.fingerprint import fingerprint
-from mer_jax.train.sampling import stratified_split
+from mer_jax.train.sampling import derived_seed, stratified_split
 
 # Top-level config keys pretraining depends on.
 PRETRAIN_KEYS = ("seed", "image_size", "channels", "model", "pretrain", "data")
@@ -58,7 +58,7 @@ def run_pretrain(config: ml_collections.ConfigDict, ds: ArrayDataset, workdir: s
             f"val acc {summary['best_val_accuracy']:.4f}); reusing it", flush=True)
     return jax.device_get(variables), summary
   pt = config.pretrain
-  seed = int(np.random.SeedSequence([int(config.seed), 7]).generate_state(1)[0])
+  seed = derived_seed(config.seed, 7)
   tr, va = stratified_split(ds.labels, pt.val_fraction, np.random.default_rng(seed))
   run = loop.RunData(
       name="pretrain", train_x=ds.images[tr], train_y=ds.labels[tr], val_x=ds.images[va], val_y=ds.labels[va],

@@ -12,6 +12,11 @@ import numpy as np
 from mer_jax.errors import DataError
 
 
+def derived_seed(seed: int, stream: int) -> int:
+  """A 32-bit seed for one named use (``stream``) of the run seed (independent streams via SeedSequence)."""
+  return int(np.random.SeedSequence([int(seed), int(stream)]).generate_state(1)[0])
+
+
 def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
   return np.random.default_rng(np.random.SeedSequence([int(seed), int(epoch)]))
 
