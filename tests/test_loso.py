@@ -14,7 +14,7 @@ import train_data
 from mer_jax import reporting
 from mer_jax.models import build_model
 from mer_jax.train.state import jit_init, model_apply
-from mer_jax.train import loop, loso, parallel
+from mer_jax.train import loop, loso
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -127,22 +127,6 @@ def test_vmapped_folds_equal_sequential(setup, reference, tmp_path):
     assert (a["best_epoch"], a["epochs_trained"]) == (b["best_epoch"], b["epochs_trained"])
   # unequal fold sizes inside each vmapped group really were exercised
   assert ref[0]["n_train"] != ref[1]["n_train"] and ref[2]["n_train"] != ref[3]["n_train"]
-
-
-def test_vmapped_programs_compile_without_ynnpack_on_cpu(setup):
-  """The vmapped train step is compiled with the CPU option that keeps its grouped convolutions in XLA's own
-  kernels (YNNPACK's grouped convolution measured ~2.4x slower, benchmarks/RESULTS.md)."""
-  config, ds, model, init = setup
-  apply_fn = model_apply(model)
-  mesh = parallel.make_mesh()
-  assert loop.stacked_compiler_options(mesh) == {"xla_cpu_experimental_ynn_fusion_type": ""}
-  from mer_jax.train.state import create_state
-  state = jax.tree_util.tree_map(lambda x: np.stack([np.asarray(x)] * 2),
-                                 create_state(apply_fn, init(0), config.finetune))
-  x = np.zeros((2, 4) + ds.images.shape[1:], np.float32)
-  y = np.zeros((2, 4), np.int32)
-  text = loop._compiled(mesh, True, apply_fn)["train"].lower(state, x, y, np.ones(2, bool)).compile().as_text()
-  assert "convolution" in text and "__ynn_fusion" not in text
 
 
 def test_vmapped_group_resumes_after_a_crash(setup, reference, tmp_path):

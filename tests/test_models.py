@@ -223,6 +223,22 @@ def test_dense_layer_order_is_conv_relu_bn():
   assert np.all(mean >= 0) and np.any(mean > 0)
 
 
+def test_batchnorm_variance_survives_a_large_mean():
+  """Train-mode BN of activations ~1000 +- 0.05 (|mean| >> std) equals the float64 two-pass reference;
+  E[x^2] - E[x]^2 in float32 would lose the variance (1e6 has a float32 spacing of 0.0625)."""
+  from mer_jax.models.layers import ConvReluBN
+  layer = ConvReluBN(features=2, kernel_size=1)
+  x = 1000.0 + 0.05 * np.random.default_rng(0).standard_normal((8, 4, 4, 2)).astype(np.float32)
+  variables = layer.init(jax.random.key(0), x, train=True)
+  params = dict(variables["params"])
+  params["conv"] = {"kernel": jnp.eye(2, dtype=jnp.float32).reshape(1, 1, 2, 2), "bias": jnp.zeros(2)}
+  out, _ = layer.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, train=True,
+                       mutable=["batch_stats"])
+  y = x.astype(np.float64)
+  ref = (y - y.mean(axis=(0, 1, 2))) / np.sqrt(y.var(axis=(0, 1, 2)) + layer.bn_epsilon)
+  np.testing.assert_allclose(np.asarray(out), ref, rtol=2e-2, atol=2e-2)
+
+
 def test_adaptive_pool_matches_definition():
   x = jax.random.normal(jax.random.key(0), (1, 10, 9, 2))
   y = np.asarray(adaptive_avg_pool(x, 4))
@@ -254,3 +270,41 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
   assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(variables["params"]))
   logits = model.apply(variables, jnp.ones((1, 32, 32, 3)), train=False)
   assert logits.dtype == jnp.float32
+
+
+def test_paper_network_gradients_match_a_float64_reference():
+  """One training-mode gradient of the paper network (112x112, batch 8) in float32 vs the same in float64
+  (x64 enabled in a subprocess): every parameter's gradient within 1e-4 of its largest entry. Guards against
+  numerically fragile paths (flax's one-pass BN variance; XLA:CPU without YNNPACK: up to 8% off,
+  benchmarks/RESULTS.md log entry 16)."""
+  import subprocess
+  import sys
+  import textwrap
+  code = textwrap.dedent("""
+      import jax
+      jax.config.update("jax_enable_x64", True)
+      import jax.numpy as jnp, numpy as np
+      from mer_jax import config_defaults
+      from mer_jax.models import build_model, init_variables
+      model = build_model(config_defaults.get_model_config(num_classes=3))
+      v = init_variables(model, jax.random.key(0), 112, 3)
+      rng = np.random.default_rng(0)
+      x = rng.uniform(size=(8, 112, 112, 3)).astype(np.float32)
+      y = jnp.asarray(rng.integers(0, 3, 8))
+      def grad(params, stats, x):
+        def loss(p):
+          logits, _ = model.apply({"params": p, "batch_stats": stats}, x, train=True, mutable=["batch_stats"])
+          z = logits - jax.scipy.special.logsumexp(logits, axis=-1, keepdims=True)
+          return -jnp.mean(jnp.take_along_axis(z, y[:, None], axis=-1))
+        return jax.grad(loss)(params)
+      g32 = jax.jit(grad)(v["params"], v["batch_stats"], x)
+      f64 = lambda t: jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), t)
+      g64 = jax.jit(grad)(f64(v["params"]), f64(v["batch_stats"]), jnp.asarray(x, jnp.float64))
+      worst = max(float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(b)) + 1e-30))
+                  for a, b in zip(jax.tree_util.tree_leaves(g32), jax.tree_util.tree_leaves(g64)))
+      print("WORST", worst)
+  """)
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  worst = float(out.stdout.split("WORST")[-1])
+  assert worst < 1e-4, worst

@@ -28,8 +28,11 @@ class ConvReluBN(nn.Module):
     x = nn.Conv(self.features, (k, k), strides=(self.strides, self.strides),
                 padding="SAME", dtype=self.dtype, name="conv")(x)
     x = nn.relu(x)
+    # Two-pass batch variance, mean((x - mean)^2), as Keras' BatchNormalization computes it. flax's default
+    # E[x^2] - E[x]^2 cancels catastrophically when |mean| >> std: it put up to 3% errors into some kernel
+    # gradients of a vmapped LOSO step (benchmarks/RESULTS.md, optimisation log entry 16).
     return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                        epsilon=self.bn_epsilon, dtype=self.dtype, name="bn")(x)
+                        epsilon=self.bn_epsilon, dtype=self.dtype, use_fast_variance=False, name="bn")(x)
 
 
 def adaptive_pool_matrix(in_size: int, out_size: int) -> np.ndarray:

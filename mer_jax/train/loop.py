@@ -126,32 +126,22 @@ def _select(mask, new, old):
   return jax.tree_util.tree_map(pick, new, old)
 
 
-# XLA:CPU hands convolutions to YNNPACK by default; under vmap over folds every convolution becomes a
-# grouped one (feature_group_count = folds), which YNNPACK ran ~2.4x slower than XLA's own kernels in
-# benchmarks/RESULTS.md (LOSO log). The vmapped programs therefore compile without YNNPACK fusions on CPU.
-STACKED_CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
-
-
-def stacked_compiler_options(mesh: jax.sharding.Mesh) -> Optional[dict]:
-  """XLA options of the vmapped (``fit_many``) programs on ``mesh``'s platform (None: XLA's defaults)."""
-  return dict(STACKED_CPU_COMPILER_OPTIONS) if mesh.devices.flat[0].platform == "cpu" else None
-
-
 @functools.lru_cache(maxsize=None)
 def _compiled(mesh: jax.sharding.Mesh, stacked: bool, apply_fn: Callable):
   rep = parallel.replicated(mesh)
   data = parallel.batch_sharding(mesh, fold_axis=stacked)
   logits = functools.partial(eval_step, apply_fn=apply_fn)
+  # XLA's default compiler options everywhere. Turning YNNPACK off on CPU made the steps 1.45x-2.4x faster but
+  # their gradients up to 8% wrong (benchmarks/RESULTS.md, optimisation log entries 8 and 16).
   if not stacked:
     return dict(
         train=jax.jit(train_step, in_shardings=(rep, data, data), out_shardings=(rep, rep), donate_argnums=0),
         logits=jax.jit(logits, in_shardings=(rep, data), out_shardings=rep),
         plateau=jax.jit(plateau_step, in_shardings=(rep, rep), out_shardings=rep))
-  opts = stacked_compiler_options(mesh)
   return dict(
       train=jax.jit(jax.vmap(masked_train_step), in_shardings=(rep, data, data, rep), out_shardings=(rep, rep),
-                    donate_argnums=0, compiler_options=opts),
-      logits=jax.jit(jax.vmap(logits), in_shardings=(rep, data), out_shardings=rep, compiler_options=opts),
+                    donate_argnums=0),
+      logits=jax.jit(jax.vmap(logits), in_shardings=(rep, data), out_shardings=rep),
       plateau=jax.jit(jax.vmap(_masked_plateau), in_shardings=(rep, rep, rep), out_shardings=rep),
       select=jax.jit(_select, in_shardings=(rep, rep, rep), out_shardings=rep))
 
