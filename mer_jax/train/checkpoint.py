@@ -90,6 +90,12 @@ def _manager(directory: str, create: bool = True, max_to_keep: int = 1) -> ocp.C
       item_handlers={"state": ocp.StandardCheckpointHandler(), "metadata": ocp.JsonCheckpointHandler()})
 
 
+def host_copy(tree: Any) -> Any:
+  """A host (numpy) copy of a pytree of arrays that owns its memory: on CPU ``jax.device_get`` can return views
+  of device buffers, which a donated or overwritten buffer would change underneath."""
+  return jax.tree_util.tree_map(lambda a: np.array(a, copy=True), jax.device_get(tree))
+
+
 def _jsonable(x: Any) -> Any:
   return json.loads(json.dumps(x, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
@@ -144,9 +150,7 @@ class RunCheckpoints:
     if not self.asynchronous:
       self._write(kind, int(epoch), state_tree, metadata)
       return
-    # private host copies (on CPU device_get can return views of device buffers): the caller may donate or
-    # overwrite its buffers while the files are written
-    state_tree = jax.tree_util.tree_map(lambda a: np.array(a, copy=True), jax.device_get(state_tree))
+    state_tree = host_copy(state_tree)   # the caller may donate or overwrite its buffers during the write
     self.wait()
     self._pending = self._pool.submit(self._write, kind, int(epoch), state_tree, metadata)
 

@@ -33,6 +33,7 @@ it would see alone, so the results equal those of ``fit`` run by run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -241,11 +242,6 @@ def _write(writer, step: int, scalars: dict) -> None:
     writer.write_scalars(step, scalars)
 
 
-def _host_copy(tree: Any) -> Any:
-  """A host (numpy) copy of a pytree of arrays that owns its memory (no view of a device buffer)."""
-  return jax.tree_util.tree_map(lambda a: np.array(a, copy=True), jax.device_get(tree))
-
-
 def _flush(ckpts: Optional[ckpt.RunCheckpoints]) -> None:
   """Waits for background checkpoint writes (so that an error message names the last checkpoint on disk)."""
   if ckpts is not None:
@@ -285,11 +281,9 @@ def fit(apply_fn: Callable, init_variables: dict, run: RunData, train_cfg: ml_co
   checkpoint_async: write checkpoints in the background (single-process runs only; see
   :class:`checkpoint.RunCheckpoints`).
   """
-  if not run.run_dir:
-    return _fit(apply_fn, init_variables, run, train_cfg, None, num_classes=num_classes, mesh=mesh,
-                writer=writer, checkpoint_every=checkpoint_every, progress=progress,
-                log_every_steps=log_every_steps, on_epoch_end=on_epoch_end)
-  with ckpt.RunCheckpoints(run.run_dir, asynchronous=None if checkpoint_async else False) as ckpts:
+  ckpt_ctx = (ckpt.RunCheckpoints(run.run_dir, asynchronous=None if checkpoint_async else False)
+                if run.run_dir else contextlib.nullcontext())
+  with ckpt_ctx as ckpts:
     return _fit(apply_fn, init_variables, run, train_cfg, ckpts, num_classes=num_classes, mesh=mesh,
                 writer=writer, checkpoint_every=checkpoint_every, progress=progress,
                 log_every_steps=log_every_steps, on_epoch_end=on_epoch_end)
@@ -307,7 +301,7 @@ def _fit(apply_fn, init_variables, run, train_cfg, ckpts: Optional[ckpt.RunCheck
   data = parallel.batch_sharding(mesh)
   # may_alias=False: the state owns its buffers (they are donated to every step; the caller keeps its variables)
   state = jax.device_put(create_state(apply_fn, init_variables, train_cfg), rep, may_alias=False)
-  best = _host_copy(variables_of(state))
+  best = ckpt.host_copy(variables_of(state))
   book = _Book()
   resumed = 0
   if run.run_dir and ckpt.latest_epoch(run.run_dir, "latest") is not None:
@@ -316,7 +310,7 @@ def _fit(apply_fn, init_variables, run, train_cfg, ckpts: Optional[ckpt.RunCheck
     tree, meta, _ = ckpt.restore_newest_good(run.run_dir, "latest", template)   # falls back past a damaged one
     _check_same_config(run.run_dir, meta, run.metadata)
     state = flax.serialization.from_state_dict(state, tree["state"])
-    best = _host_copy(tree["best"])
+    best = ckpt.host_copy(tree["best"])
     book = _Book(**meta["loop"])
     resumed = book.epochs_done
   patience = int(train_cfg.early_stopping_patience)
@@ -359,7 +353,7 @@ def _fit(apply_fn, init_variables, run, train_cfg, ckpts: Optional[ckpt.RunCheck
     _write(writer, epoch, {f"{run.name}/train_loss": train_loss, f"{run.name}/val_loss": val_loss,
                            f"{run.name}/val_accuracy": val_acc, f"{run.name}/lr": lr})
     if improved:
-      best = _host_copy(variables_of(state))
+      best = ckpt.host_copy(variables_of(state))
     if ckpts and (book.stopped or (epoch + 1) % max(checkpoint_every, 1) == 0):
       ckpts.save("latest", epoch + 1,
                 {"state": flax.serialization.to_state_dict(state), "best": best},
@@ -405,11 +399,8 @@ def fit_many(apply_fn: Callable, init_variables: Sequence[dict], runs: Sequence[
   log_every_steps: > 0 writes each active run's training loss every that many group steps.
   """
   asynchronous = None if checkpoint_async else False
-  if not group_dir:
-    return _fit_many(apply_fn, init_variables, runs, train_cfg, None, asynchronous, num_classes=num_classes,
-                     mesh=mesh, writer=writer, checkpoint_every=checkpoint_every, progress=progress,
-                     on_epoch_end=on_epoch_end, log_every_steps=log_every_steps)
-  with ckpt.RunCheckpoints(group_dir, asynchronous=asynchronous) as ckpts:
+  ckpt_ctx = ckpt.RunCheckpoints(group_dir, asynchronous=asynchronous) if group_dir else contextlib.nullcontext()
+  with ckpt_ctx as ckpts:
     return _fit_many(apply_fn, init_variables, runs, train_cfg, ckpts, asynchronous, num_classes=num_classes,
                      mesh=mesh, writer=writer, checkpoint_every=checkpoint_every, progress=progress,
                      on_epoch_end=on_epoch_end, log_every_steps=log_every_steps)
@@ -435,7 +426,7 @@ def _fit_many(apply_fn, init_variables, runs, train_cfg, ckpts: Optional[ckpt.Ru
   state = jax.device_put(states[0].replace(**{
       k: _stack([getattr(s, k) for s in states])
       for k in ("step", "params", "opt_state", "batch_stats", "epoch", "plateau")}), rep, may_alias=False)
-  best = jax.device_put(_host_copy(variables_of(state)), rep)   # own buffers: the state is donated
+  best = jax.device_put(ckpt.host_copy(variables_of(state)), rep)   # own buffers: the state is donated
   books = [_Book() for _ in runs]
   names = [r.name for r in runs]
   resumed = 0
