@@ -34,7 +34,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from mer_jax.data import mappings, readers
+from mer_jax.data import mappings, official, readers
 from mer_jax.data.types import DISPLAY_NAMES, MACRO_DATASETS, MICRO_DATASETS, ArrayDataset
 from mer_jax.errors import ConfigError, DataError
 
@@ -97,6 +97,10 @@ def resolve_root(config, workdir: str, name: str, log: Callable[[str], None] = _
   root = str(config.data.roots.get(name, "") or "")
   if not root:
     if bool(config.data.synthetic):
+      if official.applies(name, str(config.data.task), str(config.data.protocol)):
+        raise ConfigError(f"data.protocol='megc2019' keeps only the clips of the official MEGC 2019 list, and "
+                          f"SynthME's {DISPLAY_NAMES[name]} clips are not on it; use data.protocol=paper with "
+                          f"SynthME, or set data.roots.{name} to your copy of the dataset")
       return ensure_synthetic(config, workdir, name, log)
     raise DataError(f"config data.roots.{name} is empty and data.synthetic is False. "
                     f"{readers.MANUAL_DOWNLOAD_INSTRUCTIONS[name]} (or set data.synthetic=True for SynthME, "

@@ -6,7 +6,12 @@ counts after mapping, and how many rows were read, mapped, excluded by the mappi
 (per own label) and skipped (with the reasons). ``--json`` prints the same as one
 object with keys ``per_class``, ``per_subject``, ``read``, ``mapped``, ``excluded``,
 ``excluded_labels``, ``skipped`` (a list of ``{"item", "reason"}``), ``class_names``,
-``dataset``, ``task``, ``protocol``.
+``dataset``, ``task``, ``protocol``, ``not_in_official_list``.
+
+With ``--protocol megc2019`` (3 classes, CASME II / SAMM / SMIC-HS) the official MEGC 2019 composite list
+(:mod:`mer_jax.data.official`) decides which clips count and their labels, and the summary compares the copy
+with the list: ``official_list`` = ``{listed, found, missing, extra, relabelled, comparable}``, where
+``comparable`` is True only when the copy gives exactly the list, clip for clip and label for label.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import argparse
 import json
 from typing import Optional
 
-from mer_jax.data import mappings, readers
+from mer_jax.data import mappings, official, readers
 from mer_jax.data.types import DISPLAY_NAMES
 from mer_jax.errors import run_cli
 
@@ -27,35 +32,49 @@ def summarize(result: readers.ReadResult, dataset: str, task: str, protocol: str
   per_subject: dict[str, int] = {}
   per_subject_class: dict[str, dict[str, int]] = {}
   excluded_labels: dict[str, int] = {}
-  mapped = 0
+  mapped = not_listed = 0
   for s in result.samples:
-    idx = mappings.map_label(dataset, s.label, task, protocol)
+    idx, why = official.sample_class(s, task, protocol)
     if idx is None:
-      excluded_labels[s.label] = excluded_labels.get(s.label, 0) + 1
+      if why == official.NOT_LISTED:
+        not_listed += 1
+      else:
+        excluded_labels[s.label] = excluded_labels.get(s.label, 0) + 1
       continue
     mapped += 1
     per_class[names[idx]] += 1
     per_subject[s.subject] = per_subject.get(s.subject, 0) + 1
     psc = per_subject_class.setdefault(s.subject, {n: 0 for n in names})
     psc[names[idx]] += 1
-  return {
+  out = {
       "dataset": dataset, "task": task, "protocol": protocol, "class_names": list(names),
       "read": result.read, "mapped": mapped,
       "excluded": sum(excluded_labels.values()), "excluded_labels": dict(sorted(excluded_labels.items())),
+      "not_in_official_list": not_listed,
       "skipped": [{"item": i, "reason": r} for i, r in result.skipped],
       "per_class": per_class,
       "per_subject": dict(sorted(per_subject.items())),
       "per_subject_class": dict(sorted(per_subject_class.items())),
   }
+  if official.applies(dataset, task, protocol):
+    out["official_list"] = official.compare(dataset, result.samples).to_dict()
+  return out
 
 
 def format_text(s: dict) -> str:
   lines = [f"{DISPLAY_NAMES.get(s['dataset'], s['dataset'])} ({s['task']}, protocol {s['protocol']})",
            f"  read {s['read']}, mapped {s['mapped']}, excluded {s['excluded']}, "
-           f"skipped {len(s['skipped'])}"]
+           + (f"not in the MEGC 2019 list {s['not_in_official_list']}, " if s.get("official_list") else "")
+           + f"skipped {len(s['skipped'])}"]
   if s["excluded_labels"]:
     lines.append("  excluded by the mapping: "
                  + ", ".join(f"{k} {v}" for k, v in s["excluded_labels"].items()))
+  if s.get("official_list"):
+    cmp = official.Comparison(**{k: v for k, v in s["official_list"].items() if k != "comparable"})
+    lines.append("  " + cmp.line())
+    for what in ("missing", "relabelled", "extra"):
+      if cmp.to_dict()[what]:
+        lines.append(f"    {what}: " + ", ".join(cmp.to_dict()[what]))
   lines.append("  per class:")
   w = max(len(n) for n in s["class_names"])
   for n, c in s["per_class"].items():

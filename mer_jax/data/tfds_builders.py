@@ -44,7 +44,7 @@ import tensorflow_datasets as tfds  # noqa: E402
 
 from mer_jax import config_defaults
 from mer_jax.data import face as face_lib
-from mer_jax.data import mappings, preprocess, readers
+from mer_jax.data import mappings, official, preprocess, readers
 from mer_jax.data.types import DISPLAY_NAMES, MACRO_DATASETS, MICRO_DATASETS, Sample
 from mer_jax.errors import DataError, EVMError
 
@@ -215,11 +215,16 @@ class _MerBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     meta = self.info.metadata
     meta["build_stats"] = stats
     for s in samples:
-      label = mappings.map_label(self.DATASET, s.label, cfg.task, cfg.protocol)
+      label, why = official.sample_class(s, cfg.task, cfg.protocol)
       name = preprocess.sample_name(s)
       if label is None:
-        stats["excluded"] += 1
+        if why == official.NOT_LISTED:
+          stats["not_listed"] = stats.get("not_listed", 0) + 1
+        else:
+          stats["excluded"] += 1
         continue
+      if why:
+        stats.setdefault("relabelled", []).append(f"{name}: {why}")
       notes = preprocess.Notes()
       try:
         with warnings.catch_warnings():
@@ -250,6 +255,9 @@ class _MerBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
           "apex": -1 if notes.apex is None else int(notes.apex),
           "face_found": -1 if notes.face_found is None else int(notes.face_found),
       }
+    if official.applies(self.DATASET, cfg.task, cfg.protocol):
+      meta["official_list"] = official.compare(
+          self.DATASET, samples, skipped_names=[item for item, _ in stats["skipped"]]).to_dict()
 
 
 def _make(dataset: str, cls_name: str):
@@ -308,7 +316,14 @@ def build_summary(name: str, meta: dict, n: int) -> str:
     parts.append("apex: " + ", ".join(f"{k} {v}" for k, v in sorted(st["apex_rules"].items())))
   if st.get("evm_warnings"):
     parts.append(f"EVM warnings on {st['evm_warnings']} clips, e.g. {st['first_evm_warning']}")
+  if st.get("not_listed"):
+    parts.insert(2, f"{st['not_listed']} not in the MEGC 2019 list")
   msg = ", ".join(parts)
+  if meta.get("official_list"):
+    msg += "\n  " + official.Comparison(**{k: v for k, v in meta["official_list"].items()
+                                           if k != "comparable"}).line()
+  for why in st.get("relabelled", [])[:10]:
+    msg += f"\n  {why}"
   for item, why in skipped[:10]:
     msg += f"\n  skipped {item}: {why}"
   if len(skipped) > 10:
