@@ -1,10 +1,12 @@
 # Quick start (each target sets itself up on a fresh machine):
 #   make demo   - create .venv, install, run the main job on the embedded SynthME data
-#   make test   - create .venv, install with test extras, run the whole test suite
+#   make test   - create .venv, install with the test and PyTorch-baseline extras, run the whole test suite
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
+# Install stamps: the main job's dependencies (make demo), then the test and PyTorch-baseline extras (make test).
 STAMP   = $(VENV)/.installed-stamp
+TEST_STAMP = $(VENV)/.installed-test-stamp
 WORKDIR ?= runs/synth_demo
 PYTEST_ARGS ?=
 # Transparent huge pages for glibc malloc: buffers over 32 MiB (EVM at 256^2 and 640x480, batches of clips) are
@@ -17,8 +19,12 @@ export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e ".[test,torch]"
+	$(PY) -m pip install -q -c constraints.txt -e .
 	touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e ".[test,torch]"
+	touch $(TEST_STAMP)
 
 setup: $(STAMP)
 
@@ -28,8 +34,8 @@ demo: $(STAMP)
 complexity: $(STAMP)
 	$(PY) -m mer_jax.complexity --config=configs/cde.py
 
-test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+test: $(TEST_STAMP)
+	$(PY) -m pytest -n 2 --dist loadfile --durations=25 $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -8,13 +8,14 @@ already on the device; PyTorch does ``zero_grad / forward / backward / step``. E
 median over ``--repeats`` timed blocks of ``--steps`` steps, after warm-up (compile time separate); the
 blocks run round-robin over the variants so that load from other processes affects all of them alike.
 
-  .venv/bin/python benchmarks/train_step_bench.py                  # jax, jax+donate, torch eager: ~2-3 min
+  .venv/bin/python benchmarks/train_step_bench.py                  # jax, jax main, torch eager: ~2-3 min
   .venv/bin/python benchmarks/train_step_bench.py --torch-compile  # + torch.compile (~7 min to compile here)
   .venv/bin/python benchmarks/train_step_bench.py --variants "jax,jax bf16,torch eager,torch eager CL"
   .venv/bin/python benchmarks/train_step_bench.py --batch 64 --steps 5 --repeats 5
 
-Variants: ``jax``: jax.jit(train_step) as in loop.fit; ``jax+donate``: the same with the train state
-donated (buffers updated in place); ``jax bf16``: model.dtype='bfloat16' (compute in bf16, params float32);
+Variants: ``jax``: jax.jit(train_step) on one device; ``jax+donate``: the same with the train state
+donated (buffers updated in place); ``jax main``: what ``mer_jax.main`` runs by default, the donated step data
+parallel over the XLA devices the host's CPU cores are laid out as (``config.cpu_devices``; on a GPU, its devices); ``jax bf16``: model.dtype='bfloat16' (compute in bf16, params float32);
 ``torch eager`` (NCHW), ``torch eager CL`` (channels_last), ``torch.compile`` (inductor).
 Ratios are against ``torch eager`` measured in the same run.
 """
@@ -41,12 +42,17 @@ import numpy as np  # noqa: E402
 import peaks  # noqa: E402  (benchmarks/peaks.py)
 from mer_jax import config_defaults  # noqa: E402
 from mer_jax.models import build_model, init_variables  # noqa: E402
+from mer_jax.train import parallel  # noqa: E402
 from mer_jax.train.state import create_state  # noqa: E402
 from mer_jax.train.steps import train_step  # noqa: E402
 
 
-def jax_variant(args, dtype: str = "float32", donate: bool = False) -> dict:
-  """The compiled train step, warmed up: ``block(n)`` runs n steps and returns the last loss."""
+def jax_variant(args, dtype: str = "float32", donate: bool = False, mesh=None) -> dict:
+  """The compiled train step, warmed up: ``block(n)`` runs n steps and returns the last loss.
+
+  mesh: data parallel over its devices as ``mer_jax.train.loop.fit`` runs it (batch sharded, state replicated
+  and donated); None: one device.
+  """
   mcfg = config_defaults.get_model_config(num_classes=3)
   mcfg.dtype = dtype
   model = build_model(mcfg)
@@ -54,9 +60,17 @@ def jax_variant(args, dtype: str = "float32", donate: bool = False) -> dict:
   variables = init_variables(model, jax.random.key(0), args.size, 3)
   state = create_state(model.apply, variables, tcfg)
   rng = np.random.default_rng(0)
-  x = jax.device_put(rng.uniform(0, 1, (args.batch, args.size, args.size, 3)).astype(np.float32))
-  y = jax.device_put(rng.integers(0, 3, args.batch).astype(np.int32))
-  step = jax.jit(train_step, donate_argnums=(0,) if donate else ())
+  x = rng.uniform(0, 1, (args.batch, args.size, args.size, 3)).astype(np.float32)
+  y = rng.integers(0, 3, args.batch).astype(np.int32)
+  if mesh is None:
+    x, y = jax.device_put(x), jax.device_put(y)
+    step = jax.jit(train_step, donate_argnums=(0,) if donate else ())
+  else:
+    parallel.check_batch_size(args.batch, mesh, "--batch")
+    rep, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    state = jax.device_put(state, rep, may_alias=False)
+    x, y = jax.device_put(x, data), jax.device_put(y, data)
+    step = jax.jit(train_step, in_shardings=(rep, data, data), out_shardings=(rep, rep), donate_argnums=0)
   t = time.perf_counter()
   compiled = step.lower(state, x, y).compile()
   compile_s = time.perf_counter() - t
@@ -130,10 +144,14 @@ def main() -> None:
   ap.add_argument("--no-torch", action="store_true", help="JAX variants only")
   ap.add_argument("--torch-device", default=None,
                   help="cpu | cuda (default: cuda when this torch build sees a GPU, else cpu)")
-  ap.add_argument("--variants", default="jax,jax+donate,torch eager",
-                  help="comma-separated list from: jax, jax+donate, jax bf16, torch eager, torch eager CL, "
-                  "torch.compile")
+  ap.add_argument("--variants", default="jax,jax main,torch eager",
+                  help="comma-separated list from: jax, jax+donate, jax main, jax bf16, torch eager, "
+                  "torch eager CL, torch.compile")
   args = ap.parse_args()
+  # "jax main": the step as mer_jax.main runs it by default, data parallel over the XLA devices that
+  # mer_jax.train.parallel.use_host_cores lays the host's cores out as (set before JAX starts its backends).
+  n_main = parallel.cpu_device_count(parallel.host_cores(), [args.batch])
+  jax.config.update("jax_num_cpu_devices", n_main)
   wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
   if args.torch_compile and "torch.compile" not in wanted:
     wanted.append("torch.compile")
@@ -157,11 +175,14 @@ def main() -> None:
   if torch is not None and dev.platform != "cpu" and args.torch_device == "cpu":
     print("# WARNING: JAX runs on an accelerator but torch on the CPU (install a CUDA torch build for a fair "
           "baseline); ratios against torch are not like for like")
+  print(f"# 'jax main' = data parallel over {len(jax.local_devices())} {dev.platform} device(s), as mer_jax.main "
+        "runs by default; 'jax' = one device")
   print(f"# batch {args.batch} x {args.size}x{args.size}x3, Adam lr 0.01, paper config (3,135,541 params); "
         f"median of {args.repeats} blocks of {args.steps} steps after {args.warmup} warm-up")
   runners = {
       "jax": lambda: jax_variant(args),
       "jax+donate": lambda: jax_variant(args, donate=True),
+      "jax main": lambda: jax_variant(args, mesh=parallel.make_mesh()),
       "jax bf16": lambda: jax_variant(args, dtype="bfloat16"),
       "torch eager": lambda: torch_variant(args, "eager"),
       "torch eager CL": lambda: torch_variant(args, "channels_last"),

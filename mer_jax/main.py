@@ -267,9 +267,16 @@ def main(argv) -> int:
   fold_shard = parse_fold_shard(_FOLD_SHARD.value)
   from mer_jax.train import distributed
   spec = distributed.resolve(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  cpu_choice = (0, "")
+  if not spec.multi_process:   # before JAX starts its backends; multi-process runs keep their devices as they are
+    from mer_jax.train import parallel
+    cpu_choice = parallel.use_host_cores(config)
   if distributed.initialize(spec):
     _say(f"[main] process {jax.process_index()} of {jax.process_count()}: {len(jax.local_devices())} local, "
          f"{len(jax.devices())} global device(s)")
+  if cpu_choice[0] and jax.default_backend() == "cpu":
+    how = "data parallel" if cpu_choice[0] > 1 else "no data parallelism"
+    _say(f"[main] CPU: {cpu_choice[0]} XLA device(s), {how} ({cpu_choice[1]})")
   out = run(config, _WORKDIR.value, progress=not _QUIET.value, fold_shard=fold_shard)
   _say(_summary(out))
   return 0
