@@ -25,9 +25,6 @@ import os
 import time
 from typing import Optional
 
-# TensorFlow (imported by the TFDS and TensorBoard writers) logs C++ INFO lines on import; keep the console readable.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 import jax
 import ml_collections
 from absl import flags
@@ -161,6 +158,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh=None, progress:
   pretrained: Optional[dict] = None
   if config.pretrained_checkpoint:
     _, pretrained, pre_classes = ckpt.load_for_inference(config.pretrained_checkpoint)
+    # host copy: the restored device arrays would otherwise be shared by every fold's initial state, and the
+    # first fold's donated train state deletes them (seen with 2 XLA CPU devices)
+    pretrained = ckpt.host_copy(pretrained)
     out["pretrain"] = {"reused": config.pretrained_checkpoint, "class_names": pre_classes}
     _say(f"[main] using pretrained weights from {config.pretrained_checkpoint}")
   elif config.pretrain.enabled:

@@ -33,6 +33,8 @@ from mer_jax.errors import DataError, UserError, run_cli
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".m4v", ".wmv")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".webp")
 APEX_CHOICES = ("spot", "middle")
+NO_FACE_CHOICES = ("fallback", "error")
+NO_FACE_MARK = "NO FACE FOUND (centre crop: not a face result)"
 
 
 def _natural_key(name: str) -> list:
@@ -141,13 +143,17 @@ def check_weights_match_config(config: Any, variables: dict, where: str) -> None
       "came from, or retrain")
 
 
-def inference_config(config: Any, apex: str = "spot") -> Any:
-  """A copy of a checkpoint's config for new clips: no apex annotation, so spot (or middle)."""
+def inference_config(config: Any, apex: str = "spot", on_no_face: str = "fallback") -> Any:
+  """A copy of a checkpoint's config for new clips: no apex annotation, so spot (or middle); what to do with a
+  clip in which no face is found (``fallback``: centre crop, marked in the output; ``error``: stop)."""
   import ml_collections
   if apex not in APEX_CHOICES:
     raise UserError(f"--apex {apex!r}: use one of {APEX_CHOICES}")
+  if on_no_face not in NO_FACE_CHOICES:
+    raise UserError(f"--on-no-face {on_no_face!r}: use one of {NO_FACE_CHOICES}")
   cfg = ml_collections.ConfigDict(config.to_dict())
   cfg.data.apex = apex
+  cfg.data.on_no_face = on_no_face
   return cfg
 
 
@@ -173,17 +179,29 @@ def prepare_input(kind: str, path: str, config: Any, fps: Optional[float]) -> tu
 
 
 def predict(checkpoint_dir: str, input_path: str, *, fps: Optional[float] = None, apex: str = "spot",
-            batch_size: int = 32, progress: bool = False) -> dict:
+            batch_size: int = 32, progress: bool = False, on_no_face: str = "fallback") -> dict:
   """Classifies every clip ``input_path`` names; see the module docstring.
 
-  Returns {"checkpoint", "class_names", "predictions": [{"input", "label", "index",
-  "probabilities": {class: p}, "frames", "fps", "apex", ...}]}.
+  Args:
+    checkpoint_dir: a run directory written by training.
+    input_path: a video file, frame folder, image, or folder of clips.
+    fps: frame rate (overrides a video's own; needed for frame folders when the model uses EVM).
+    apex: how to pick the apex frame (``spot`` | ``middle``).
+    batch_size: images per jitted inference call.
+    progress: print preprocessing progress to stderr.
+    on_no_face: ``fallback`` classifies a centre crop and marks the prediction (``face_found: false``);
+      ``error`` raises a DataError naming the clip.
+
+  Returns:
+    {"checkpoint", "class_names", "predictions": [{"input", "label", "index", "probabilities": {class: p},
+    "face_found", "frames", "fps", "apex", ...}]}; face_found is false where no face was detected (the
+    probabilities then describe a centre crop, not a face), null where no detection ran.
   """
   from mer_jax.models import build_model
   if fps is not None and fps <= 0:
     raise UserError(f"--fps must be positive, got {fps}")
   config, variables, class_names = resolve_checkpoint(checkpoint_dir)
-  cfg = inference_config(config, apex)
+  cfg = inference_config(config, apex, on_no_face)
   inputs = discover_inputs(input_path)
   images, infos = [], []
   t0 = time.time()
@@ -215,7 +233,8 @@ def format_text(result: dict) -> str:
   for p in result["predictions"]:
     probs = "  ".join(f"{c} {v:.3f}" for c, v in p["probabilities"].items())
     apex = "" if p.get("apex") is None else f", apex frame {p['apex']}"
-    lines.append(f"{p['input']}: {p['label']}  ({probs}; {p['frames']} frames{apex})")
+    mark = f"{NO_FACE_MARK} " if p.get("face_found") is False else ""
+    lines.append(f"{p['input']}: {mark}{p['label']}  ({probs}; {p['frames']} frames{apex})")
     for w in p.get("warnings", []):
       lines.append(f"  note: {w}")
   return "\n".join(lines)
@@ -227,6 +246,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   ap.add_argument("--input", required=True, help="video file, frame folder, image, or folder of clips")
   ap.add_argument("--fps", type=float, default=None, help="frame rate (overrides the video's; needed for frame folders with EVM)")
   ap.add_argument("--apex", default="spot", choices=APEX_CHOICES, help="how to pick the apex frame (default: spot)")
+  ap.add_argument("--on-no-face", default="fallback", choices=NO_FACE_CHOICES,
+                  help="a clip without a detected face: classify a centre crop, marked NO FACE FOUND in the output "
+                  "and face_found=false in the JSON (fallback, default), or stop with an error (error)")
   ap.add_argument("--batch-size", type=int, default=32)
   ap.add_argument("--json", action="store_true", help="print JSON instead of text")
   return ap.parse_args(argv)
@@ -235,7 +257,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = parse_args(argv)
   result = predict(args.checkpoint, args.input, fps=args.fps, apex=args.apex, batch_size=args.batch_size,
-                   progress=True)
+                   progress=True, on_no_face=args.on_no_face)
   print(json.dumps(result, indent=2) if args.json else format_text(result))
   return 0
 

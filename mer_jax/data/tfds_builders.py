@@ -33,14 +33,14 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import warnings
 from typing import Any, ClassVar, Optional
 
 import ml_collections
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # TFDS imports TensorFlow; keep its start-up notices quiet
-import tensorflow_datasets as tfds  # noqa: E402
+import tensorflow_datasets as tfds  # TensorFlow's start-up notices are silenced in mer_jax/__init__.py
 
 from mer_jax import config_defaults
 from mer_jax.data import face as face_lib
@@ -48,8 +48,10 @@ from mer_jax.data import mappings, official, preprocess, readers
 from mer_jax.data.types import DISPLAY_NAMES, MACRO_DATASETS, MICRO_DATASETS, Sample
 from mer_jax.errors import DataError, EVMError
 
-VERSION = "1.0.0"
-RELEASE_NOTES = {"1.0.0": "First release: face crop, apex, EVM, resize (mer_jax 0.1)."}
+VERSION = "1.1.0"
+RELEASE_NOTES = {"1.0.0": "First release: face crop, apex, EVM, resize (mer_jax 0.1).",
+                 "1.1.0": "EVM in the paper's order by default (evm.order): magnify at native resolution, then apex, "
+                          "crop, resize."}
 FILE_FORMAT = "array_record"
 SPLIT = "train"
 
@@ -334,6 +336,8 @@ def build_summary(name: str, meta: dict, n: int) -> str:
 def prepare(builder, manual_dir: str, *, force: bool = False) -> None:
   """Builds the cache from ``manual_dir`` (no-op when it is already built, unless ``force``)."""
   mode = tfds.download.GenerateMode.FORCE_REDOWNLOAD if force else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
+  # TFDS' progress bars redraw with terminal escape codes: on a terminal only, not in a redirected log.
+  tfds.display_progress_bar(sys.stderr.isatty())
   try:
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         manual_dir=manual_dir, download_mode=mode))
