@@ -7,7 +7,7 @@ DIR is a run directory (``best/`` and/or ``latest/`` inside, see
 mer_jax.train.checkpoint). Output: the run (kind, subject, class names, image
 size), the checkpoint epoch / optimiser step, the stored validation metrics, the
 loop state of ``latest`` (epochs done, best epoch, early-stopped), the config,
-and a table of parameters (name, shape, count) with totals.
+and clu's parameter overview (name, shape, size, total) plus the BatchNorm statistic count.
 """
 
 from __future__ import annotations
@@ -18,23 +18,10 @@ import sys
 import jax
 import ml_collections
 import numpy as np
+from clu import parameter_overview
 
 from mer_jax.errors import UserError, run_cli
 from mer_jax.train import checkpoint as ckpt
-
-
-def _path_name(path) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-
-
-def param_table(tree) -> tuple[list[tuple[str, tuple, int]], int]:
-  """[(name, shape, count)] of every array in ``tree`` (sorted by name) and the total count."""
-  rows = []
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    shape = tuple(int(d) for d in np.shape(leaf))
-    rows.append((_path_name(path), shape, int(np.prod(shape, dtype=np.int64))))
-  rows.sort()
-  return rows, sum(r[2] for r in rows)
 
 
 def describe(run_dir: str) -> str:
@@ -64,17 +51,13 @@ def describe(run_dir: str) -> str:
   config = ml_collections.ConfigDict(meta.get("config", {}))
   lines += ["  " + ln for ln in str(config).rstrip().splitlines()]
   variables = ckpt.best_variables(tree, kind)
-  params = variables["params"]
-  rows, total = param_table(params)
-  width = max([len(r[0]) for r in rows] + [9])
   lines.append("parameters:")
-  lines.append(f"  {'name':<{width}}  {'shape':<18} {'count':>10}")
-  for name, shape, count in rows:
-    lines.append(f"  {name:<{width}}  {str(shape):<18} {count:>10,}")
-  lines.append(f"  {'total':<{width}}  {'':<18} {total:>10,}")
-  if variables.get("batch_stats"):
-    _, bs_total = param_table(variables["batch_stats"])
-    lines.append(f"  (+ {bs_total:,} BatchNorm statistics)")
+  table = parameter_overview.get_parameter_overview(jax.device_get(variables["params"]), include_stats=False)
+  lines += ["  " + ln for ln in table.splitlines()]
+  n_params = parameter_overview.count_parameters(jax.device_get(variables["params"]))
+  stats = parameter_overview.count_parameters(jax.device_get(variables.get("batch_stats", {})))
+  lines.append(f"  {n_params:,} trainable parameters + {stats:,} BatchNorm statistics = {n_params + stats:,} "
+               "stored values in total")
   return "\n".join(lines)
 
 
