@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
-# Issue 6's GPU measurements as ONE call of the device tool (budget: ~9.5 min of a 10-min call; a task that is
-# lent a device gets 15 device-minutes in all, start-up included). Not run yet: no session so far was lent one.
+# The GPU measurements of benchmarks/RESULTS.md in one script, sized for a 10-minute call (~9.5 min):
+#   device.txt      GPU, driver, jax/torch versions
+#   peaks.txt       measured float32/bfloat16 matmul rate and memory bandwidth, with the datasheet figures
+#   evm.txt         jitted mer_jax.evm on the GPU vs OpenCV + NumPy on the host CPU (112^2 .. 640x480, batches)
+#   train_step.txt  the paper network's train step: one device, what mer_jax.main runs by default (data parallel
+#                   over every device, state donated), bf16, and PyTorch eager on CUDA as the baseline
+#   loso.txt        the 68-fold CDE-sized synthetic LOSO, paper network, 200-epoch budget, early stopping 20,
+#                   vmapped folds vs one by one
 #
-# Before the call, in the repo root of a session with a device (ml-collections is the one package of ours
-# the device image lacks; jax/flax/optax/orbax/opencv/torch with CUDA are there):
-#   echo /.whl/ >> .git/info/exclude
-#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#       -d .whl ml-collections==1.1.0
-# The call:  run(command="bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=600)
-# Then copy the tables from $OUT/*.txt into benchmarks/RESULTS.md (GPU section) with the date and device.
+# How to run it on a GPU machine, from the repository root (the outputs go to $OUT, default /tmp/mer_jax_gpu_out):
+#   bash benchmarks/gpu_session.sh
+# The machine needs CUDA builds of jax and torch and this repository's Python dependencies. Where a package
+# cannot be installed from a registry there (e.g. no network), bring its wheel in .whl/ (ml-collections is
+# pure Python: `python3 -m pip download --no-deps --only-binary=:all: -d .whl ml-collections==1.1.0`);
+# the script installs what it finds in .whl/ into /tmp/site first.
+# Then copy the tables from $OUT/*.txt into the GPU section of benchmarks/RESULTS.md, naming the run by date,
+# GPU model and commit.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3
 OUT=${OUT:-/tmp/mer_jax_gpu_out}
@@ -25,11 +32,12 @@ fi
 } 2>&1 | tee "$OUT/device.txt"
 # ceilings measured in the same call (matmul float32/bfloat16, memory bandwidth) and the datasheet figures
 timeout 60 python3 benchmarks/peaks.py 2>&1 | tee "$OUT/peaks.txt"
-# 1. EVM: jax on the GPU vs OpenCV + NumPy on the host's CPU (640x480 is the row the issue asks for)
+# 1. EVM: jax on the GPU vs OpenCV + NumPy on the host's CPU (640x480: the native CASME II / SMIC-HS frame size)
 timeout 150 python3 benchmarks/evm_bench.py --repeats 5 2>&1 | tee "$OUT/evm.txt"
-# 2. train step: torch eager on CUDA is the baseline (the script picks --torch-device cuda by itself)
+# 2. train step: torch eager on CUDA is the baseline (the script picks --torch-device cuda by itself);
+#    'jax main' is the data-parallel step mer_jax.main runs by default
 timeout 120 python3 benchmarks/train_step_bench.py --steps 20 --repeats 5 \
-  --variants "jax,jax+donate,jax bf16,torch eager" 2>&1 | tee "$OUT/train_step.txt"
+  --variants "jax,jax main,jax bf16,torch eager" 2>&1 | tee "$OUT/train_step.txt"
 # 3. the full 68-fold CDE-sized LOSO, paper network, 200-epoch budget, early stopping 20; latest checkpoint
 #    every 10 epochs (an orbax save costs 0.1-0.2 s of fixed work, longer than a GPU epoch of one fold)
 timeout 330 python3 benchmarks/loso_bench.py --model paper --size 112 --folds 68 --epochs 200 \
