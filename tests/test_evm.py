@@ -16,7 +16,7 @@ from mer_jax import config_defaults
 from mer_jax.errors import ConfigError, EVMError
 from mer_jax.evm import (EVMWarning, magnify, magnify_batch, magnify_from_config, magnify_jit,
                          motion_level_alphas, options_from_config)
-from mer_jax.evm import color, filters, pyramids
+from mer_jax.evm import color, filters, gains, pyramids
 
 # ----------------------------------------------------------------------------------------------------------
 # Independent float64 reference (literal MIT-style algorithm: per-frame YIQ + pyramids, filter every level,
@@ -46,9 +46,10 @@ def ref_expand(img, shape):
 
 
 def ref_height(h, w):
+  """matlabPyrTools maxPyrHt(size, 5): buildLpyr(im, 'auto') builds this many bands plus the residual."""
   n = 0
   while min(h, w) >= 5:
-    h, w, n = math.ceil(h / 2), math.ceil(w / 2), n + 1
+    h, w, n = h // 2, w // 2, n + 1
   return n
 
 
@@ -181,6 +182,11 @@ def test_auto_height_rule():
   assert pyramids.max_levels(480, 640) == 7      # ..., 8x10, 4x5
   assert pyramids.max_levels(4, 100) == 0
   assert pyramids.check_levels(112, 112, "auto", "gaussian") == 4
+  # "auto" is the MIT code's maxPyrHt (floor halving), one level less than the ceil rule at e.g. 140 px
+  for h, w in [(112, 112), (140, 140), (480, 640), (36, 40), (9, 30), (17, 17), (33, 47), (64, 80), (5, 5)]:
+    assert pyramids.check_levels(h, w, "auto", "laplacian") == ref_height(h, w), (h, w)
+  assert pyramids.check_levels(140, 140, "auto", "laplacian") == 5          # residual 5x5, as buildLpyr
+  assert pyramids.check_levels(140, 140, 6, "laplacian") == 6               # explicit: up to the ceil rule
   with pytest.raises(ValueError, match="out of range"):
     pyramids.check_levels(32, 32, 9, "laplacian")
 
@@ -268,6 +274,13 @@ def test_level_alphas_match_mit_loop():
     np.testing.assert_allclose(motion_level_alphas(h, w, n, alpha, lc), ref_alphas(h, w, n + 1, alpha, lc))
   np.testing.assert_allclose(motion_level_alphas(112, 112, 5, 15.0, 16.0), [0, 4.6, 11.2, 15, 15, 0],
                              atol=0.05)
+  # where lambda < lambda_c / (1 + alpha) the MIT rule gives a negative factor: clipped at 0 by default,
+  # kept (motion inverted, as the MIT code does) with clip_negative=False / mit_compatible=True
+  lam = [(24 ** 2 + 24 ** 2) ** 0.5 / 3 / 2 ** k for k in range(4)]        # residual .. finest, 24x24, 3 levels
+  mit = [0.0] + [min(15.0, (l / (80.0 / 8 / 16) / 8 - 1) * 2) for l in lam[1:3]][::-1] + [0.0]
+  assert min(mit) < 0
+  np.testing.assert_allclose(motion_level_alphas(24, 24, 3, 15.0, 80.0, clip_negative=False), mit, rtol=1e-12)
+  np.testing.assert_allclose(motion_level_alphas(24, 24, 3, 15.0, 80.0), np.maximum(mit, 0), rtol=1e-12)
 
 
 def test_chunked_spatial_pass_is_identical():
@@ -496,3 +509,182 @@ def test_magnify_from_config():
   del bad["lambda_c"]
   with pytest.raises(ConfigError, match="lambda_c"):
     magnify_from_config(v, 16.0, bad)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# band_units="mit_rates": the MIT IIR variant, against a literal float64 transcription of its per-frame loop
+# ----------------------------------------------------------------------------------------------------------
+def ref_mit_iir(video, *, alpha, lambda_c, r1, r2, chrom_attenuation, state_from_first=True, exaggeration=2.0,
+                chroma=True):
+  """amplify_spatial_lpyr_temporal_iir(alpha, lambda_c, r1, r2, chromAttenuation), frame by frame, float64.
+
+  The keyword switches after chrom_attenuation exist only to build wrong variants (the test checks that each
+  of them is far from magnify's output, i.e. that the comparison can fail).
+  """
+  v = np.asarray(video, np.float64)
+  t, h, w, _ = v.shape
+  n_rows = 1 + ref_height(h, w)                       # buildLpyr(., 'auto'): bands + residual
+  yiq = v @ RGB2YIQ.T
+  first = ref_lpyr(yiq[0], n_rows - 1)
+  low1 = [p.copy() if state_from_first else np.zeros_like(p) for p in first]
+  low2 = [p.copy() if state_from_first else np.zeros_like(p) for p in first]
+  out = [v[0]]                                        # the first frame is written unchanged
+  for i in range(1, t):
+    pyr = ref_lpyr(yiq[i], n_rows - 1)
+    low1 = [(1 - r1) * a + r1 * p for a, p in zip(low1, pyr)]
+    low2 = [(1 - r2) * a + r2 * p for a, p in zip(low2, pyr)]
+    filt = [a - b for a, b in zip(low1, low2)]
+    delta = lambda_c / 8 / (1 + alpha)
+    lam = (h ** 2 + w ** 2) ** 0.5 / 3
+    for l in range(n_rows, 0, -1):                    # MATLAB l = nLevels:-1:1, coarsest first
+      cur = (lam / delta / 8 - 1) * exaggeration
+      if l == n_rows or l == 1:
+        filt[l - 1] = 0 * filt[l - 1]
+      elif cur > alpha:
+        filt[l - 1] = alpha * filt[l - 1]
+      else:
+        filt[l - 1] = cur * filt[l - 1]
+      lam /= 2
+    rec = ref_collapse(filt)
+    if chroma:
+      rec[..., 1:] *= chrom_attenuation
+    out.append(np.clip((yiq[i] + rec) @ np.linalg.inv(RGB2YIQ).T, 0, 1))
+  return np.stack(out)
+
+
+def random_colour_clip(t=10, h=36, w=40, seed=40, amp=0.03):
+  """Mid-grey clip with independent per-pixel, per-channel, per-frame noise: [T, H, W, 3] float32."""
+  return (0.5 + amp * (2 * np.random.default_rng(seed).random((t, h, w, 3)) - 1)).astype(np.float32)
+
+
+def test_mit_rates_is_the_mit_iir_program():
+  # 36x40: maxPyrHt = 3 (36 -> 18 -> 9 -> 4), one level less than halving with ceil; bands 1 and 2 amplified,
+  # band 2 at alpha (capped), band 1 at currAlpha = 4.2 < alpha
+  v = random_colour_clip()
+  opts = dict(alpha=10.0, lambda_c=16.0, chrom_attenuation=0.1)
+  got = np.asarray(magnify_jit(jnp.asarray(v), 200.0, freq_band=(0.1, 0.4), band_units="mit_rates",
+                               temporal_filter="iir", **opts))
+  want = ref_mit_iir(v, r1=0.4, r2=0.1, **opts)
+  assert np.abs(want - v).max() > 0.02                # amplified (white noise lies mostly in the finest band)
+  assert 0.0 < want.min() and want.max() < 1.0         # and not clipped: the exact linear regime
+  tol = 2e-5
+  np.testing.assert_allclose(got, want, rtol=0, atol=tol)
+  # the rates are per frame: the frame rate plays no part
+  at_30 = np.asarray(magnify_jit(jnp.asarray(v), 30.0, freq_band=(0.1, 0.4), band_units="mit_rates",
+                                 temporal_filter="iir", **opts))
+  np.testing.assert_array_equal(at_30, got)
+  # the comparison can fail: each wrong variant of the program lies far outside the tolerance
+  wrong = {"state from zero": dict(r1=0.4, r2=0.1, state_from_first=False),
+           "rates swapped": dict(r1=0.1, r2=0.4),
+           "exaggeration 1": dict(r1=0.4, r2=0.1, exaggeration=1.0),
+           "no chroma attenuation": dict(r1=0.4, r2=0.1, chroma=False)}
+  for name, kw in wrong.items():
+    assert np.abs(got - ref_mit_iir(v, **opts, **kw)).max() > 50 * tol, name
+
+
+def test_mit_rates_grey_clip_and_config():
+  v = random_colour_clip(t=8, h=24, w=20, seed=41)[..., :1]
+  cfg = config_defaults.get_evm_config()
+  assert cfg.band_units == "hz"                       # the Hz reading stays the default
+  cfg.band_units, cfg.temporal_filter, cfg.freq_band, cfg.alpha = "mit_rates", "iir", (0.05, 0.4), 10.0
+  got = np.asarray(magnify_from_config(jnp.asarray(v), 100.0, cfg))
+  # grey = luminance only: the same program on the Y channel of a grey RGB clip
+  rgb = np.repeat(v, 3, axis=-1)
+  want = ref_mit_iir(rgb, alpha=10.0, lambda_c=16.0, r1=0.4, r2=0.05, chrom_attenuation=0.1)[..., :1]
+  np.testing.assert_allclose(got, want, rtol=0, atol=2e-5)
+  assert np.abs(want - v).max() > 0.02
+  assert options_from_config(cfg)["band_units"] == "mit_rates"
+  batch = magnify_batch(jnp.asarray(v[None]), 100.0, **options_from_config(cfg))   # the batched entry point too
+  np.testing.assert_allclose(np.asarray(batch)[0], got, atol=1e-6)
+  legacy = {k: v for k, v in config_defaults.get_evm_config().to_dict().items() if k != "band_units"}
+  assert options_from_config(legacy)["band_units"] == "hz"        # an older config without the key
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(band_units="mit_rates", temporal_filter="butterworth"),
+     r"evm.band_units='mit_rates'.*evm.temporal_filter='butterworth'.*set evm.temporal_filter='iir'"),
+    (dict(band_units="mit_rates", temporal_filter="ideal"), r"set evm.temporal_filter='iir'"),
+    (dict(band_units="mit_rates", freq_band=(0.4, 0.1)), r"0 < r2 < r1 < 1, low first"),
+    (dict(band_units="mit_rates", freq_band=(0.2, 0.2)), r"0 < r2 < r1 < 1"),
+    (dict(band_units="mit_rates", freq_band=(0.0, 0.4)), r"0 < r2 < r1 < 1"),
+    (dict(band_units="mit_rates", freq_band=(0.1, 1.0)), r"0 < r2 < r1 < 1"),
+    (dict(band_units="mit_rates", freq_band=(0.1, 1.5)), r"0 < r2 < r1 < 1"),
+    (dict(band_units="mit_rates", iir_rates=(0.4, 0.1)), r"iir_rates.*contradicts evm.band_units"),
+    (dict(band_units="rates"), r"evm.band_units must be one of \('hz', 'mit_rates'\)"),
+])
+def test_mit_rates_bad_settings(kwargs, match):
+  opts = dict(alpha=5.0, freq_band=(0.1, 0.4), temporal_filter="iir")
+  opts.update(kwargs)
+  with pytest.raises(ConfigError, match=match):
+    magnify(jnp.full((8, 16, 16, 3), 0.5, jnp.float32), 200.0, **opts)
+  cfg = dict(config_defaults.get_evm_config().to_dict(), **{k: v for k, v in opts.items() if k != "iir_rates"})
+  if "iir_rates" not in kwargs:                       # the same check from the config section
+    with pytest.raises(ConfigError, match=match):
+      options_from_config(cfg)
+
+
+def test_mit_compatible_keeps_negative_level_alphas():
+  # 24x24, alpha 15, lambda_c 80: the MIT factor of band 1 is negative (-0.87); the default clips it at 0
+  v = random_colour_clip(t=6, h=24, w=24, seed=42, amp=0.01)
+  opts = dict(alpha=15.0, lambda_c=80.0, chrom_attenuation=0.1, freq_band=(0.1, 0.4), band_units="mit_rates",
+              temporal_filter="iir")
+  mit = np.asarray(magnify(jnp.asarray(v), 200.0, mit_compatible=True, **opts))
+  np.testing.assert_allclose(mit, ref_mit_iir(v, alpha=15.0, lambda_c=80.0, r1=0.4, r2=0.1,
+                                              chrom_attenuation=0.1), rtol=0, atol=2e-5)
+  clipped = np.asarray(magnify(jnp.asarray(v), 200.0, **opts))
+  assert np.abs(clipped - mit).max() > 1e-3
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Apex gains of the two readings (mer_jax.evm.gains) against an independent float64 computation
+# ----------------------------------------------------------------------------------------------------------
+def ref_apex_gain(reading, rise_s, fps, band=(0.1, 0.4)):
+  n = int(round(rise_s * fps))
+  x = 0.5 - 0.5 * np.cos(np.pi * np.arange(n + 1) / n)
+  if reading == "hz_butterworth":
+    y = ref_temporal(x, fps, band, "butterworth")
+  elif reading == "hz_iir":
+    y = ref_temporal(x, fps, band, "iir")
+  else:                                               # MIT: lowpass1 at r1 = band[1], lowpass2 at r2 = band[0]
+    l1 = l2 = x[0]
+    for xt in x[1:]:
+      l1, l2 = (1 - band[1]) * l1 + band[1] * xt, (1 - band[0]) * l2 + band[0] * xt
+    return l1 - l2
+  return y[-1]
+
+
+@pytest.mark.parametrize("reading,rise_s,fps,pinned", [
+    ("hz_butterworth", 0.07, 200.0, 0.062), ("hz_butterworth", 0.2, 100.0, 0.157),
+    ("hz_iir", 0.1, 200.0, 0.090),
+    ("mit_rates", 0.07, 200.0, 0.414), ("mit_rates", 0.2, 200.0, 0.163), ("mit_rates", 0.1, 100.0, 0.467),
+])
+def test_apex_gain_table_values(reading, rise_s, fps, pinned):
+  got = gains.apex_gain(reading, rise_s, fps)
+  assert got == pytest.approx(ref_apex_gain(reading, rise_s, fps), abs=2e-6)
+  assert round(got, 3) == pinned                       # the value printed in docs/evm.md
+  rows = {(r["fps"], r["rise_s"]): r for r in gains.apex_gain_table()}
+  assert rows[(fps, rise_s)][reading] == got
+
+
+def test_mit_reading_depends_on_frames_hz_reading_on_seconds():
+  # MIT rates: the same rise in frames gives the same gain at any fps; Hz: the same rise in seconds (nearly)
+  assert gains.apex_gain("mit_rates", 0.2, 100.0) == pytest.approx(gains.apex_gain("mit_rates", 0.1, 200.0),
+                                                                   abs=1e-6)
+  assert gains.apex_gain("hz_butterworth", 0.2, 100.0) == pytest.approx(
+      gains.apex_gain("hz_butterworth", 0.2, 200.0), abs=2e-3)
+  np.testing.assert_allclose(filters.iir_cutoffs_hz((0.1, 0.4), 200.0), [3.354, 16.26], atol=5e-3)
+  np.testing.assert_allclose(filters.iir_rates(filters.iir_cutoffs_hz((0.1, 0.4), 100.0), 100.0),
+                             [0.4, 0.1], rtol=1e-12)
+
+
+def test_readme_butterworth_step_gains():
+  # README "The frequency-resolution trap": g = 0.16, 0.36, 0.45 at 20, 60, 100 frames after the onset at
+  # 200 fps are the Butterworth 0.1-0.4 Hz response to a unit step right after the onset frame
+  # (x[0] = 0, x[n >= 1] = 1), read n frames after the onset
+  x = np.ones(101)
+  x[0] = 0.0
+  ref = ref_temporal(x, 200.0, (0.1, 0.4), "butterworth")
+  for n, readme, doc in [(20, 0.16, 0.158), (60, 0.36, 0.356), (100, 0.45, 0.445)]:
+    got = gains.step_gain("hz_butterworth", n, 200.0)
+    assert got == pytest.approx(ref[n], abs=2e-6)
+    assert round(ref[n], 2) == readme and round(ref[n], 3) == doc

@@ -1,6 +1,7 @@
 """Command line: magnify a clip (video file or frame folder) and write it plus a before/after PNG strip.
 
   python -m mer_jax.evm --input CLIP --output OUT --alpha 15 --band 0.1,0.4 --fps 200 [--pyramid laplacian]
+  python -m mer_jax.evm --input CLIP --output OUT --alpha 15 --band 0.1,0.4 --band-units mit_rates --filter iir
 
 OUT is a video file (.mp4/.avi/...) or a folder (PNG frames). The strip goes to OUT_strip.png (OUT without
 its video extension) unless --strip.
@@ -21,7 +22,7 @@ def _band(text: str) -> tuple[float, float]:
   try:
     lo, hi = (float(p) for p in text.split(","))
   except ValueError:
-    raise argparse.ArgumentTypeError(f"expected LOW,HIGH in Hz (e.g. 0.1,0.4), got {text!r}") from None
+    raise argparse.ArgumentTypeError(f"expected LOW,HIGH (e.g. 0.1,0.4), got {text!r}") from None
   return lo, hi
 
 
@@ -40,7 +41,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--input", required=True, help="video file or folder of frames (.jpg/.png/.bmp)")
   p.add_argument("--output", required=True, help="output video file (.mp4/.avi/.mkv/.mov) or frame folder")
   p.add_argument("--alpha", type=float, default=15.0, help="amplification factor (paper: 15)")
-  p.add_argument("--band", type=_band, default=(0.1, 0.4), help="temporal band LOW,HIGH in Hz (paper: 0.1,0.4)")
+  p.add_argument("--band", type=_band, default=(0.1, 0.4),
+                 help="temporal band LOW,HIGH (paper: 0.1,0.4): Hz, or rates r2,r1 with --band-units mit_rates")
+  p.add_argument("--band-units", choices=("hz", "mit_rates"), default="hz",
+                 help="hz: --band in Hz; mit_rates: the MIT IIR's per-frame rates (needs --filter iir)")
   p.add_argument("--fps", type=float, default=None,
                  help="frame rate in Hz; required for a frame folder, overrides a video's own rate")
   p.add_argument("--pyramid", choices=("laplacian", "gaussian"), default="laplacian",
@@ -70,13 +74,14 @@ def main(argv=None) -> int:
     raise ConfigError(f"{args.input}: the clip has no frame rate; pass --fps (e.g. 200 for CASME II)")
   t, h, w, c = frames.shape
   print(f"  {t} frames, {w}x{h}, {c} channel(s), {fps:g} fps ({t / fps:.2f} s)", flush=True)
+  units = "Hz" if args.band_units == "hz" else "per-frame rates (MIT IIR)"
   print(f"magnifying: {args.pyramid} pyramid, {args.filter} filter, alpha={args.alpha:g}, "
-        f"band={args.band[0]:g}-{args.band[1]:g} Hz ...", flush=True)
+        f"band={args.band[0]:g}-{args.band[1]:g} {units} ...", flush=True)
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     out = magnify(frames, fps, alpha=args.alpha, freq_band=args.band, pyramid=args.pyramid, levels=args.levels,
                   lambda_c=args.lambda_c, chrom_attenuation=args.chrom_attenuation, temporal_filter=args.filter,
-                  on_empty_band=args.on_empty_band, mit_compatible=args.mit_compatible)
+                  on_empty_band=args.on_empty_band, mit_compatible=args.mit_compatible, band_units=args.band_units)
     out = out.block_until_ready()
   for wmsg in caught:
     print(f"warning: {wmsg.message}", file=sys.stderr)

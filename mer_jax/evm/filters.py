@@ -7,11 +7,13 @@
 * ``butterworth``: first-order Butterworth band = low-pass(f_hi) - low-pass(f_lo), cut-offs normalised by the
   Nyquist frequency fps / 2 as in scipy.signal.butter (the MIT code divided by fps; ``mit_compatible=True``).
 * ``iir``: two-rate exponential moving averages, y = ema(r_hi) - ema(r_lo), with r = 1 - exp(-2 pi f / fps)
-  (the RC low-pass whose -3 dB cut-off is f), unless explicit rates are given.
+  (the RC low-pass whose -3 dB cut-off is f), unless explicit rates are given (the MIT IIR variant takes the
+  per-frame rates r1 > r2 directly; ``band_units="mit_rates"`` in mer_jax.evm.magnify).
 
-The recursive filters start in the steady state of frame 0 (both low-passes equal x[0]), so the output at
-frame 0 is exactly 0 and a static clip stays exactly static: the filters measure change *since the first
-frame* (onset-referenced) instead of showing a zero-state start-up transient.
+The recursive filters start in the steady state of frame 0 (both low-passes equal x[0]), as the MIT code's
+Butterworth and IIR variants do (lowpass1 = lowpass2 = the first frame's pyramid), so the output at frame 0 is
+exactly 0 and a static clip stays exactly static: the filters measure change *since the first frame*
+(onset-referenced).
 """
 
 from __future__ import annotations
@@ -95,6 +97,14 @@ def butter1_lowpass(cutoff: float, fps: float, mit_compatible: bool = False) -> 
 def iir_rates(band: Sequence[float], fps: float) -> tuple[float, float]:
   """(r_hi, r_lo) of the two-rate IIR for a band in Hz: r = 1 - exp(-2 pi f / fps)."""
   return tuple(1.0 - math.exp(-2.0 * math.pi * float(f) / fps) for f in (band[1], band[0]))
+
+
+def iir_cutoffs_hz(rates: Sequence[float], fps: float) -> tuple[float, ...]:
+  """The -3 dB cut-offs in Hz of per-frame EMA rates at ``fps``: f = -fps ln(1 - r) / (2 pi) (inverse of iir_rates).
+
+  e.g. the MIT rates (0.1, 0.4) at 200 fps -> (3.35, 16.3) Hz, at 100 fps -> (1.68, 8.13) Hz.
+  """
+  return tuple(-float(fps) * math.log(1.0 - float(r)) / (2.0 * math.pi) for r in rates)
 
 
 def _two_lowpass_difference(x: jnp.ndarray, step_hi, step_lo) -> jnp.ndarray:

@@ -1,7 +1,9 @@
 """Eulerian Video Magnification (Wu et al. 2012) as pure, jittable jax.numpy.
 
-Paper settings (Gan et al., Sec. 3.2 / 4.1.2): alpha = 15, band 0.1-0.4 Hz. See docs/evm.md for the
-frequency-resolution trap (short clips have no FFT bin in that band) and what to do about it.
+Paper settings (Gan et al., Sec. 3.2 / 4.1.2): alpha = 15, band "0.1-0.4". Two readings of that band
+(``band_units``): "hz" (default), a temporal band in hertz (see docs/evm.md for the frequency-resolution trap:
+short clips have no FFT bin in that band), and "mit_rates", the per-frame low-pass rates (r2, r1) of the MIT
+reference code's IIR variant (amplify_spatial_lpyr_temporal_iir), which runs that program exactly.
 
 How it is computed (exactly the reference algorithm, reorganised because every stage is linear):
   out = clip(x + A^-1 diag(1, ca, ca) A . S(F(x)), 0, 1)
@@ -33,11 +35,12 @@ from mer_jax.evm import color, filters, pyramids
 
 PYRAMIDS = ("laplacian", "gaussian")
 ON_EMPTY_BAND = ("error", "fallback")
+BAND_UNITS = ("hz", "mit_rates")
 IDEAL_METHODS = ("auto", "projection", "fft", "time")
 FALLBACK_FILTER = "butterworth"
 STATIC_ARGNAMES = ("fps", "alpha", "freq_band", "pyramid", "levels", "lambda_c", "chrom_attenuation",
                    "temporal_filter", "on_empty_band", "mit_compatible", "iir_rates", "exaggeration",
-                   "chunk_bytes", "ideal_method")
+                   "chunk_bytes", "ideal_method", "band_units")
 DEFAULT_CHUNK_BYTES = 256 * 2**20
 REDUCE_MIN_RATIO = 5            # ideal projection with r coefficients: full-resolution pass while 5 r < T
 MAX_PROJECTION_SIZE = 1 << 18   # ideal filter: matrix-product projection while T x r is at most this, else FFT
@@ -48,12 +51,14 @@ class EVMWarning(UserWarning):
 
 
 def motion_level_alphas(height: int, width: int, levels: int, alpha: float, lambda_c: float,
-                        exaggeration: float = 2.0) -> np.ndarray:
+                        exaggeration: float = 2.0, clip_negative: bool = True) -> np.ndarray:
   """Per-level amplification of the Laplacian (motion) pipeline, [levels + 1], finest first, residual last.
 
   delta = lambda_c / 8 / (1 + alpha); lambda = sqrt(H^2 + W^2) / 3 at the coarsest level (the residual),
-  halving per finer level; alpha_l = min(alpha, (lambda / delta / 8 - 1) * exaggeration) (clipped at 0 for
-  tiny frames, where the MIT code would invert the motion); the finest band and the residual get 0.
+  halving per finer level; alpha_l = min(alpha, (lambda / delta / 8 - 1) * exaggeration), clipped at 0 where
+  lambda < lambda_c / (1 + alpha) (tiny frames or a large lambda_c, where the MIT code multiplies by the
+  negative value and inverts the motion; ``clip_negative=False`` does that too); the finest band and the
+  residual get 0.
   """
   lam = math.sqrt(height ** 2 + width ** 2) / 3.0
   delta = lambda_c / 8.0 / (1.0 + alpha)
@@ -61,7 +66,7 @@ def motion_level_alphas(height: int, width: int, levels: int, alpha: float, lamb
   for l in range(levels, -1, -1):
     if 0 < l < levels:
       cur = (lam / delta / 8.0 - 1.0) * exaggeration
-      out[l] = min(max(cur, 0.0), alpha)
+      out[l] = min(max(cur, 0.0) if clip_negative else cur, alpha)
     lam /= 2.0
   return out
 
@@ -116,7 +121,7 @@ def _map_frames(fn, x: jnp.ndarray, chunk_bytes: int | None, frame_bytes: int | 
 
 
 def _check_options(alpha, freq_band, pyramid, levels, lambda_c, chrom_attenuation, temporal_filter,
-                   on_empty_band, ideal_method="auto") -> tuple[float, float]:
+                   on_empty_band, ideal_method="auto", band_units="hz", iir_rates=None) -> tuple[float, float]:
   if pyramid not in PYRAMIDS:
     raise ConfigError(f"evm.pyramid must be one of {PYRAMIDS}, got {pyramid!r}")
   if temporal_filter not in filters.FILTERS:
@@ -125,11 +130,25 @@ def _check_options(alpha, freq_band, pyramid, levels, lambda_c, chrom_attenuatio
     raise ConfigError(f"ideal_method must be one of {IDEAL_METHODS}, got {ideal_method!r}")
   if on_empty_band not in ON_EMPTY_BAND:
     raise ConfigError(f"evm.on_empty_band must be one of {ON_EMPTY_BAND}, got {on_empty_band!r}")
+  if band_units not in BAND_UNITS:
+    raise ConfigError(f"evm.band_units must be one of {BAND_UNITS}, got {band_units!r}")
+  what = "two frequencies in Hz" if band_units == "hz" else "two per-frame rates"
   try:
     lo, hi = (float(f) for f in freq_band)
   except (TypeError, ValueError):
-    raise ConfigError(f"evm.freq_band must be two frequencies in Hz (low, high), got {freq_band!r}") from None
-  if not 0.0 <= lo < hi:
+    raise ConfigError(f"evm.freq_band must be {what} (low, high), got {freq_band!r}") from None
+  if band_units == "mit_rates":
+    if temporal_filter != "iir":
+      raise ConfigError(f"evm.band_units='mit_rates' reads evm.freq_band as the per-frame rates of the MIT "
+                        f"two-rate IIR filter, but evm.temporal_filter={temporal_filter!r}: set "
+                        f"evm.temporal_filter='iir', or evm.band_units='hz' to read the band in Hz")
+    if iir_rates is not None:
+      raise ConfigError(f"iir_rates={tuple(iir_rates)!r} contradicts evm.band_units='mit_rates', which takes "
+                        f"the rates from evm.freq_band (r2, r1) = {tuple(freq_band)!r}: pass only one of them")
+    if not 0.0 < lo < hi < 1.0:
+      raise ConfigError(f"evm.freq_band={tuple(freq_band)!r} with evm.band_units='mit_rates' must be per-frame "
+                        f"rates (r2, r1) with 0 < r2 < r1 < 1, low first (the MIT example: (0.05, 0.4))")
+  elif not 0.0 <= lo < hi:
     raise ConfigError(f"evm.freq_band must satisfy 0 <= low < high, got {freq_band!r}")
   if not alpha >= 0:
     raise ConfigError(f"evm.alpha must be >= 0, got {alpha!r}")
@@ -158,7 +177,7 @@ def empty_band_message(num_frames: int, fps: float, band: Sequence[float]) -> st
 
 def _resolve(shape: tuple[int, ...], fps, alpha, freq_band, pyramid, levels, lambda_c, chrom_attenuation,
              temporal_filter, on_empty_band, mit_compatible, iir_rates, exaggeration, chunk_bytes,
-             ideal_method) -> dict:
+             ideal_method, band_units="hz") -> dict:
   """Validates the options for clips of ``shape`` = (T, H, W, C); returns the static arguments of the core.
 
   Runs in Python on every call (errors, and the fallback warning, which names the caller of magnify /
@@ -167,8 +186,10 @@ def _resolve(shape: tuple[int, ...], fps, alpha, freq_band, pyramid, levels, lam
   if isinstance(fps, jax.core.Tracer):
     raise TypeError("fps must be a Python number (mark it static under jax.jit: static_argnames=('fps', ...))")
   lo, hi = _check_options(alpha, freq_band, pyramid, levels, lambda_c, chrom_attenuation, temporal_filter,
-                          on_empty_band, ideal_method)
+                          on_empty_band, ideal_method, band_units, iir_rates)
   band = (lo, hi)
+  if band_units == "mit_rates":      # the MIT IIR: lowpass1 at rate r1 = high, lowpass2 at r2 = low, no fps involved
+    iir_rates = (hi, lo)
   fps = float(fps)
   if not fps > 0:
     raise EVMError(f"fps must be > 0, got {fps!r}")
@@ -206,25 +227,28 @@ def magnify(video: jnp.ndarray, fps: float, *, alpha: float = 15.0,
             lambda_c: float = 16.0, chrom_attenuation: float = 0.1, temporal_filter: str = "ideal",
             on_empty_band: str = "error", mit_compatible: bool = False,
             iir_rates: tuple[float, float] | None = None, exaggeration: float = 2.0,
-            chunk_bytes: int | None = DEFAULT_CHUNK_BYTES, ideal_method: str = "auto") -> jnp.ndarray:
+            chunk_bytes: int | None = DEFAULT_CHUNK_BYTES, ideal_method: str = "auto",
+            band_units: str = "hz") -> jnp.ndarray:
   """Magnifies the motion (``pyramid="laplacian"``) or colour (``"gaussian"``) changes of one clip.
 
   Args:
     video: float32 [T, H, W, C] in [0, 1], C = 3 (RGB, processed in YIQ) or C = 1 (grey, e.g. SAMM).
     fps: frame rate in Hz (a Python number: static under jit).
     alpha: amplification factor (paper: 15).
-    freq_band: (low, high) temporal passband in Hz (paper: 0.1-0.4).
+    freq_band: (low, high) temporal passband in Hz (paper: 0.1-0.4), or with ``band_units="mit_rates"`` the
+      per-frame rates (r2, r1) of the MIT IIR's two low-passes, 0 < r2 < r1 < 1.
     pyramid: "laplacian" (motion: per-level alpha limited by ``lambda_c``) or "gaussian" (colour:
       down-sample ``levels`` times, amplify by alpha, up-sample).
-    levels: number of pyramid halvings, or "auto" (laplacian: halve while both sides >= 5 px;
-      gaussian: min(4, that)).
+    levels: number of pyramid halvings, or "auto" (laplacian: the MIT code's maxPyrHt, halvings n -> floor(n/2)
+      while both sides >= 5 px, see pyramids.auto_levels; gaussian: min(4, that)).
     lambda_c: spatial cut-off wavelength in px (laplacian only).
     chrom_attenuation: I and Q are amplified ``chrom_attenuation`` times less than Y (ignored for C = 1).
     temporal_filter: "ideal" (FFT mask), "butterworth" (first-order band) or "iir" (two-rate EMA); the last
       two are initialised at frame 0 (onset-referenced).
     on_empty_band: "error" raises EVMError when the ideal filter has no bin in the band; "fallback" warns
       (EVMWarning) and uses the Butterworth filter on the same band instead.
-    mit_compatible: reproduce the MIT code's ideal half-gain mask and fs-normalised Butterworth cut-offs.
+    mit_compatible: reproduce the MIT code's ideal half-gain mask, fs-normalised Butterworth cut-offs and
+      negative per-level alphas (motion inverted where lambda < lambda_c / (1 + alpha)).
     iir_rates: explicit (r_hi, r_lo) for the IIR filter instead of deriving them from ``freq_band``.
     exaggeration: factor of the per-level alphas (MIT: 2).
     chunk_bytes: process the spatial pyramid in chunks of frames of about this many bytes of input
@@ -232,6 +256,12 @@ def magnify(video: jnp.ndarray, fps: float, *, alpha: float = 15.0,
     ideal_method: how the ideal filter is evaluated, all equal up to float rounding: "projection" (matrix
       products with the in-band cos/sin basis), "fft" (rfft, spatial pass on the in-band coefficients, irfft),
       "time" (band-pass all T frames, then the spatial pass); "auto" picks the cheapest.
+    band_units: how ``freq_band`` is read. "hz": a band in hertz for ``temporal_filter``. "mit_rates": the
+      MIT reference code's amplify_spatial_lpyr_temporal_iir(alpha, lambda_c, r1, r2, chromAttenuation) with
+      (r2, r1) = freq_band: lowpass1/2 = exponential averages at rates r1/r2 started from the first frame,
+      filtered = lowpass1 - lowpass2 (no conversion through fps, so its band in Hz scales with the frame
+      rate: ~3.4-16 Hz at 200 fps for (0.1, 0.4)); needs ``temporal_filter="iir"`` (ConfigError otherwise)
+      and no ``iir_rates``. Everything else is the same pipeline (see docs/evm.md, "Two readings").
 
   Returns:
     float32 [T, H, W, C] in [0, 1].
@@ -246,7 +276,7 @@ def magnify(video: jnp.ndarray, fps: float, *, alpha: float = 15.0,
     raise EVMError(f"video must be [T, H, W, C] with C = 1 or 3, got shape {tuple(video.shape)}")
   core = _resolve(video.shape, fps, alpha, freq_band, pyramid, levels, lambda_c, chrom_attenuation,
                   temporal_filter, on_empty_band, mit_compatible, iir_rates, exaggeration, chunk_bytes,
-                  ideal_method)
+                  ideal_method, band_units)
   return _magnify_core(video, **core)
 
 
@@ -294,7 +324,8 @@ def _magnify_core(videos, *, fps, alpha, band, pyramid, n_levels, lambda_c, chro
   shapes = pyramids.level_shapes(h, w, n_levels)
   mix = chroma_matrix(c, chrom_attenuation)
   if pyramid == "laplacian":
-    level_alphas = motion_level_alphas(h, w, n_levels, alpha, lambda_c, exaggeration)
+    level_alphas = motion_level_alphas(h, w, n_levels, alpha, lambda_c, exaggeration,
+                                       clip_negative=not mit_compatible)
     nonzero = np.flatnonzero(level_alphas)
     if nonzero.size == 0:
       return jnp.clip(videos, 0.0, 1.0)
@@ -447,29 +478,34 @@ _MAGNIFY_DEFAULTS = {k: v.default for k, v in inspect.signature(magnify).paramet
 
 _CONFIG_KEYS = ("alpha", "freq_band", "pyramid", "levels", "lambda_c", "chrom_attenuation", "temporal_filter",
                 "on_empty_band")
+_OPTIONAL_CONFIG_KEYS = {"band_units": "hz"}     # read when present (config_defaults has it; older dicts may not)
 
 
 def options_from_config(evm_cfg) -> dict:
   """The magnify() keyword arguments from the ``evm`` section of the config (mer_jax.config_defaults).
 
-  Reads alpha, freq_band, pyramid, levels, lambda_c, chrom_attenuation, temporal_filter, on_empty_band and, when
-  present, the optional mit_compatible. Raises ConfigError naming ``evm.<key>`` for a missing or bad value.
+  Reads alpha, freq_band, pyramid, levels, lambda_c, chrom_attenuation, temporal_filter, on_empty_band,
+  band_units (default "hz" when absent) and, when present, the optional mit_compatible. Raises ConfigError
+  naming ``evm.<key>`` for a missing or bad value or a contradictory combination.
   """
   missing = [k for k in _CONFIG_KEYS if k not in evm_cfg]
   if missing:
     raise ConfigError(f"config section evm is missing key(s) {missing}")
   opts = {k: evm_cfg[k] for k in _CONFIG_KEYS}
+  for key, default in _OPTIONAL_CONFIG_KEYS.items():
+    opts[key] = evm_cfg[key] if key in evm_cfg else default
   for key in ("alpha", "lambda_c", "chrom_attenuation"):
     if isinstance(opts[key], bool) or not isinstance(opts[key], (int, float)):
       raise ConfigError(f"evm.{key} must be a number, got {opts[key]!r}")
     opts[key] = float(opts[key])
+  what = "two frequencies in Hz" if opts["band_units"] != "mit_rates" else "two per-frame rates"
   try:
     opts["freq_band"] = tuple(float(f) for f in opts["freq_band"])
   except (TypeError, ValueError):
-    raise ConfigError(f"evm.freq_band must be two frequencies in Hz, got {opts['freq_band']!r}") from None
+    raise ConfigError(f"evm.freq_band must be {what}, got {opts['freq_band']!r}") from None
   if len(opts["freq_band"]) != 2:
-    raise ConfigError(f"evm.freq_band must be two frequencies in Hz, got {opts['freq_band']!r}")
-  _check_options(**{k: opts[k] for k in _CONFIG_KEYS})
+    raise ConfigError(f"evm.freq_band must be {what}, got {opts['freq_band']!r}")
+  _check_options(**{k: opts[k] for k in _CONFIG_KEYS + tuple(_OPTIONAL_CONFIG_KEYS)})
   if "mit_compatible" in evm_cfg:          # optional key, not in config_defaults
     opts["mit_compatible"] = bool(evm_cfg["mit_compatible"])
   return opts

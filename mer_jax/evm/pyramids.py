@@ -12,7 +12,9 @@ All shapes are static, so everything jits and vmaps.
 * Laplacian band l = g_l - up(g_{l+1}); the last entry is the low-pass residual g_L. ``collapse`` inverts
   ``build_laplacian`` exactly (up to float rounding) for any frame size, even or odd.
 
-Height ``"auto"``: halve while both sides are >= 5 px (the rule of the MIT EVM code), see :func:`max_levels`.
+Height ``"auto"``: the MIT EVM code's rule (``buildLpyr(im, 'auto')``: 1 + maxPyrHt rows, i.e. count the halvings
+n -> floor(n / 2) while both sides are >= 5 px), see :func:`auto_levels`. Explicit heights may go up to
+:func:`max_levels` (halve n -> ceil(n / 2) while both sides are >= 5 px), one more for some sizes (e.g. 140 px).
 """
 
 from __future__ import annotations
@@ -27,11 +29,29 @@ MIN_SIDE = 5
 
 
 def max_levels(height: int, width: int) -> int:
-  """Number of halvings while both sides are >= 5 px (e.g. 112x112 -> 5: 56, 28, 14, 7, 4)."""
+  """Most halvings (side n -> ceil(n / 2), the pyramid's own sizes) while both sides are >= 5 px.
+
+  e.g. 112x112 -> 5 (56, 28, 14, 7, 4); 140x140 -> 6 (70, 35, 18, 9, 5, 3).
+  """
   n = 0
   h, w = height, width
   while min(h, w) >= MIN_SIDE:
     h, w = (h + 1) // 2, (w + 1) // 2
+    n += 1
+  return n
+
+
+def auto_levels(height: int, width: int) -> int:
+  """The MIT code's pyramid height for ``"auto"``: maxPyrHt = halvings n -> floor(n / 2) while both sides >= 5.
+
+  buildLpyr(im, 'auto') builds 1 + maxPyrHt(size(im), 5) rows: this many band-pass levels plus the low-pass
+  residual. Equal to :func:`max_levels` except where a floored side drops to 4 while the ceiled one is 5
+  (sides 9, 17-19, 33-39, 65-79, 129-159, ...): 112x112 -> 5, 140x140 -> 5 (residual 5x5), 480x640 -> 7.
+  """
+  n = 0
+  h, w = height, width
+  while min(h, w) >= MIN_SIDE:
+    h, w = h // 2, w // 2
     n += 1
   return n
 
@@ -136,7 +156,8 @@ def check_levels(height: int, width: int, levels, pyramid: str) -> int:
   """Resolves ``levels`` ("auto" or int) for a frame size; raises ValueError when it is out of range."""
   top = max_levels(height, width)
   if levels == "auto":
-    n = top if pyramid == "laplacian" else min(4, top)
+    auto = auto_levels(height, width)
+    n = auto if pyramid == "laplacian" else min(4, auto)
   else:
     n = int(levels)
     if isinstance(levels, bool) or n != levels:
