@@ -1,20 +1,23 @@
 """The shared configuration schema: every field any part of mer_jax reads.
 
-Benchmark configs in ``configs/`` start from :func:`get_base_config` and change
-only what differs (datasets, task, class count, training sizes). Every field is
+Benchmark configs in ``configs/`` start from :func:`get_benchmark_config` (the base plus what every
+benchmark shares, e.g. the EVM reading :data:`BENCHMARK_EVM_READING`) and change only what differs
+(datasets, task, class count, training sizes). Every field is
 overridable from the command line (``--config.model.attention=channel``);
-ml-collections rejects unknown keys and values of the wrong type, and
-:func:`mer_jax.configuration.load_config` turns those into readable errors.
+:mod:`mer_jax.configuration` checks every override's key and type before the config is
+loaded and :func:`mer_jax.configuration.validate` every value once at start-up.
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import ml_collections
 
 
 def get_model_config(num_classes: int = 3) -> ml_collections.ConfigDict:
   """The paper's network (Sections 3.3-3.4) at the sizes documented in
-  :mod:`mer_jax.models.densenet` (3.14M parameters at 112x112x3, 3 classes)."""
+  :mod:`mer_jax.models.backbones` (3.14M parameters at 112x112x3, 3 classes)."""
   m = ml_collections.ConfigDict()
   m.num_classes = num_classes
   m.backbone = "dense"              # dense | residual   (Table 12)
@@ -27,7 +30,8 @@ def get_model_config(num_classes: int = 3) -> ml_collections.ConfigDict:
   m.kernel_size = 5                 # every backbone conv is 5x5 (Section 3.3.1)
   m.reduction = 8                   # r of the channel-attention MLP, eq. (5)
   m.attention_kernel = 5            # spatial-attention conv, eq. (7)
-  m.leaky_slope = 0.01              # LeakyReLU slope inside the channel MLP (Keras' LeakyReLU default is 0.3; see docs)
+  m.leaky_slope = 0.01              # LeakyReLU slope inside the channel MLP (flax's default; not in the paper:
+                                    # README "Choices not in the paper")
   m.head_pool = 7                   # adaptive average pooling to head_pool x head_pool (Section 3.4)
   m.residual_bottleneck = 81        # residual variant: 1x1 -> 5x5 -> 1x1 bottleneck width (3.09M params)
   m.bn_momentum = 0.99              # Keras BatchNormalization defaults
@@ -40,15 +44,32 @@ def get_evm_config() -> ml_collections.ConfigDict:
   """Eulerian Video Magnification settings (Section 3.2, 4.1.2)."""
   e = ml_collections.ConfigDict()
   e.enabled = True
+  e.order = "paper"                 # paper: magnify at native size, then apex, resize | fast: resize first (approx.)
   e.alpha = 15.0
-  e.freq_band = (0.1, 0.4)          # Hz
+  e.freq_band = (0.1, 0.4)          # the paper's "0.1-0.4": Hz (band_units="hz") or per-frame rates (r2, r1)
+                                    # (band_units="mit_rates"); see EVM_READINGS and docs/evm.md
   e.pyramid = "laplacian"           # laplacian (motion) | gaussian (colour)
   e.levels = "auto"
   e.lambda_c = 16.0
   e.chrom_attenuation = 0.1
   e.temporal_filter = "ideal"       # ideal | butterworth | iir
+  e.band_units = "hz"               # hz: freq_band in Hz | mit_rates: per-frame rates (r2, r1) of the MIT IIR
   e.on_empty_band = "error"         # error | fallback (see mer_jax.evm: documented fallback)
   return e
+
+
+# The two readings of the paper's EVM band "0.1-0.4" (docs/evm.md; compared by experiments/evm_ablation.py),
+# as overrides of the ``evm`` section.
+#   hz:        a band in Hz. The ideal (FFT) filter has no frequency bin in that band for a sub-second clip
+#              (mer_jax.evm raises), so the first-order Butterworth band-pass on the same band runs instead,
+#              started at the onset frame: the onset-referenced amplifier documented in README "EVM".
+#   mit_rates: the per-frame low-pass rates (r2, r1) of the MIT reference code's two-rate IIR filter.
+EVM_READINGS: dict[str, dict[str, str]] = {
+    "hz": {"band_units": "hz", "temporal_filter": "butterworth"},
+    "mit_rates": {"band_units": "mit_rates", "temporal_filter": "iir"},
+}
+# The reading every benchmark config (configs/*.py) uses: the one line to change once the ablation decides.
+BENCHMARK_EVM_READING = "hz"
 
 
 def get_train_config(batch_size: int, epochs: int) -> ml_collections.ConfigDict:
@@ -68,6 +89,12 @@ def get_train_config(batch_size: int, epochs: int) -> ml_collections.ConfigDict:
 
 
 def get_base_config() -> ml_collections.ConfigDict:
+  """Every field with its default (the paper's settings where it gives them).
+
+  Returns:
+    A ConfigDict with the top-level fields and the ``model``, ``evm``, ``data``, ``pretrain`` and
+    ``finetune`` sections; :func:`mer_jax.configuration.validate` lists the allowed values.
+  """
   c = ml_collections.ConfigDict()
   c.name = "base"
   c.seed = 0
@@ -101,11 +128,38 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.pretrain.task = "3class"        # macro sets map to negative/positive/surprise only (Table 2), also for SDE 5-class
   c.finetune = get_train_config(batch_size=32, epochs=200)
   c.finetune.test_fold_early_stopping = False   # True reproduces test-fold model selection (labelled in reports)
+  c.finetune.select_best = True                # False: keep the last epoch's weights (no selection, no early stop)
   c.finetune.parallel_folds = 0                 # >0: train this many LOSO folds as one vmapped program
   c.pretrained_checkpoint = ""                  # optional path to reuse a pretraining run
 
+  c.cpu_devices = 0                # CPU backend: split the host's cores into this many data-parallel XLA devices
+                                   # (0 = automatic, 1 = one device; mer_jax.train.parallel.use_host_cores)
   c.log_every_steps = 50
   c.checkpoint_every_epochs = 1
   c.checkpoint_async = True        # write checkpoints in the background (single-process runs; see train/checkpoint.py)
   c.bootstrap_samples = 1000
+  return c
+
+
+def get_benchmark_config(name: str, *, task: str, micro: Sequence[str], num_classes: int) -> ml_collections.ConfigDict:
+  """The base config plus what every benchmark in ``configs/`` shares.
+
+  Shared today: the EVM reading :data:`BENCHMARK_EVM_READING` (see :data:`EVM_READINGS`); macro
+  pretraining, model and training sizes stay the base's.
+
+  Args:
+    name: the run's name (``config.name``), by convention the config file's stem.
+    task: ``data.task``, "3class" or "5class".
+    micro: ``data.micro``, the micro-expression sets fine-tuned and tested with LOSO (empty: pretraining only).
+    num_classes: ``model.num_classes``; must equal the class count of ``task``.
+
+  Returns:
+    A new ConfigDict with the same keys as :func:`get_base_config`.
+  """
+  c = get_base_config()
+  c.name = name
+  c.data.task = task
+  c.data.micro = tuple(micro)
+  c.model.num_classes = num_classes
+  c.evm.update(EVM_READINGS[BENCHMARK_EVM_READING])
   return c

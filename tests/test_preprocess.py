@@ -4,6 +4,7 @@ import os
 import warnings
 
 import cv2
+import ml_collections
 import numpy as np
 import pytest
 
@@ -55,6 +56,12 @@ def make_clip(T=12, peak=7, amp=3.0, shift_after=0, size=(160, 200), seed=0, noi
     frames.append(draw_face(size=size, centre=(100 + dx, 85), mouth_open=a,
                              seed=seed * 100 + t if noise else None))
   return np.stack(frames)
+
+
+def with_evm(c, **changes):
+  """``c`` with evm fields replaced (a fresh section: ml-collections refuses a field of another type)."""
+  c.evm = ml_collections.ConfigDict({**c.evm.to_dict(), **changes})
+  return c
 
 
 def cfg(size=48, evm=False, **data):
@@ -243,12 +250,33 @@ def test_preprocess_sample_reads_frames_and_reports_bad_files(tmp_path):
 
 
 def test_settings_capture_every_evm_field():
-  a = preprocess.settings_from_config(cfg())
+  """The cache key (settings_from_config, used by the TFDS builders) changes with every evm field."""
+  changed = {"enabled": False, "order": "fast", "alpha": 20.0, "freq_band": (0.2, 0.4), "pyramid": "gaussian",
+             "levels": 3, "lambda_c": 20.0, "chrom_attenuation": 1.0, "temporal_filter": "iir",
+             "on_empty_band": "fallback", "band_units": "mit_rates"}
+  a = preprocess.settings_from_config(cfg(evm=True))
+  assert a["image_size"] == 48 and a["apex"] == "annotated" and a["evm"]["order"] == "paper"
+  keys = set(cfg().evm.keys())
+  assert keys <= set(changed), f"no case for evm field(s) {sorted(keys - set(changed))}"
+  for k in sorted(keys):
+    b = preprocess.settings_from_config(with_evm(cfg(evm=True), **{k: changed[k]}))
+    assert b != a and b["evm"][k] == (list(changed[k]) if isinstance(changed[k], tuple) else changed[k]), k
+  # a config written before evm.order existed is keyed (and preprocessed) as the order it was made with
   c = cfg()
-  c.evm.alpha = 20.0
-  b = preprocess.settings_from_config(c)
-  assert a != b and a["evm"]["alpha"] == 15.0 and b["evm"]["alpha"] == 20.0
-  assert a["image_size"] == 48 and a["apex"] == "annotated"
+  del c.evm["order"]
+  assert preprocess.settings_from_config(c)["evm"]["order"] == preprocess.LEGACY_ORDER == "fast"
+  c.evm.order = "native"
+  with pytest.raises(ConfigError, match=r"evm.order must be one of \('paper', 'fast'\), got 'native'"):
+    preprocess.settings_from_config(c)
+
+
+def test_tfds_cache_names_distinguish_the_orders():
+  from mer_jax.data import tfds_builders as tb
+  paper, fast = cfg(size=112, evm=True), cfg(size=112, evm=True)
+  fast.evm.order = "fast"
+  assert tb.config_name("casme2", paper) == "evm_112"
+  assert tb.config_name("casme2", fast).startswith("evm_112_") and \
+      tb.canonical_settings("casme2", fast) != tb.canonical_settings("casme2", paper)
 
 
 # ---------------------------------------------------------------------------- EVM
@@ -311,3 +339,141 @@ def test_spotting_ignores_a_steady_illumination_ramp():
   onset_only = np.abs(box.crop(luminance[..., None])[..., 0] - box.crop(luminance[..., None])[0, ..., 0])
   assert int(np.argmax(onset_only.mean(axis=(1, 2)))) == T - 1     # the naive rule picks the offset
   assert apex_lib.spot_apex(clip, box) == peak
+
+
+def test_every_evm_field_reaches_the_preprocessed_image():
+  """Each field of config.evm changes the output image, or is shown (with a value) not to matter."""
+  clip = make_clip(T=12, peak=6, amp=1.5, noise=False)
+
+  def run(**evm):
+    c = with_evm(_evm_cfg(size=64), **evm)
+    return preprocess.preprocess_clip(clip, 200.0, onset=0, apex=6, offset=11, config=c, name="f")
+
+  base = run()
+  # field: (settings of the reference run, the changed value)
+  cases = {"enabled": ({}, False), "order": ({}, "fast"), "alpha": ({}, 5.0), "freq_band": ({}, (25.0, 40.0)),
+           "pyramid": ({}, "gaussian"), "levels": ({}, 2), "lambda_c": ({}, 40.0),
+           "chrom_attenuation": ({}, 1.0), "temporal_filter": ({}, "butterworth"),
+           "band_units": ({"temporal_filter": "iir"}, "mit_rates"),
+           "on_empty_band": ({"freq_band": (0.1, 0.4)}, "fallback")}
+  keys = set(_evm_cfg().evm.keys())
+  assert keys <= set(cases), f"no case for evm field(s) {sorted(keys - set(cases))}"
+  for k in sorted(keys - {"on_empty_band"}):
+    ref_settings, value = cases[k]
+    if k == "band_units":
+      ref, value = run(**ref_settings), {"band_units": "mit_rates", "freq_band": (0.1, 0.4)}
+    else:
+      ref, value = base, {k: value}
+    assert np.abs(run(**ref_settings, **value) - ref).max() > 1e-3, k
+  # on_empty_band does not matter while the band holds a bin (10-40 Hz: 16.7 and 33.3 Hz) ...
+  np.testing.assert_array_equal(run(on_empty_band="fallback"), base)
+  # ... and decides between an error and the Butterworth fallback when it holds none (0.1-0.4 Hz)
+  with pytest.raises(EVMError, match="empty passband"):
+    run(freq_band=(0.1, 0.4))
+  with pytest.warns(preprocess.PreprocessWarning, match="Falling back"):
+    fallback = run(freq_band=(0.1, 0.4), on_empty_band="fallback")
+  np.testing.assert_allclose(fallback, run(freq_band=(0.1, 0.4), temporal_filter="butterworth"), atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- order: paper vs fast
+
+
+def textured_clip(n, cycles, T=60, apex=30, shift=0.5):
+  """An n x n "face" of ``cycles`` vertical cosine stripes (RGB [T, n, n, 3] in [0, 1]) whose texture shifts
+  right by ``shift`` px with a raised-cosine profile: 0 at frame 0, ``shift`` at ``apex``, back to 0."""
+  x = np.arange(n, dtype=np.float64)
+  d = shift * 0.5 * (1 - np.cos(np.pi * np.arange(T) / apex))
+  rows = 0.5 + 0.25 * np.cos(2 * np.pi * cycles * (x[None, :] - d[:, None]) / n)         # [T, n]
+  rgb = rows[:, None, :, None] * np.array([1.0, 0.9, 0.8]) + np.array([0.0, 0.05, 0.1])   # a little colour
+  return np.ascontiguousarray(np.broadcast_to(rgb, (T, n, n, 3)).astype(np.float32))
+
+
+def _area112(image):
+  return cv2.resize(image, (112, 112), interpolation=cv2.INTER_AREA)
+
+
+@pytest.mark.parametrize("n", [216, 333, 432])
+def test_paper_order_keeps_the_native_resolution_gain(n):
+  """The apex change of the default ("paper") order is within 20% of an independent reference: the whole
+  n-px clip magnified with mer_jax.evm.magnify_from_config, its apex resized with INTER_AREA. The "fast" order
+  (resize to 112 first) falls short at the finer textures. The sizes sit just above a working size
+  (216 -> 235, 333 -> 362, 432 -> 470 px: the largest region growth, 2^(1/8)); CDE's EVM settings."""
+  from configs import cde
+  from mer_jax import evm
+  c = cde.get_config()
+  assert c.evm.order == "paper" and c.evm.temporal_filter in preprocess.CAUSAL_FILTERS
+  assert preprocess.work_size(n, c.evm) / n > 1.08
+  ratios = {"paper": [], "fast": []}
+  for cycles in (4, 8, 14):
+    video = textured_clip(n, cycles)
+    plain = _area112(video[30])
+    ref = _area112(np.asarray(evm.magnify_from_config(video, 200.0, c.evm))[30]) - plain
+    for order in ("paper", "fast"):
+      c.evm.order = order
+      with pytest.warns(face_lib.FaceWarning, match="no face"):   # the texture is no face: the box is the frame
+        out = preprocess.preprocess_clip(video, 200.0, onset=0, apex=30, offset=59, config=c, name="tex")
+      ratios[order].append(float(((out - plain) * ref).sum() / (ref * ref).sum()))   # projection on ref
+  assert all(0.8 <= r <= 1.2 for r in ratios["paper"]), ratios
+  assert ratios["fast"][2] < 0.6 and min(ratios["fast"]) < 0.8, ratios
+
+
+def test_causal_filters_ignore_appended_frames_and_ideal_does_not():
+  """Why the paper order may pad the time axis for butterworth / iir (frames before the pad are exactly
+  unchanged, and the apex needs no later frame) but keeps the ideal filter's clip exact."""
+  from mer_jax import evm
+  video = np.random.default_rng(0).uniform(0.2, 0.8, (20, 36, 44, 3)).astype(np.float32)
+  padded = np.concatenate([video, np.repeat(video[-1:], 7, axis=0)])
+  e = ml_collections.ConfigDict({**config_defaults.get_evm_config().to_dict(), "freq_band": (2.0, 20.0)})
+  for f in ("butterworth", "iir", "ideal"):
+    e.temporal_filter = f
+    full = np.asarray(evm.magnify_from_config(video, 100.0, e))
+    tail = np.asarray(evm.magnify_from_config(padded, 100.0, e))[:20]
+    head = np.asarray(evm.magnify_from_config(video[:12], 100.0, e))
+    if f == "ideal":
+      assert np.abs(tail - full).max() > 0.05 and preprocess.work_length(11, 20, e) == (20, 20)
+    else:
+      np.testing.assert_array_equal(tail, full)
+      np.testing.assert_array_equal(head, full[:12])
+      assert preprocess.work_length(11, 20, e) == (12, 13)
+
+
+def test_working_sizes_and_lengths():
+  e = config_defaults.get_evm_config()
+  series = sorted({preprocess.geometric_bucket(n, 8) for n in range(150, 700)})
+  assert series[:4] == [152, 166, 181, 197] and all(b / a < 1.1 for a, b in zip(series, series[1:]))
+  from mer_jax.evm import pyramids
+  for n in range(150, 700):
+    b = preprocess.work_size(n, e)
+    assert n <= b <= max(n, round(n * 2 ** (1 / 8))), n
+    assert pyramids.check_levels(b, b, "auto", "laplacian") == pyramids.check_levels(n, n, "auto", "laplacian"), n
+  assert len({preprocess.work_size(n, e) for n in range(200, 451)}) <= 12
+  assert [preprocess.geometric_bucket(t, 4) for t in (3, 5, 24, 27, 28, 70)] == [3, 5, 27, 27, 32, 76]
+
+
+def test_paper_order_compiles_once_per_working_size_and_length():
+  """Clips with different face sizes (236-256 px -> working size 256) and onset..apex lengths (24-27 frames
+  -> 27) share one compiled EVM; another working size compiles again (the counter counts)."""
+  import jax
+  compiles = []
+
+  def listener(event, duration, **kw):
+    if event == "/jax/core/compile/backend_compile_duration":
+      compiles.append(event)
+
+  c = with_evm(cfg(size=112, evm=True), temporal_filter="butterworth")
+  clips = [((30, 240, 250), 23), ((34, 245, 300), 24), ((40, 300, 256), 26), ((27, 237, 237), 25)]
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    counts = []
+    for (t, h, w), apex in clips + [((30, 300, 300), 23)]:
+      assert preprocess.work_length(apex, t, c.evm)[1] == 27
+      video = textured_clip(max(h, w), 9, T=t, apex=apex)[:, :h, :w].copy()
+      before = len(compiles)
+      with pytest.warns(face_lib.FaceWarning):
+        preprocess.preprocess_clip(video, 200.0, onset=0, apex=apex, offset=t - 1, config=c)
+      counts.append(len(compiles) - before)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert {preprocess.work_size(min(h, w), c.evm) for (_, h, w), _ in clips} == {256}
+  assert preprocess.work_size(300, c.evm) == 304
+  assert counts[0] >= 1 and counts[1:4] == [0, 0, 0] and counts[4] >= 1, counts

@@ -6,21 +6,42 @@ Micro-expression clips (paper Sections 3.2 and 4.1.2), :func:`preprocess_clip`:
 2. find one face box for the clip on the onset frame (:mod:`mer_jax.data.face`;
    ``data.face_crop``); no face -> warning + centre square (or an error);
 3. choose the apex (:mod:`mer_jax.data.apex`; ``data.apex``), on the original frames;
-4. crop every frame to the box and resize it to ``image_size`` x ``image_size``;
-5. when ``evm.enabled``, magnify these onset..offset face frames with
-   :func:`mer_jax.evm.magnify_from_config` (every ``config.evm`` field applies);
-6. take the apex frame and give it ``channels`` channels (grey sets such as SAMM
-   are replicated to 3).
+4. when ``evm.enabled``, magnify the face region of these onset..offset frames at the
+   frames' native resolution with :func:`mer_jax.evm.magnify_from_config` (every
+   ``config.evm`` field applies);
+5. take the (magnified) apex frame, crop it to the box and resize it to ``image_size``;
+6. give it ``channels`` channels (grey sets such as SAMM are replicated to 3).
 
-Order. The paper magnifies the video, then takes the apex frame, then crops and
-rescales it. We crop and rescale *before* magnifying. The box is fixed for the
-whole clip, so the temporal filter sees the same pixels; the spatial pyramid
-works at the network's resolution, where the finest (unamplified) levels of a
-full-resolution pyramid are gone anyway and the per-level gains (set by the
-wavelength of each level relative to ``lambda_c``) are the same. It makes EVM
-cheap (a 112x112 clip instead of a 640x480 or 2040x1088 one) and gives every clip
-of a dataset the same spatial shape, so the jitted EVM compiles once per clip
-length instead of once per clip.
+Order (``evm.order``). "paper" (the default) is the paper's order: magnify, take the
+apex, then crop and rescale. "fast" crops and resizes every frame to ``image_size``
+first and magnifies that small clip; it is cheaper but NOT equivalent: the Laplacian
+level a spatial frequency lands in, and so its gain under the ``lambda_c`` rule
+(:func:`mer_jax.evm.motion_level_alphas`), depends on the frame size. A 448-px face
+whose texture shifts 0.5 px (CDE settings, configs/cde.py) keeps only 0.76, 0.47 and
+0.23 of the apex change of the native-resolution magnification at 4, 8 and 14 texture
+cycles per face with "fast" (tests/test_preprocess.py measures it). A config without
+``evm.order`` (written before the key existed, e.g. an old checkpoint's) is
+preprocessed in the order it was trained with: "fast". Cost: "paper" took 2.4x
+the time of "fast" per CASME II-sized clip (reading, detection, apex, EVM; 640x480,
+~70 frames, 340-450 px faces; benchmarks/preprocess_bench.py, benchmarks/RESULTS.md).
+
+Working sizes, so that the jitted EVM does not compile once per clip ("paper"):
+
+* Space: face boxes differ in size. The magnified region is the face box grown, from
+  the surrounding frame, to a *working size*: the smallest value of the geometric
+  series round(2^(j / SIZE_STEPS_PER_OCTAVE)) that is at least the box side and gives
+  the same number of pyramid levels (else the largest size that does). The face keeps
+  its native pixels (no resampling before EVM); only the frame diagonal that the
+  ``lambda_c`` rule reads grows, by at most 2^(1/8) = 9 %. Where the frame is too
+  small, the region is completed by mirroring (the pyramid's own edge rule). The box
+  is cut out of the magnified region afterwards. ``data.face_crop=False`` magnifies
+  the whole frame at its size (one size per dataset).
+* Time: the recursive filters (``butterworth``, ``iir``) are causal, so the apex frame
+  depends only on frames onset..apex: those are magnified, padded to a length of the
+  series round(2^(j / LENGTH_STEPS_PER_OCTAVE)) by repeating the apex frame (frames
+  before the pad are unchanged: tests/test_preprocess.py). The ideal (FFT) filter is
+  not causal: it gets the exact onset..offset frames (one compilation per clip length
+  and working size).
 
 Macro images (:func:`preprocess_image`): face crop + resize (+ channels).
 FER-2013 (48x48 face crops) and RAF-DB's ``aligned`` images are already face
@@ -39,6 +60,7 @@ naming the clip (category :class:`PreprocessWarning`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from typing import Any, Optional
 
@@ -52,6 +74,11 @@ from mer_jax.errors import ConfigError, DataError, EVMError
 
 PRE_CROPPED = ("fer2013", "rafdb")   # images that are already face crops: no detection
 MIN_EVM_FRAMES = 3                    # fewer onset..offset frames than this cannot be band-passed
+ORDERS = ("paper", "fast")            # evm.order: magnify at native resolution first | crop + resize first
+LEGACY_ORDER = "fast"                 # the order of configs without evm.order (written before the key existed)
+SIZE_STEPS_PER_OCTAVE = 8             # working sizes of the magnified face region: round(2^(j / 8)) px
+LENGTH_STEPS_PER_OCTAVE = 4           # padded lengths for the causal filters: round(2^(j / 4)) frames
+CAUSAL_FILTERS = ("butterworth", "iir")
 
 
 class PreprocessWarning(UserWarning):
@@ -141,12 +168,25 @@ def preprocess_image(image: np.ndarray, config, *, name: str = "image", detect: 
 
 
 def magnify(video: np.ndarray, fps: float, evm_config, *, name: str = "clip",
-            notes: Optional[Notes] = None) -> np.ndarray:
+            notes: Optional[Notes] = None, num_frames: Optional[int] = None,
+            only: Optional[int] = None) -> np.ndarray:
   """mer_jax.evm.magnify_from_config with the clip's name on its errors and warnings.
 
-  video: [T, H, W, C] float32 in [0, 1]. Returns the same shape.
+  Args:
+    video: [T, H, W, C] float32 in [0, 1].
+    fps: frames per second.
+    evm_config: the ``evm`` config section.
+    name: how messages refer to the clip.
+    notes: collects the warnings.
+    num_frames: the clip's onset..offset length for messages (default T; differs when ``video`` is the
+      onset..apex part, padded).
+    only: return only this frame.
+
+  Returns:
+    float32 [T, H, W, C], or [H, W, C] with ``only``.
   """
   from mer_jax import evm  # imported here: JAX start-up is only paid when EVM runs
+  n = video.shape[0] if num_frames is None else int(num_frames)
   own = _empty_band_fallback(video.shape[0], float(fps), evm_config)
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
@@ -154,8 +194,8 @@ def magnify(video: np.ndarray, fps: float, evm_config, *, name: str = "clip",
       out = evm.magnify_from_config(np.asarray(video, np.float32), float(fps), evm_config)
     except EVMError as e:
       raise EVMError(
-          f"{name} ({video.shape[0]} frames onset..offset at {fps:g} fps, "
-          f"{video.shape[0] / fps:.3f} s): {e}") from e
+          f"{name} ({n} frames onset..offset at {fps:g} fps, "
+          f"{n / fps:.3f} s): {e}") from e
   # mer_jax.evm warns while tracing, i.e. only for the first clip of each shape; the empty-band
   # fallback is therefore detected here for every clip.
   msgs = [own] if own else []
@@ -165,7 +205,8 @@ def magnify(video: np.ndarray, fps: float, evm_config, *, name: str = "clip",
     if notes is not None:
       notes.warnings.append(msg)
     warnings.warn(msg, PreprocessWarning, stacklevel=3)
-  return np.asarray(out, np.float32)
+  out = np.asarray(out)
+  return np.array(out[only] if only is not None else out, np.float32)
 
 
 def _empty_band_fallback(num_frames: int, fps: float, evm_config) -> str:
@@ -187,17 +228,137 @@ def _empty_band_fallback(num_frames: int, fps: float, evm_config) -> str:
           f"'{evm_magnify.FALLBACK_FILTER}' on the same band (onset-referenced).")
 
 
+def clip_order(evm_config) -> str:
+  """``evm.order`` ("paper" | "fast"); configs without the key get :data:`LEGACY_ORDER`."""
+  order = evm_config.get("order", LEGACY_ORDER) if hasattr(evm_config, "get") else LEGACY_ORDER
+  if order not in ORDERS:
+    raise ConfigError(f"evm.order must be one of {ORDERS}, got {order!r} (paper: magnify at native resolution, "
+                      "then take the apex and resize; fast: resize to image_size first)")
+  return str(order)
+
+
+def geometric_bucket(n: int, steps_per_octave: int) -> int:
+  """The smallest value of the series round(2^(j / steps_per_octave)), j = 0, 1, ..., that is >= ``n``."""
+  n = int(n)
+  if n <= 1:
+    return 1
+  j = max(0, math.floor(steps_per_octave * math.log2(n)) - 1)
+  while round(2.0 ** (j / steps_per_octave)) < n:
+    j += 1
+  return int(round(2.0 ** (j / steps_per_octave)))
+
+
+def _pyramid_levels(side: int, evm_config) -> Optional[int]:
+  """Levels mer_jax.evm would use for side x side frames with these settings (None: too small / invalid)."""
+  from mer_jax.evm import pyramids
+  try:
+    return pyramids.check_levels(side, side, evm_config.get("levels", "auto"),
+                                 str(evm_config.get("pyramid", "laplacian")))
+  except (TypeError, ValueError):
+    return None
+
+
+def work_size(side: int, evm_config) -> int:
+  """The working size (px) of a face box of ``side`` px for the "paper" order.
+
+  The smallest value of round(2^(j / SIZE_STEPS_PER_OCTAVE)) that is >= ``side`` and gives the same number of
+  pyramid levels as ``side`` (so the per-level gains only see a diagonal at most 2^(1/8) larger); where the
+  next series value has more levels, the largest size with the same number (the top of that level range).
+  Boxes too small for a pyramid keep their size (mer_jax.evm reports them).
+  """
+  side = int(side)
+  levels = _pyramid_levels(side, evm_config)
+  if levels is None:
+    return side
+  b = geometric_bucket(side, SIZE_STEPS_PER_OCTAVE)
+  if _pyramid_levels(b, evm_config) == levels:
+    return b
+  lo, hi = side, b          # levels(lo) == levels, levels(hi) != levels; levels grow with the side
+  while hi - lo > 1:
+    mid = (lo + hi) // 2
+    if _pyramid_levels(mid, evm_config) == levels:
+      lo = mid
+    else:
+      hi = mid
+  return lo
+
+
+def work_length(apex_index: int, num_frames: int, evm_config) -> tuple[int, int]:
+  """(frames used, padded length) of the onset..offset clip for the "paper" order.
+
+  Causal filters (butterworth, iir): the frames onset..apex, padded to a length of the series
+  round(2^(j / LENGTH_STEPS_PER_OCTAVE)) (at least MIN_EVM_FRAMES). The ideal filter: all frames, no padding.
+  """
+  if str(evm_config.get("temporal_filter", "ideal")) in CAUSAL_FILTERS:
+    used = int(apex_index) + 1
+    return used, max(geometric_bucket(used, LENGTH_STEPS_PER_OCTAVE), MIN_EVM_FRAMES)
+  return int(num_frames), int(num_frames)
+
+
+def _axis_window(start: int, size: int, want: int, full: int) -> tuple[int, int, int, int, int]:
+  """One axis of the working region: (lo, hi, pad_before, pad_after, offset).
+
+  frames[lo:hi] mirrored by (pad_before, pad_after) is ``want`` long and holds [start, start + size) at
+  ``offset``; centred on it, shifted to stay inside the frame, mirrored only where the frame is too short.
+  """
+  if want <= full:
+    lo = min(max(start - (want - size) // 2, 0), full - want)
+    return lo, lo + want, 0, 0, start - lo
+  before = (want - full) // 2
+  return 0, full, before, want - full - before, before + start
+
+
+def _magnified_apex_paper(clip: np.ndarray, box: Optional[face_lib.FaceBox], apex_index: int, fps: float,
+                          config, name: str, notes: Optional[Notes]) -> np.ndarray:
+  """"paper" order: magnify the face region at native resolution, take the apex, crop the box.
+
+  clip: [T, H, W, C] onset..offset. Returns the magnified apex face [s, s, C] (box) or [H, W, C] (no box),
+  before the resize to image_size.
+  """
+  evm_config = config.evm
+  t, h, w = clip.shape[:3]
+  used, length = work_length(apex_index, t, evm_config)
+  if box is None:
+    region, (oy, ox), (sh, sw) = clip[:used], (0, 0), (h, w)
+  else:
+    b = work_size(box.size, evm_config)
+    y0, y1, py0, py1, oy = _axis_window(box.y, box.size, b, h)
+    x0, x1, px0, px1, ox = _axis_window(box.x, box.size, b, w)
+    region, sh, sw = clip[:used, y0:y1, x0:x1], box.size, box.size
+    if py0 or py1 or px0 or px1:
+      region = np.pad(region, ((0, 0), (py0, py1), (px0, px1), (0, 0)), mode="reflect")
+  if length > used:                       # causal filters: repeats of the apex frame change no earlier frame
+    region = np.concatenate([region, np.repeat(region[-1:], length - used, axis=0)])
+  out = magnify(region, fps, evm_config, name=name, notes=notes, num_frames=t, only=apex_index)
+  return out[oy:oy + sh, ox:ox + sw]
+
+
 def preprocess_clip(frames: np.ndarray, fps: Optional[float], *, onset: Optional[int], apex: Optional[int],
                     offset: Optional[int], config, name: str = "clip",
                     notes: Optional[Notes] = None) -> np.ndarray:
   """A micro-expression clip -> its (magnified) apex face, float32 [S, S, channels] in [0, 1].
 
-  frames: [T, H, W, C] float32 in [0, 1] (C = 1 or 3); onset/apex/offset index
-    into it (None: onset 0, offset T-1, apex from ``config.data.apex``'s rule).
-  fps: frames per second (needed when ``config.evm.enabled``).
-  config: the ml-collections config (image_size, channels, evm.*, data.apex,
-    data.face_crop, optional data.face_margin / data.on_no_face).
-  name: how messages refer to this clip.
+  With EVM the "paper" order magnifies the face region at native resolution
+  (grown to a working size, onset..apex padded to a working length for the causal
+  filters; see the module docstring), the "fast" order the 112-px face crops.
+
+  Args:
+    frames: [T, H, W, C] float32 in [0, 1] (C = 1 or 3).
+    fps: frames per second (needed when ``config.evm.enabled``).
+    onset: index into ``frames`` (None: 0).
+    apex: index into ``frames`` (None: from ``config.data.apex``'s rule).
+    offset: index into ``frames`` (None: T-1).
+    config: the ml-collections config (image_size, channels, evm.* including
+      evm.order, data.apex, data.face_crop, data.face_margin, data.on_no_face).
+    name: how messages refer to this clip.
+    notes: optional :class:`Notes`, filled with what happened to this clip (face box, apex, warnings).
+
+  Returns:
+    float32 [S, S, channels] in [0, 1], S = ``config.image_size``.
+
+  Raises:
+    DataError: bad frames or onset/offset, a clip too short for EVM or without a frame rate, no face with
+      ``data.on_no_face="error"``; EVMError / ConfigError: EVM settings that cannot run on this clip.
   """
   frames = np.asarray(frames)
   if frames.ndim == 3:
@@ -231,9 +392,12 @@ def preprocess_clip(frames: np.ndarray, fps: Optional[float], *, onset: Optional
     notes.name, notes.box, notes.apex, notes.apex_rule, notes.evm = name, box, ap, how, evm_on
     notes.face_found = None if box is None else box.detected
   size = int(config.image_size)
-  if evm_on:
+  if evm_on and clip_order(config.evm) == "paper":
+    apex_face = face_lib.resize(
+        _magnified_apex_paper(clip, box, ap - onset, float(fps), config, name, notes), size)
+  elif evm_on:                             # "fast": crop and resize every frame first, then magnify
     faces = np.stack([face_lib.crop_and_resize(f, box, size) for f in clip])   # [T, S, S, C]
-    apex_face = magnify(faces, float(fps), config.evm, name=name, notes=notes)[ap - onset]
+    apex_face = magnify(faces, float(fps), config.evm, name=name, notes=notes, only=ap - onset)
   else:                                    # without EVM only the apex frame is needed
     apex_face = face_lib.crop_and_resize(clip[ap - onset], box, size)
   out = _fix_channels(apex_face, int(config.get("channels", 3)), name)
@@ -319,6 +483,7 @@ def settings_from_config(config) -> dict[str, Any]:
   face_crop, margin, on_no_face = face_options(config)
   evm_cfg = config.evm.to_dict() if hasattr(config.evm, "to_dict") else dict(config.evm)
   evm_cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(evm_cfg.items())}
+  evm_cfg["order"] = clip_order(config.evm)     # explicit, also for configs without the key
   return {
       "image_size": int(config.image_size),
       "channels": int(config.get("channels", 3)),
