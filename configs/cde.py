@@ -10,14 +10,6 @@ from mer_jax import config_defaults
 
 
 def get_config():
-  c = config_defaults.get_base_config()
-  c.name = "cde"
-  c.data.task = "3class"
-  c.data.micro = ("casme2", "samm", "smic")
+  c = config_defaults.get_benchmark_config("cde", task="3class", micro=("casme2", "samm", "smic"), num_classes=3)
   c.data.protocol = "megc2019"    # the official 442-clip composite list the paper evaluates on (docs/data.md)
-  c.model.num_classes = 3
-  # The paper's 0.1-0.4 Hz band has no FFT bin in a sub-second clip, so the ideal filter cannot be used
-  # (mer_jax.evm raises); the first-order Butterworth band on the same band, started at the onset frame,
-  # is the onset-referenced amplifier documented in README "EVM".
-  c.evm.temporal_filter = "butterworth"
   return c

@@ -3,13 +3,4 @@ from mer_jax import config_defaults
 
 
 def get_config():
-  c = config_defaults.get_base_config()
-  c.name = "sde_samm"
-  c.data.task = "5class"
-  c.data.micro = ("samm",)
-  c.model.num_classes = 5
-  # The paper's 0.1-0.4 Hz band has no FFT bin in a sub-second clip, so the ideal filter cannot be used
-  # (mer_jax.evm raises); the first-order Butterworth band on the same band, started at the onset frame,
-  # is the onset-referenced amplifier documented in README "EVM".
-  c.evm.temporal_filter = "butterworth"
-  return c
+  return config_defaults.get_benchmark_config("sde_samm", task="5class", micro=("samm",), num_classes=5)

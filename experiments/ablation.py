@@ -24,17 +24,17 @@ import shlex
 import subprocess
 import sys
 import time
-from typing import Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
-# Variant -> config overrides (mer_jax/config_defaults.py names every field).
-VARIANTS: dict[str, tuple[str, ...]] = {
-    "proposed": (),
-    "attention-none": ("--config.model.attention=none",),
-    "attention-channel": ("--config.model.attention=channel",),
-    "attention-spatial": ("--config.model.attention=spatial",),
-    "backbone-residual": ("--config.model.backbone=residual",),
-    "evm-off": ("--config.evm.enabled=False",),
-    "pretrain-off": ("--config.pretrain.enabled=False",),
+# Variant -> config overrides {dotted field: value} (mer_jax/config_defaults.py names every field).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "proposed": {},
+    "attention-none": {"model.attention": "none"},
+    "attention-channel": {"model.attention": "channel"},
+    "attention-spatial": {"model.attention": "spatial"},
+    "backbone-residual": {"model.backbone": "residual"},
+    "evm-off": {"evm.enabled": False},
+    "pretrain-off": {"pretrain.enabled": False},
 }
 
 # Table -> (title, [(row label, variant)]), rows in the paper's order.
@@ -75,14 +75,67 @@ def variants_for(tables: Sequence[str]) -> list[str]:
   return [v for v in VARIANTS if v in need]
 
 
+def override_flags(overrides: Mapping[str, Any]) -> list[str]:
+  """``{"model.attention": "none"}`` -> ``["--config.model.attention=none"]`` (mer_jax.main's override flags)."""
+  return [f"--config.{k}={v}" for k, v in overrides.items()]
+
+
+def check_variants(config: str, variants: Sequence[str], extra: Sequence[str]) -> None:
+  """Loads ``config`` and validates it with each variant's overrides and ``extra`` applied, before any run.
+
+  Raises:
+    mer_jax.errors.ConfigError: naming the variant, for a config file, override or value
+      :mod:`mer_jax.configuration` rejects.
+  """
+  from mer_jax import configuration
+  from mer_jax.errors import ConfigError
+  base = configuration.load_config_file(config)
+  configuration.apply_overrides(base, extra)      # the extra overrides' keys and types, named without a variant
+  for v in variants:
+    try:
+      configuration.validate(configuration.apply_overrides(configuration.apply_overrides(base, VARIANTS[v]), extra))
+    except ConfigError as e:
+      raise ConfigError(f"variant {v!r}: {e}") from None
+
+
 def command(python: str, config: str, workdir: str, variant: str, extra: Sequence[str],
-            share_pretraining: bool) -> list[str]:
+            share_pretraining: bool, overrides: Optional[Sequence[str]] = None) -> list[str]:
+  """The ``mer_jax.main`` command of one variant; ``overrides`` (flags) replaces ``VARIANTS[variant]``
+  (other experiments)."""
   cmd = [python, "-m", "mer_jax.main", f"--config={config}", f"--workdir={os.path.join(workdir, variant)}"]
-  cmd += list(VARIANTS[variant])
+  cmd += override_flags(VARIANTS[variant]) if overrides is None else list(overrides)
   if share_pretraining and variant == "evm-off":
     # EVM only touches the micro clips: the proposed run's pretraining is the same network on the same data.
     cmd.append(f"--config.pretrained_checkpoint={os.path.join(workdir, 'proposed', 'pretrain')}")
   return cmd + list(extra)
+
+
+def run_plan(plan: Sequence[tuple[str, list[str]]], workdir: str, *, rerun: bool = False,
+             keep_going: bool = False, tag: str = "ablation") -> tuple[list[str], bool]:
+  """Runs each ``(variant, command)`` in order, skipping variants whose ``<workdir>/<variant>/results.json`` exists.
+
+  Returns (failed variants, stopped): ``stopped`` is True when a run failed and ``keep_going`` is off (the
+  error is printed; later runs were not started).
+  """
+  from mer_jax import reporting
+  failed: list[str] = []
+  t0 = time.time()
+  for i, (v, cmd) in enumerate(plan):
+    wd = os.path.join(workdir, v)
+    if not rerun and os.path.isfile(os.path.join(wd, reporting.RESULTS_JSON)):
+      print(f"[{tag}] {i + 1}/{len(plan)} {v}: finished earlier ({wd}/results.json), skipping", flush=True)
+      continue
+    print(f"[{tag}] {i + 1}/{len(plan)} {v}: {shlex.join(cmd)}", flush=True)
+    rc = subprocess.call(cmd)
+    el = time.time() - t0
+    print(f"[{tag}] {v} finished with exit code {rc} ({el:.0f} s elapsed)", flush=True)
+    if rc != 0:
+      failed.append(v)
+      if not keep_going:
+        print(f"error: the run for variant {v!r} failed (exit code {rc}); fix it and re-run this command "
+              "(finished runs are skipped), or pass --keep-going", file=sys.stderr)
+        return failed, True
+  return failed, False
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[argparse.Namespace, list[str]]:
@@ -114,6 +167,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   variants = variants_for(tables)
   share = not args.no_share_pretraining and "proposed" in variants
   plan = [(v, command(args.python, args.config, args.workdir, v, extra, share)) for v in variants]
+  if not args.assemble_only:
+    try:
+      check_variants(args.config, variants, extra)
+    except UserError as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 2
 
   if args.dry_run:
     print(f"# {len(plan)} runs for {', '.join(tables)}")
@@ -127,22 +186,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
   failed: list[str] = []
   if not args.assemble_only:
-    t0 = time.time()
-    for i, (v, cmd) in enumerate(plan):
-      wd = os.path.join(args.workdir, v)
-      if not args.rerun and os.path.isfile(os.path.join(wd, reporting.RESULTS_JSON)):
-        print(f"[ablation] {i + 1}/{len(plan)} {v}: finished earlier ({wd}/results.json), skipping", flush=True)
-        continue
-      print(f"[ablation] {i + 1}/{len(plan)} {v}: {shlex.join(cmd)}", flush=True)
-      rc = subprocess.call(cmd)
-      el = time.time() - t0
-      print(f"[ablation] {v} finished with exit code {rc} ({el:.0f} s elapsed)", flush=True)
-      if rc != 0:
-        failed.append(v)
-        if not args.keep_going:
-          print(f"error: the run for variant {v!r} failed (exit code {rc}); fix it and re-run this command "
-                "(finished runs are skipped), or pass --keep-going", file=sys.stderr)
-          return 1
+    failed, stopped = run_plan(plan, args.workdir, rerun=args.rerun, keep_going=args.keep_going)
+    if stopped:
+      return 1
 
   written, sections = {}, []
   for t in tables:

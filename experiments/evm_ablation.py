@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import json
 import os
 import shlex
@@ -36,20 +35,31 @@ import sys
 import time
 from typing import Any, Optional, Sequence
 
+if __package__ in (None, ""):    # `python experiments/evm_ablation.py`: make `mer_jax` importable from a checkout
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mer_jax import config_defaults  # noqa: E402
+
+# The two band readings as evm-section overrides (mer_jax/config_defaults.py EVM_READINGS defines them).
+HZ = {f"evm.{k}": v for k, v in config_defaults.EVM_READINGS["hz"].items()}
+MIT_RATES = {f"evm.{k}": v for k, v in config_defaults.EVM_READINGS["mit_rates"].items()}
 # The variants, as data: (name, {config field: value}). Fields are mer_jax/config_defaults.py names.
 VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("no-evm", {"evm.enabled": False}),
-    ("hz", {"evm.band_units": "hz", "evm.temporal_filter": "butterworth"}),
-    ("mit-rates", {"evm.band_units": "mit_rates", "evm.temporal_filter": "iir"}),
-    ("hz-paper", {"evm.band_units": "hz", "evm.temporal_filter": "butterworth", "evm.order": "paper"}),
-    ("hz-fast", {"evm.band_units": "hz", "evm.temporal_filter": "butterworth", "evm.order": "fast"}),
-    ("mit-rates-paper", {"evm.band_units": "mit_rates", "evm.temporal_filter": "iir", "evm.order": "paper"}),
-    ("mit-rates-fast", {"evm.band_units": "mit_rates", "evm.temporal_filter": "iir", "evm.order": "fast"}),
+    ("hz", HZ),
+    ("mit-rates", MIT_RATES),
+    ("hz-paper", {**HZ, "evm.order": "paper"}),
+    ("hz-fast", {**HZ, "evm.order": "fast"}),
+    ("mit-rates-paper", {**MIT_RATES, "evm.order": "paper"}),
+    ("mit-rates-fast", {**MIT_RATES, "evm.order": "fast"}),
 )
+_BENCHMARK = " (the benchmark configs' reading)"
 DESCRIPTIONS = {
     "no-evm": "no magnification",
-    "hz": "band 0.1-0.4 Hz, first-order Butterworth from the onset (the benchmark configs' reading)",
-    "mit-rates": "MIT IIR, per-frame rates r2 = 0.1, r1 = 0.4",
+    "hz": "band 0.1-0.4 Hz, first-order Butterworth from the onset"
+          + (_BENCHMARK if config_defaults.BENCHMARK_EVM_READING == "hz" else ""),
+    "mit-rates": "MIT IIR, per-frame rates r2 = 0.1, r1 = 0.4"
+                 + (_BENCHMARK if config_defaults.BENCHMARK_EVM_READING == "mit_rates" else ""),
 }
 MICRO = ("casme2", "samm", "smic")
 MACRO = ("ck", "rafdb", "fer2013")
@@ -58,13 +68,32 @@ DEFAULT_AMPLITUDE = (0.25, 0.75)   # px at a 112-px face; SynthME's default is (
 
 
 def load_config(path: str):
-  """``get_config()`` of a config file (an ml_collections.ConfigDict)."""
-  spec = importlib.util.spec_from_file_location("_evm_ablation_config", path)
-  if spec is None or not os.path.isfile(path):
-    raise SystemExit(f"error: cannot read the config file {path}; pass an existing file, e.g. configs/synth_demo.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
+  """``get_config()`` of a config file (an ml_collections.ConfigDict); SystemExit with the error otherwise."""
+  from mer_jax import configuration
+  from mer_jax.errors import ConfigError
+  try:
+    return configuration.load_config_file(path)
+  except ConfigError as e:
+    raise SystemExit(f"error: {e}") from None
+
+
+def check_variants(config, run: Sequence[tuple[str, dict]], extra: Sequence[str]) -> None:
+  """Validates ``config`` with each planned variant's overrides and ``extra`` applied (start-up check).
+
+  Raises:
+    SystemExit: with the :mod:`mer_jax.configuration` message, naming the variant.
+  """
+  from mer_jax import configuration
+  from mer_jax.errors import ConfigError
+  try:
+    configuration.apply_overrides(config, extra)
+  except ConfigError as e:
+    raise SystemExit(f"error: {e}") from None
+  for name, ov in run:
+    try:
+      configuration.validate(configuration.apply_overrides(configuration.apply_overrides(config, ov), extra))
+    except ConfigError as e:
+      raise SystemExit(f"error: variant {name!r}: {e}") from None
 
 
 def has_field(config, dotted: str) -> bool:
@@ -270,6 +299,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if not run:
     print("error: no variant to run (all skipped)", file=sys.stderr)
     return 2
+  if not args.assemble_only:
+    check_variants(config, run, extra)
   first = run[0][0]
   plan = [(seed, name, command(args.python, args.config, args.workdir, seed, name, ov,
                                None if name == first else first, extra))

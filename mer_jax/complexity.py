@@ -85,7 +85,7 @@ def main(argv) -> None:
   del argv
 
   def run():
-    config = configuration.require_config(flags.FLAGS.config, "--config")
+    config = configuration.validate(configuration.require_config(flags.FLAGS.config, "--config"))
     rows = report_rows(config)
     if flags.FLAGS.json:
       print(json.dumps(rows, indent=2))

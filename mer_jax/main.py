@@ -120,13 +120,31 @@ def _workdir_lock(workdir: str, enabled: bool):
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, mesh=None, progress: bool = True,
         writer=None, on_epoch_end=None, load_arrays=None, fold_shard: Optional[tuple[int, int]] = None) -> dict:
-  """The whole pipeline; returns {'records', 'reports', 'pretrain', ...} (paths and fold records).
+  """The whole pipeline: data, pretraining, LOSO fine-tuning, reports.
 
-  load_arrays: ``(config, workdir, kind) -> ArrayDataset`` (default mer_jax.data.pipeline.load_arrays).
-  fold_shard: ``(k, n)`` runs only LOSO folds k, k+n, ... (jobs on several hosts sharing one workdir) and
-  writes no reports; a final run without it skips every finished fold and writes the reports.
   Multi-process (after ``mer_jax.train.distributed.initialize``): the default mesh spans every process's
-  devices, process 0 prepares the data first and writes the reports.
+  devices, process 0 prepares the data first and writes the reports. The command line validates ``config``
+  first (:func:`mer_jax.configuration.validate`); callers of this function may do the same.
+
+  Args:
+    config: the full config (configs/*.py; fields in mer_jax/config_defaults.py).
+    workdir: output folder (created; re-running on it resumes).
+    mesh: device mesh (default: every device, or every process's devices in a multi-process run).
+    progress: print per-epoch progress.
+    writer: a clu MetricWriter (default: TensorBoard files in ``<workdir>/tb``, closed at the end).
+    on_epoch_end: test hook ``on_epoch_end(run_name, epoch)``.
+    load_arrays: ``(config, workdir, kind) -> ArrayDataset`` (default mer_jax.data.pipeline.load_arrays).
+    fold_shard: ``(k, n)`` runs only LOSO folds k, k+n, ... (jobs on several hosts sharing one workdir) and
+      writes no reports; a final run without it skips every finished fold and writes the reports.
+
+  Returns:
+    ``{'workdir', 'pretrain', 'records', 'reports', 'wall_time_s'}``: the absolute workdir, the pretraining
+    summary (or the reused checkpoint), the LOSO fold records, the report paths (results.json, results.md,
+    confusion PNGs) and the wall time; keys whose step did not run are absent.
+
+  Raises:
+    UserError: a missing dataset folder, an unwritable workdir, a class-count mismatch and other
+      user-fixable problems (the command line prints them as one ``error:`` line).
   """
   from mer_jax.models import build_model
   from mer_jax.train import checkpoint as ckpt
@@ -260,8 +278,8 @@ def _summary(out: dict) -> str:
 
 def main(argv) -> int:
   del argv
-  from mer_jax.configuration import require_config
-  config = require_config(_CONFIG.value)
+  from mer_jax.configuration import require_config, validate
+  config = validate(require_config(_CONFIG.value))
   if not _WORKDIR.value:
     raise ConfigError("--workdir is required, e.g. --workdir=runs/synth_demo")
   fold_shard = parse_fold_shard(_FOLD_SHARD.value)

@@ -10,6 +10,7 @@ its video extension) unless --strip.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 import warnings
@@ -72,6 +73,10 @@ def main(argv=None) -> int:
   fps = args.fps if args.fps is not None else fps
   if fps is None:
     raise ConfigError(f"{args.input}: the clip has no frame rate; pass --fps (e.g. 200 for CASME II)")
+  if not (math.isfinite(fps) and fps > 0):
+    what = f"--fps={args.fps:g}" if args.fps is not None else f"{args.input}: the clip's own frame rate {fps:g}"
+    raise ConfigError(f"{what}: the frame rate must be a positive number of frames per second; "
+                      "pass --fps=<rate> (e.g. 200 for CASME II)")
   t, h, w, c = frames.shape
   print(f"  {t} frames, {w}x{h}, {c} channel(s), {fps:g} fps ({t / fps:.2f} s)", flush=True)
   units = "Hz" if args.band_units == "hz" else "per-frame rates (MIT IIR)"
