@@ -40,32 +40,62 @@ def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
   return conf
 
 
-def from_confusion(conf: np.ndarray) -> dict:
-  """Scores from an (accumulated) confusion matrix; see the module docstring."""
-  conf = np.asarray(conf, np.int64)
-  tp = np.diag(conf).astype(np.float64)
-  support = conf.sum(axis=1).astype(np.float64)      # N_k: true samples per class
-  predicted = conf.sum(axis=0).astype(np.float64)
-  fp = predicted - tp
-  fn = support - tp
+def scores(conf: np.ndarray) -> dict:
+  """The metrics of a stack of confusion matrices, vectorised: THE implementation of UF1 / UAR in mer_jax.
+
+  conf: ``[..., K, K]`` counts (rows truth, columns predictions), e.g. ``[B, K, K]`` bootstrap resamples.
+  Returns numpy arrays: ``accuracy``, ``uf1``, ``uar``, ``num_samples`` ``[...]``; ``per_class_f1``,
+  ``per_class_recall``, ``per_class_precision``, ``support``, ``active`` ``[..., K]``. Absent-class
+  convention of the module docstring (means over the active classes; 0 when nothing is active).
+  """
+  conf = np.asarray(conf)
+  if conf.ndim < 2 or conf.shape[-1] != conf.shape[-2]:
+    raise ValueError(f"confusion matrices must have shape [..., K, K], got {conf.shape}")
+  conf = conf.astype(np.float64)
+  tp = np.diagonal(conf, axis1=-2, axis2=-1)
+  support = conf.sum(axis=-1)        # N_k: true samples per class (row sums)
+  predicted = conf.sum(axis=-2)      # predictions per class (column sums)
+  total = conf.sum(axis=(-2, -1))
   active = (support + predicted) > 0
-  f1_den = 2 * tp + fp + fn
-  f1 = np.divide(2 * tp, f1_den, out=np.zeros_like(tp), where=f1_den > 0)
+  # 2TP + FP + FN = support + predicted
+  f1 = np.divide(2 * tp, support + predicted, out=np.zeros_like(tp), where=active)
   recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
   precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-  total = conf.sum()
-  n_active = int(active.sum())
+  n_active = active.sum(axis=-1)
+  denom = np.maximum(n_active, 1)
   return {
-      "accuracy": float(tp.sum() / total) if total else 0.0,
-      "uf1": float(f1[active].sum() / n_active) if n_active else 0.0,
-      "uar": float(recall[active].sum() / n_active) if n_active else 0.0,
+      "accuracy": np.divide(tp.sum(axis=-1), total, out=np.zeros_like(total), where=total > 0),
+      "uf1": np.where(n_active > 0, (f1 * active).sum(axis=-1) / denom, 0.0),
+      "uar": np.where(n_active > 0, (recall * active).sum(axis=-1) / denom, 0.0),
+      "per_class_f1": f1,
+      "per_class_recall": recall,
+      "per_class_precision": precision,
+      "support": support.astype(np.int64),
+      "active": active,
+      "num_samples": total.astype(np.int64),
+  }
+
+
+def from_confusion(conf: np.ndarray) -> dict:
+  """Scores from an (accumulated) confusion matrix ``[K, K]`` as plain Python types (see :func:`scores`).
+
+  A stack ``[..., K, K]`` gives the numpy arrays of :func:`scores` (plus ``confusion``) instead.
+  """
+  conf = np.asarray(conf, np.int64)
+  out = scores(conf)
+  if conf.ndim > 2:
+    return dict(out, confusion=conf)
+  return {
+      "accuracy": float(out["accuracy"]),
+      "uf1": float(out["uf1"]),
+      "uar": float(out["uar"]),
       "confusion": conf.tolist(),
-      "per_class_f1": f1.tolist(),
-      "per_class_recall": recall.tolist(),
-      "per_class_precision": precision.tolist(),
-      "support": support.astype(np.int64).tolist(),
-      "active": active.tolist(),
-      "num_samples": int(total),
+      "per_class_f1": out["per_class_f1"].tolist(),
+      "per_class_recall": out["per_class_recall"].tolist(),
+      "per_class_precision": out["per_class_precision"].tolist(),
+      "support": out["support"].tolist(),
+      "active": out["active"].tolist(),
+      "num_samples": int(out["num_samples"]),
   }
 
 

@@ -161,29 +161,36 @@ def _jsonable(x: Any) -> Any:
   return str(x)
 
 
-def scores_from_confusion(conf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Accuracy, UF1, UAR from confusion matrices (rows = true class, columns = predicted).
+def group_confusions(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, num_classes: int,
+                     order: Optional[Sequence[Any]] = None) -> tuple[np.ndarray, np.ndarray]:
+  """One confusion matrix per group (subject): ([G], [G, K, K] int64).
 
-  conf: [..., K, K] counts. Per-class F1 = 2TP / (2TP + FP + FN) and recall = TP / (TP + FN),
-  0 where the denominator is 0; UF1 / UAR are means over the *active* classes (true or
-  predicted at least once), the convention of :func:`mer_jax.metrics.from_confusion`
-  (sklearn's macro average with ``labels=None``, ``zero_division=0``), vectorised over the
-  leading axes for the bootstrap. Returns (acc, uf1, uar), each of shape [...].
+  order: the groups, in this order (default: ``np.unique(groups)``); groups without samples get zeros.
   """
-  conf = np.asarray(conf, dtype=np.float64)
-  tp = np.diagonal(conf, axis1=-2, axis2=-1)
-  support = conf.sum(-1)
-  predicted = conf.sum(-2)
-  total = conf.sum((-2, -1))
-  with np.errstate(invalid="ignore", divide="ignore"):
-    f1 = np.where(support + predicted > 0, 2 * tp / (support + predicted), 0.0)
-    recall = np.where(support > 0, tp / support, 0.0)
-    acc = np.where(total > 0, tp.sum(-1) / np.maximum(total, 1), 0.0)
-  active = (support + predicted) > 0
-  n_active = active.sum(-1)
-  uf1 = np.where(n_active > 0, (f1 * active).sum(-1) / np.maximum(n_active, 1), 0.0)
-  uar = np.where(n_active > 0, (recall * active).sum(-1) / np.maximum(n_active, 1), 0.0)
-  return acc, uf1, uar
+  y_true = np.asarray(y_true, dtype=np.int64)
+  y_pred = np.asarray(y_pred, dtype=np.int64)
+  groups = np.asarray(groups)
+  uniq = np.unique(groups) if order is None else np.asarray(order)
+  index = {g: i for i, g in enumerate(uniq.tolist())}
+  inv = np.asarray([index[g] for g in groups.tolist()], dtype=np.int64)
+  per_group = np.zeros((len(uniq), num_classes, num_classes), dtype=np.int64)
+  np.add.at(per_group, (inv, y_true, y_pred), 1)
+  return uniq, per_group
+
+
+def resample_counts(num_groups: int, samples: int, seed: int) -> np.ndarray:
+  """[samples, num_groups]: how often each group is drawn in each bootstrap resample (with replacement)."""
+  rng = np.random.default_rng(seed)
+  return rng.multinomial(num_groups, np.full(num_groups, 1.0 / num_groups), size=samples)
+
+
+def _percentiles(values: Mapping[str, np.ndarray], level: float) -> dict:
+  alpha = (1.0 - level) / 2.0
+  out = {}
+  for name, v in values.items():
+    lo, hi = np.quantile(v, [alpha, 1.0 - alpha])
+    out[name] = {"low": float(lo), "high": float(hi)}
+  return out
 
 
 def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, num_classes: int, *,
@@ -192,32 +199,54 @@ def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, num
 
   y_true, y_pred, groups: [n]. Each resample draws len(unique(groups)) groups with
   replacement (a group drawn twice counts twice), pools their predictions into one
-  confusion matrix and recomputes the scores - the same pooled (MEGC 2019) estimator as
-  the point estimate. Deterministic for a given ``seed``.
+  confusion matrix and recomputes the scores (:func:`mer_jax.metrics.scores`) - the same
+  pooled (MEGC 2019) estimator as the point estimate. Deterministic for a given ``seed``.
   Returns {"uf1": {"low", "high"}, "uar": {...}, "accuracy": {...}, "samples", "seed",
   "level", "groups"}.
   """
-  y_true = np.asarray(y_true, dtype=np.int64)
-  y_pred = np.asarray(y_pred, dtype=np.int64)
-  groups = np.asarray(groups)
-  uniq, inv = np.unique(groups, return_inverse=True)
+  from mer_jax import metrics
+  uniq, per_group = group_confusions(y_true, y_pred, groups, num_classes)
   g = len(uniq)
   out: dict = {"samples": int(samples), "seed": int(seed), "level": float(level), "groups": int(g)}
   if g == 0 or samples <= 0:
     for name in ("uf1", "uar", "accuracy"):
       out[name] = {"low": float("nan"), "high": float("nan")}
     return out
-  per_group = np.zeros((g, num_classes, num_classes), dtype=np.int64)
-  np.add.at(per_group, (inv, y_true, y_pred), 1)
-  rng = np.random.default_rng(seed)
-  # counts[b, s]: how often group s is drawn in resample b (multinomial = draws with replacement).
-  counts = rng.multinomial(g, np.full(g, 1.0 / g), size=samples)
-  conf = np.einsum("bs,skl->bkl", counts, per_group, optimize=True)
-  acc, uf1, uar = scores_from_confusion(conf)
-  alpha = (1.0 - level) / 2.0
-  for name, v in (("uf1", uf1), ("uar", uar), ("accuracy", acc)):
-    lo, hi = np.quantile(v, [alpha, 1.0 - alpha])
-    out[name] = {"low": float(lo), "high": float(hi)}
+  conf = np.einsum("bs,skl->bkl", resample_counts(g, samples, seed), per_group, optimize=True)
+  m = metrics.scores(conf)
+  out.update(_percentiles({name: m[name] for name in ("uf1", "uar", "accuracy")}, level))
+  return out
+
+
+def paired_bootstrap_diff(per_group_a: np.ndarray, per_group_b: np.ndarray, *, samples: int, seed: int,
+                          level: float = 0.95) -> dict:
+  """Percentile bootstrap CI of (score of A) - (score of B) over groups, paired.
+
+  per_group_a, per_group_b: [G, K, K] confusion matrices of the SAME G groups (subjects) under two
+  settings. Each resample draws G groups with replacement and pools both settings' matrices of the
+  drawn groups, so both scores come from the same resample. Returns {"uf1": {"diff", "low", "high"},
+  "uar": ..., "accuracy": ..., "samples", "seed", "level", "groups"}; ``diff`` is the point estimate
+  on all groups.
+  """
+  from mer_jax import metrics
+  a = np.asarray(per_group_a, np.int64)
+  b = np.asarray(per_group_b, np.int64)
+  if a.shape != b.shape:
+    raise ValueError(f"paired bootstrap needs matrices of the same groups: {a.shape} vs {b.shape}")
+  g = a.shape[0]
+  out: dict = {"samples": int(samples), "seed": int(seed), "level": float(level), "groups": int(g)}
+  point_a, point_b = metrics.scores(a.sum(0)), metrics.scores(b.sum(0))
+  names = ("uf1", "uar", "accuracy")
+  if g == 0 or samples <= 0:
+    for n in names:
+      out[n] = {"diff": float(point_a[n] - point_b[n]), "low": float("nan"), "high": float("nan")}
+    return out
+  counts = resample_counts(g, samples, seed)
+  ra = metrics.scores(np.einsum("bs,skl->bkl", counts, a, optimize=True))
+  rb = metrics.scores(np.einsum("bs,skl->bkl", counts, b, optimize=True))
+  cis = _percentiles({n: ra[n] - rb[n] for n in names}, level)
+  for n in names:
+    out[n] = {"diff": float(point_a[n] - point_b[n]), **cis[n]}
   return out
 
 
@@ -369,6 +398,8 @@ def build_results(config: Any, fold_records: Sequence[Any], class_names: Sequenc
   # Either source of truth marks the run: the config flag, or any fold that says it selected on the test fold.
   test_fold = (bool(_cfg_get(config, "finetune.test_fold_early_stopping", False))
                or any(r.model_selection == "test_fold" for r in records))
+  last_epoch = not test_fold and (not bool(_cfg_get(config, "finetune.select_best", True))
+                                  or any(r.model_selection == "last_epoch" for r in records))
   cfg_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config) if isinstance(config, Mapping) else {}
   return {
       "format_version": FORMAT_VERSION,
@@ -378,6 +409,7 @@ def build_results(config: Any, fold_records: Sequence[Any], class_names: Sequenc
       "protocol": "LOSO; metrics from the confusion matrix accumulated over all folds (MEGC 2019)",
       "test_fold_early_stopping": test_fold,
       "model_selection": ("test fold (held-out subject) - optimistic" if test_fold
+                          else "none: the last epoch's weights (finetune.select_best=False)" if last_epoch
                           else "validation split of the training subjects only"),
       "git_commit": git_commit if git_commit is not None else git_commit_of_repo(),
       "seed": seed,
@@ -390,9 +422,153 @@ def build_results(config: Any, fold_records: Sequence[Any], class_names: Sequenc
       "aggregate": aggregate,
       "bootstrap": boot,
       "folds": folds,
+      "context": results_context(benchmark, src_keys, k),
       "total_wall_time_s": _jsonable(float(np.nansum([r.wall_time_s for r in records]))),
       "config": _jsonable(cfg_dict),
   }
+
+
+# ---------------------------------------------------------------------------------------------
+# Results in context: the paper's rows and published results (mer_jax.literature)
+# ---------------------------------------------------------------------------------------------
+
+CDE_KEYS = {MIXED: "cde_full", "casme2": "cde_casme2", "samm": "cde_samm", "smic": "cde_smic"}
+PAPER_TABLES = {"cde_full": "Table 5", "cde_casme2": "Table 6", "cde_samm": "Table 6", "cde_smic": "Table 6",
+                "sde_casme2_5c": "Table 7", "sde_samm_5c": "Table 8", "sde_smic_3c": "Table 9"}
+MEGC2019_CLIPS, MEGC2019_SUBJECTS = 442, 68
+
+
+def context_benchmarks(benchmark: str, sources: Sequence[str], num_classes: int) -> dict[str, str]:
+  """{results key (Mixed / source): literature benchmark} for the parts of a run that published figures fit.
+
+  CDE (3 classes): the composite when the run holds CASME II, SAMM and SMIC-HS, and each dataset's part.
+  SDE: ``sde_<source>_<K>c`` where the paper has that table (CASME II / SAMM 5 classes, SMIC-HS 3 classes).
+  """
+  from mer_jax import literature
+  out: dict[str, str] = {}
+  if benchmark == "cde":
+    if num_classes != 3:
+      return out
+    if {"casme2", "samm", "smic"} <= set(sources):
+      out[MIXED] = CDE_KEYS[MIXED]
+    out.update({s: CDE_KEYS[s] for s in sources if s in CDE_KEYS})
+  elif len(sources) == 1:
+    key = f"sde_{sources[0]}_{num_classes}c"
+    if key in literature.BENCHMARKS:
+      out[MIXED] = key
+  return out
+
+
+def results_context(benchmark: str, sources: Sequence[str], num_classes: int) -> dict:
+  """results.json "context": the paper's figures and the published results for this run's benchmark parts."""
+  from mer_jax import literature
+  keys = context_benchmarks(benchmark, sources, num_classes)
+  paper, published = {}, {}
+  for part, key in keys.items():
+    row = literature.paper_row(key)
+    if row is not None:
+      paper[part] = {"benchmark": key, "table": PAPER_TABLES.get(key), "uf1": row.uf1, "uar": row.uar,
+                     "accuracy": row.acc}
+    published[key] = [dataclasses.asdict(r) for r in literature.published_results(key, include_paper=False)]
+  return {"benchmarks": keys, "paper": paper, "published": published,
+          "source": "mer_jax/literature/published_results.csv"}
+
+
+def _sel(v: str) -> str:
+  return {"yes": "yes (optimistic)", "no": "no"}.get(v, "unknown")
+
+
+def context_markdown(res: Mapping[str, Any]) -> list[str]:
+  """The "Results in context" section of results.md (empty when no published figure fits the run)."""
+  ctx = res.get("context") or {}
+  keys: Mapping[str, str] = ctx.get("benchmarks") or {}
+  if not keys:
+    return []
+  agg, mark = res["aggregate"], (TEST_FOLD_MARK if res.get("test_fold_early_stopping") else "")
+  out = ["## Results in context", ""]
+  corrected: dict[str, list[str]] = {}     # method -> "<published> (<part>)" of each corrected UAR
+  notes: dict[str, str] = {}
+
+  def uar_cell(r: Mapping[str, Any], part: str = "") -> str:
+    if r.get("uar_published") is not None:
+      corrected.setdefault(r["method"], []).append(f"{_f4(r['uar_published'])}{f' {part}' if part else ''}")
+      return f"{_f4(r.get('uar'))}\u2021"
+    if r.get("note"):
+      notes.setdefault(r["method"], r["note"])
+    return _f4(r.get("uar"))
+
+  if res["benchmark"] == "cde":
+    parts = [p for p in (MIXED, "casme2", "samm", "smic") if p in keys]
+    tables = sorted({PAPER_TABLES[keys[p]] for p in parts})
+    out += [f"MEGC 2019 layout: the composite and its per-dataset parts, each scored from its own pooled confusion "
+            f"matrix; the paper's figures from {' and '.join(tables)}.", "",
+            "| Dataset | Clips | Subjects | This run UF1 | UAR | Acc (%) | Paper UF1 | UAR | Acc (%) |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for p in parts:
+      a, pp = agg.get(p, {}), ctx.get("paper", {}).get(p, {})
+      n = sum((res.get("class_counts", {}).get(p) or {}).values())
+      g = (res.get("bootstrap", {}).get(p) or {}).get("groups", "-")
+      name = "Composite (Mixed)" if p == MIXED else _display(p)
+      out.append(f"| {name}{mark} | {n} | {g} | {_f4(a.get('uf1'))} | {_f4(a.get('uar'))} | "
+                 f"{_pct(a.get('accuracy'))} | {_f4(pp.get('uf1'))} | {_f4(pp.get('uar'))} | "
+                 f"{_pct(pp.get('accuracy'))} |")
+    synthetic = bool(_cfg_get(res.get("config") or {}, "data.synthetic", False))
+    if MIXED in keys and synthetic:
+      out += ["", "SynthME run: its clips are synthetic, not those of the official MEGC 2019 list, and its numbers "
+              "say nothing about real micro-expression recognition; the published figures show the layout only."]
+    elif MIXED in keys:
+      n = res.get("num_samples")
+      out += ["", f"The official MEGC 2019 composite list has {MEGC2019_CLIPS} clips of {MEGC2019_SUBJECTS} "
+              f"subjects; this run has {n} clips of {res.get('num_folds')} subjects. "
+              "`python -m mer_jax.score <this workdir>` scores its predictions against the list "
+              "(docs/evaluation.md)."]
+    methods = list(dict.fromkeys(r["method"] for p in parts for r in ctx["published"].get(keys[p], [])))
+    if methods:
+      out += ["", "Published results (UF1 / UAR as published, except where marked):", "",
+              "| Method | Year | " + " | ".join(f"{'Composite' if p == MIXED else _display(p)} UF1 | UAR"
+                                               for p in parts)
+              + " | Model selected on the test subject | Source |",
+              "|---|---|" + "---|---|" * len(parts) + "---|---|"]
+      row = [f"This run{mark}", "-"]
+      for p in parts:
+        row += [_f4(agg.get(p, {}).get("uf1")), _f4(agg.get(p, {}).get("uar"))]
+      sel = "yes (test-fold early stopping)" if mark else "no"
+      out.append("| " + " | ".join(row + [sel, "this results.json"]) + " |")
+      for m in methods:
+        by = {p: next((r for r in ctx["published"].get(keys[p], []) if r["method"] == m), None) for p in parts}
+        first = next(r for r in by.values() if r is not None)
+        cells = [m, str(first.get("year") or "-")]
+        for p in parts:
+          r = by[p]
+          cells += ([_f4(r.get("uf1")), uar_cell(r, "composite" if p == MIXED else _display(p))] if r
+                    else ["-", "-"])
+        src = first["source"] + (" (secondary)" if first["status"] == "secondary" else "")
+        out.append("| " + " | ".join(cells + [_sel(first.get("selects_on_test", "")), src]) + " |")
+  else:
+    key = keys[MIXED]
+    pp = ctx.get("paper", {}).get(MIXED, {})
+    a = agg.get(MIXED, {})
+    out += [f"This run beside the paper ({PAPER_TABLES.get(key, '-')}, {key}) and published results:", "",
+            "| Method | Year | UF1 | UAR | Acc (%) | Model selected on the test subject | Source |",
+            "|---|---|---|---|---|---|---|",
+            f"| This run{mark} | - | {_f4(a.get('uf1'))} | {_f4(a.get('uar'))} | {_pct(a.get('accuracy'))} | "
+            f"{'yes (test-fold early stopping)' if mark else 'no'} | this results.json |"]
+    if pp:
+      out.append(f"| Paper: proposed method | - | {_f4(pp.get('uf1'))} | {_f4(pp.get('uar'))} | "
+                 f"{_pct(pp.get('accuracy'))} | unknown | paper {PAPER_TABLES.get(key, '')} |")
+    for r in ctx["published"].get(key, []):
+      out.append(f"| {r['method']} | {r.get('year') or '-'} | {_f4(r.get('uf1'))} | {uar_cell(r)} | "
+                 f"{_pct(r.get('acc'))} | {_sel(r.get('selects_on_test', ''))} | {r['source']} |")
+  out += [""]
+  for method, published in corrected.items():
+    out += [f"\u2021 {method}: the published UAR ({', '.join(published)}) equals its macro-averaged precision; "
+            "shown is the UAR rescored from its released per-clip predictions (`python -m mer_jax.score`).", ""]
+  for method, note in notes.items():
+    out += [f"{method}: {note}.", ""]
+  out += ["\"yes (optimistic)\": that method's public code picks each LOSO fold's epoch / model on the held-out "
+          "subject, which inflates its figures (experiments/leakage.py measures the effect; docs/evaluation.md). "
+          f"Figures and their sources: {ctx.get('source', 'mer_jax/literature/published_results.csv')}.", ""]
+  return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -473,7 +649,8 @@ def results_markdown(res: Mapping[str, Any], png_names: Mapping[str, str]) -> st
     a, ci = res["aggregate"][s], b[s]
     out.append(f"| {_display(s)} | {ci['groups']} | {_f4(a['uf1'])} | [{_f4(ci['uf1']['low'])}, "
                f"{_f4(ci['uf1']['high'])}] | {_f4(a['uar'])} | [{_f4(ci['uar']['low'])}, {_f4(ci['uar']['high'])}] |")
-  out += ["", "## Samples per class", "", "| Dataset | " + " | ".join(names) + " | Total |",
+  out += [""] + context_markdown(res)
+  out += ["## Samples per class", "", "| Dataset | " + " | ".join(names) + " | Total |",
           "|---|" + "---|" * (len(names) + 1)]
   for s in src_keys:
     c = res["class_counts"][s]

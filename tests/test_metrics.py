@@ -113,3 +113,36 @@ def test_rejects_mismatched_or_out_of_range_labels():
     metrics.compute([0, 1], [0], 2)
   with pytest.raises(ValueError, match="outside"):
     metrics.compute([0, 3], [0, 1], 3)
+
+
+def test_stacked_confusions_score_like_each_matrix_and_sklearn():
+  # metrics.scores is the one vectorised implementation (bootstrap, reports, scorer): a [B, K, K] stack gives
+  # the same numbers as every matrix alone and as scikit-learn, absent classes and an empty matrix included.
+  rng = np.random.default_rng(3)
+  k = 4
+  stack, cases = [np.zeros((k, k), np.int64)], [([], [])]
+  for _ in range(40):
+    n = int(rng.integers(1, 15))
+    present = rng.choice(k, size=int(rng.integers(1, k + 1)), replace=False)
+    yt, yp = rng.choice(present, n), rng.choice(present, n) if rng.random() < 0.5 else rng.integers(0, k, n)
+    stack.append(metrics.confusion_matrix(yt, yp, k))
+    cases.append((yt, yp))
+  out = metrics.scores(np.stack(stack).reshape(41, 1, k, k))     # any leading shape
+  assert out["uf1"].shape == (41, 1) and out["per_class_f1"].shape == (41, 1, k)
+  for i, (c, (yt, yp)) in enumerate(zip(stack, cases)):
+    single = metrics.from_confusion(c)
+    assert (single["uf1"], single["uar"], single["accuracy"]) == (
+        out["uf1"][i, 0], out["uar"][i, 0], out["accuracy"][i, 0])
+    if len(yt):
+      assert (single["accuracy"], single["uf1"], single["uar"]) == pytest.approx(_oracle(yt, yp), abs=1e-12)
+  batched = metrics.from_confusion(np.stack(stack))
+  np.testing.assert_array_equal(batched["uar"], out["uar"][:, 0])
+
+
+def test_uar_is_recall_not_precision():
+  # Macro recall (7/8) and macro precision (5/6) differ here; UAR must be the recall (STSTNet's published
+  # "UAR" was the macro precision).
+  y_true, y_pred = [0, 0, 0, 0, 1, 1], [0, 0, 0, 1, 1, 1]
+  m = metrics.compute(y_true, y_pred, 2)
+  assert m["uar"] == pytest.approx((3 / 4 + 1.0) / 2)
+  assert m["per_class_precision"] == pytest.approx([1.0, 2 / 3])

@@ -119,34 +119,43 @@ def test_results_json_metrics_match_sklearn_and_counts(tmp_path):
   assert "WARNING" not in md
 
 
-def test_scores_from_confusion_match_sklearn_with_missing_classes():
-  rng = np.random.default_rng(0)
-  for trial in range(30):
-    k = int(rng.integers(2, 6))
-    n = int(rng.integers(1, 12))
-    present = rng.choice(k, size=max(1, k - 2), replace=False)   # some classes absent
-    yt = rng.choice(present, n)
-    yp = rng.integers(0, k, n)
-    acc, uf1, uar = reporting.scores_from_confusion(confusion_matrix(yt, yp, labels=range(k)))
-    ref = _sk(yt, yp, k)
-    assert acc == pytest.approx(ref["accuracy"]) and uf1 == pytest.approx(ref["uf1"])
-    assert uar == pytest.approx(ref["uar"]), trial
-
-
-def test_vectorised_scores_agree_with_lead_metrics():
-  # The bootstrap uses a vectorised copy of the score definitions: it must agree with
-  # mer_jax.metrics on every matrix, including absent classes and an empty one.
+def test_bootstrap_scores_through_the_metrics_module(monkeypatch):
+  # One implementation of UF1 / UAR: the bootstrap must call mer_jax.metrics on its [B, K, K] stack.
   from mer_jax import metrics
-  rng = np.random.default_rng(3)
-  confs = [np.zeros((4, 4), np.int64)]
-  for _ in range(40):
-    k = int(rng.integers(2, 6))
-    c = rng.integers(0, 4, (k, k)) * (rng.random((k, k)) < 0.5)
-    confs.append(c)
-  for c in confs:
-    m = metrics.from_confusion(c)
-    acc, uf1, uar = reporting.scores_from_confusion(c[None])
-    assert (m["accuracy"], m["uf1"], m["uar"]) == pytest.approx((acc[0], uf1[0], uar[0]))
+  calls = []
+  real = metrics.scores
+
+  def spy(conf):
+    calls.append(np.shape(conf))
+    return real(conf)
+
+  monkeypatch.setattr(metrics, "scores", spy)
+  assert not hasattr(reporting, "scores_from_confusion")
+  yt, yp = np.array([0, 1, 2, 0, 1, 2]), np.array([0, 1, 1, 0, 2, 2])
+  reporting.bootstrap_ci(yt, yp, np.array(list("aabbcc")), 3, samples=50, seed=0)
+  assert calls == [(50, 3, 3)]
+
+
+def test_paired_bootstrap_diff_is_paired_and_matches_direct_recomputation():
+  from mer_jax import metrics
+  rng = np.random.default_rng(11)
+  g, k = 12, 3
+  a = rng.integers(0, 4, (g, k, k))
+  b = a.copy()
+  b[:, np.arange(k), np.arange(k)] += 1          # B is A plus one correct clip per class and subject
+  out = reporting.paired_bootstrap_diff(b, a, samples=300, seed=5)
+  for name in ("uf1", "uar", "accuracy"):
+    want = metrics.from_confusion(b.sum(0))[name] - metrics.from_confusion(a.sum(0))[name]
+    assert out[name]["diff"] == pytest.approx(want)
+    assert out[name]["low"] <= out[name]["diff"] <= out[name]["high"]
+  # Recompute by hand from the same resamples: each resample's difference uses one draw of subjects for both.
+  counts = reporting.resample_counts(g, 300, 5)
+  diffs = [metrics.from_confusion(np.einsum("s,skl->kl", c, b))["uar"]
+           - metrics.from_confusion(np.einsum("s,skl->kl", c, a))["uar"] for c in counts]
+  assert (out["uar"]["low"], out["uar"]["high"]) == pytest.approx(tuple(np.quantile(diffs, [0.025, 0.975])))
+  # Identical settings: the paired difference is exactly 0 in every resample (unpaired draws would not be).
+  same = reporting.paired_bootstrap_diff(a, a, samples=100, seed=1)
+  assert same["uf1"] == {"diff": 0.0, "low": 0.0, "high": 0.0}
 
 
 def test_bootstrap_ci_contains_point_estimate_and_shrinks_with_more_subjects():
@@ -302,3 +311,60 @@ def test_no_bootstrap_gives_valid_json_with_nulls(tmp_path, no_plots):
   res = _json(paths["results_json"])   # strict JSON: no NaN tokens
   assert res["bootstrap"]["Mixed"]["uf1"] == {"low": None, "high": None}
   assert "| Mixed | 6 |" in _read(paths["results_md"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Results in context (mer_jax.literature)
+# ---------------------------------------------------------------------------------------------
+
+def test_cde_results_md_shows_the_paper_and_published_results_in_context(tmp_path, no_plots):
+  rng = np.random.default_rng(21)
+  recs = _records(rng)
+  paths = reporting.write_reports(str(tmp_path), _config(bootstrap=50), recs, CLASSES3, git_commit="c")
+  md, res = _read(paths["results_md"]), _json(paths["results_json"])
+  assert "## Results in context" in md
+  # MEGC 2019 layout: composite + per-dataset rows, this run beside the paper's Tables 5-6 figures.
+  for part, name, paper in (("Mixed", "Composite (Mixed)", "0.9213 | 0.9167 | 93.74"),
+                            ("casme2", "CASME II", "0.9340 | 0.9174 | 94.67"),
+                            ("samm", "SAMM", "0.8485 | 0.8415 | 90.15"),
+                            ("smic", "SMIC-HS", "0.9510 | 0.9512 | 95.76")):
+    a = res["aggregate"][part]
+    n = sum(res["class_counts"][part].values())
+    assert (f"| {name} | {n} | {res['bootstrap'][part]['groups']} | {a['uf1']:.4f} | {a['uar']:.4f} | "
+            f"{100 * a['accuracy']:.2f} | {paper} |") in md, name
+  # Published results: STSTNet with the RESCORED UAR (its published 0.7605 is macro precision), marked corrected.
+  line = next(l for l in md.splitlines() if l.startswith("| STSTNet |"))
+  assert "| 0.7353 | 0.7186\u2021 | 0.8382 | 0.8190\u2021 | 0.6588 | 0.6415\u2021 | 0.6801 | 0.6703\u2021 |" in line
+  assert "0.7605" not in line and "| no |" in line
+  assert ("\u2021 STSTNet: the published UAR (0.7605 composite, 0.8686 CASME II, 0.6810 SAMM, 0.7013 SMIC-HS) "
+          "equals its macro-averaged precision") in md
+  assert next(l for l in md.splitlines() if l.startswith("| HTNet |")).count("yes (optimistic)") == 1
+  ctx = res["context"]
+  assert ctx["benchmarks"] == {"Mixed": "cde_full", "casme2": "cde_casme2", "samm": "cde_samm", "smic": "cde_smic"}
+  assert ctx["paper"]["Mixed"]["uf1"] == 0.9213
+  ststnet = next(r for r in ctx["published"]["cde_full"] if r["method"] == "STSTNet")
+  assert (ststnet["uar"], ststnet["uar_published"], ststnet["selects_on_test"]) == (0.7186, 0.7605, "no")
+  assert all(r["method"] != "Gan et al. (this paper)" for r in ctx["published"]["cde_full"])
+  assert "The official MEGC 2019 composite list has 442 clips of 68 subjects; this run has 74 clips" in md
+  synth = _config(bootstrap=20)
+  synth.data.synthetic = True
+  md = _read(reporting.write_reports(str(tmp_path / "s"), synth, recs, CLASSES3, git_commit="c")["results_md"])
+  assert "SynthME run: its clips are synthetic" in md and "official MEGC 2019 composite list has" not in md
+
+
+def test_sde_results_md_context_and_no_context_where_nothing_fits(tmp_path, no_plots):
+  rng = np.random.default_rng(22)
+  recs = _records(rng, sources=("smic",))
+  paths = reporting.write_reports(str(tmp_path / "smic"), _config(bootstrap=20, micro=("smic",)), recs, CLASSES3,
+                                  git_commit="c")
+  md, res = _read(paths["results_md"]), _json(paths["results_json"])
+  assert res["context"]["benchmarks"] == {"Mixed": "sde_smic_3c"}
+  assert "This run beside the paper (Table 9, sde_smic_3c)" in md
+  assert "| Paper: proposed method | - | 0.9139 | - | 92.73 |" in md
+  assert "| TSCNN | 2019 | 0.7236 | - | 72.74 |" in md
+  # CASME II 3-class SDE: the paper has no such table (Table 7 is 5-class) -> no context section.
+  recs = _records(rng, sources=("casme2",))
+  paths = reporting.write_reports(str(tmp_path / "c3"), _config(bootstrap=20, micro=("casme2",)), recs, CLASSES3,
+                                  git_commit="c")
+  assert "Results in context" not in _read(paths["results_md"])
+  assert _json(paths["results_json"])["context"]["benchmarks"] == {}
