@@ -9,6 +9,7 @@ nothing on stdout for a failed summary/predict).
 from __future__ import annotations
 
 import csv
+import ctypes
 import json
 import os
 import shutil
@@ -213,9 +214,11 @@ def test_fer2013_pixels_of_the_wrong_size(synthme, tmp_path):
     w.writerows(rows)
   proc = summary(root, dataset="fer2013")
   assert_user_error(proc, "fer2013.csv", "1600 values", "2304 (48x48)", "skip_bad_samples")
+  assert proc.stdout == ""
   proc = summary(root, "--skip-bad", dataset="fer2013")
   assert proc.returncode == 0, proc.stderr[-2000:]
-  assert len(json.loads(proc.stdout)["skipped"]) == 1
+  got = json.loads(proc.stdout)
+  assert len(got["skipped"]) == 1 and got["read"] == len(rows) and got["mapped"] + got["excluded"] == len(rows) - 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,6 +292,7 @@ def test_truncated_checkpoint_is_reported_not_a_traceback(runs, tmp_path):
 def test_inspect_a_folder_that_is_not_a_run(tmp_path):
   proc = cli("mer_jax.inspect_checkpoint", str(tmp_path))
   assert_user_error(proc, str(tmp_path), "not a mer_jax run directory")
+  assert proc.stdout == "" and os.listdir(tmp_path) == []      # nothing printed, nothing created there
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,6 +321,7 @@ def test_config_value_of_the_wrong_type(tmp_path):
 def test_missing_config_file(tmp_path):
   proc = cli("mer_jax.main", "--config=configs/no_such_benchmark.py", f"--workdir={tmp_path / 'wd'}")
   assert_user_error(proc, "no_such_benchmark.py", "--config=")
+  assert not os.path.exists(tmp_path / "wd")
 
 
 def test_config_names_a_missing_dataset_folder(tmp_path):
@@ -327,22 +332,26 @@ def test_config_names_a_missing_dataset_folder(tmp_path):
   no_results(tmp_path)
 
 
+def _without_file_mode_override() -> None:
+  """preexec_fn for a root child: drops CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH and CAP_FOWNER from the capability
+  bounding set before exec, so the command is held to file modes like any user (root otherwise ignores them)."""
+  libc = ctypes.CDLL(None, use_errno=True)
+  for cap in (1, 2, 3):                    # linux/capability.h: DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER
+    if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+      raise OSError(ctypes.get_errno(), f"prctl(PR_CAPBSET_DROP, {cap})")
+
+
 def test_workdir_without_write_permission(tmp_path):
-  """A workdir the user cannot create/write (chmod 555 parent; as root, which ignores modes, an immutable
-  parent via chattr +i) fails at once with a message naming it, before any work."""
+  """A workdir the user cannot create (its parent is chmod 555) fails at once with a message naming it, before
+  any work. As root the command runs without the capabilities that let root ignore file modes."""
   locked = tmp_path / "locked"
   locked.mkdir()
   workdir = locked / "run"
-  if os.geteuid() == 0:
-    if subprocess.run(["chattr", "+i", str(locked)], capture_output=True).returncode != 0:
-      pytest.skip("running as root without chattr +i: cannot make a folder unwritable")
-  else:
-    os.chmod(locked, 0o555)
+  os.chmod(locked, 0o555)
   try:
-    proc = cli("mer_jax.main", "--config=configs/synth_demo.py", f"--workdir={workdir}")
+    proc = cli("mer_jax.main", "--config=configs/synth_demo.py", f"--workdir={workdir}",
+               preexec_fn=_without_file_mode_override if os.geteuid() == 0 else None)
     assert_user_error(proc, str(workdir), "writ")
-    assert not os.path.exists(workdir)
+    assert os.listdir(locked) == []                  # nothing created
   finally:
-    if os.geteuid() == 0:
-      subprocess.run(["chattr", "-i", str(locked)], capture_output=True)
     os.chmod(locked, stat.S_IRWXU)

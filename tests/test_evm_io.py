@@ -13,6 +13,7 @@ import pytest
 from mer_jax import video_io
 from mer_jax.errors import ConfigError, DataError, EVMError
 from mer_jax.evm import __main__ as evm_cli
+from mer_jax.evm import magnify
 
 
 def write_numbered(folder: Path, values, grey=False, ext=".png", names=None):
@@ -101,9 +102,17 @@ def test_cli_magnifies_folder_and_writes_strip(tmp_path, capsys):
                        "--band", "1.5,2.5", "--alpha", "10"]) == 0
   out, _ = video_io.read_clip(tmp_path / "out")
   src, _ = video_io.read_clip(tmp_path / "in")
-  assert out.shape == src.shape and np.abs(out - src).max() > 0.05          # something was magnified
-  assert (tmp_path / "out_strip.png").is_file()
-  assert "wrote" in capsys.readouterr().out
+  # The command's output is the library's magnification of the clip with the given fps, band and alpha and the
+  # documented defaults (laplacian pyramid, ideal filter, lambda_c 16), written as 8-bit PNGs.
+  want = np.asarray(magnify(src, 16.0, alpha=10.0, freq_band=(1.5, 2.5), pyramid="laplacian", lambda_c=16.0,
+                            temporal_filter="ideal"))
+  assert np.abs(want - src).max() > 0.05                                   # a visible magnification
+  np.testing.assert_allclose(out, np.clip(want, 0, 1), atol=0.5 / 255 + 1e-6)
+  strip = cv2.imread(str(tmp_path / "out_strip.png"))[..., ::-1]
+  np.testing.assert_allclose(strip, video_io.strip_image(src, want, num=4), atol=1)
+  printed = capsys.readouterr().out
+  assert f"max |change| = {np.abs(want - src).max():.4f}" in printed
+  assert f"wrote {tmp_path / 'out'} and {tmp_path / 'out_strip.png'}" in printed
   with pytest.raises(EVMError, match="empty passband.*fps=200"):
     evm_cli.main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "o2"), "--fps", "200"])
   with pytest.raises(ConfigError, match="--fps"):

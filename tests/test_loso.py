@@ -1,5 +1,6 @@
 """LOSO: outputs and counts, resume, vmapped == sequential folds, 1 == 4 devices, the leakage guard."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -173,12 +174,45 @@ def test_leakage_guard_rejects_a_leaky_split(setup):
   loso.check_no_leakage(ds, split)
   leaky = loso.FoldSplit(split.subject, split.train_idx, np.concatenate([split.val_idx, split.test_idx[:1]]),
                          split.test_idx, loso.VALIDATION)
-  with pytest.raises(loso.LeakageError, match="model-selection"):
+  with pytest.raises(loso.LeakageError, match="'casme2/s01': held-out clips in the model-selection"):
     loso.check_no_leakage(ds, leaky)
   leaky = loso.FoldSplit(split.subject, np.concatenate([split.train_idx, split.test_idx[:1]]), split.val_idx,
                          split.test_idx, loso.VALIDATION)
-  with pytest.raises(loso.LeakageError, match="training"):
+  with pytest.raises(loso.LeakageError, match="'casme2/s01': held-out clips in the training"):
     loso.check_no_leakage(ds, leaky)
+
+
+def _with_duplicate_row(ds, i: int):
+  """ds with row i appended again at index len(ds) (same subject, clip id and image)."""
+  cat = lambda a: np.concatenate([a, a[i:i + 1]])  # noqa: E731
+  return dataclasses.replace(ds, images=cat(ds.images), labels=cat(ds.labels), subjects=cat(ds.subjects),
+                             sources=cat(ds.sources), clip_ids=cat(ds.clip_ids))
+
+
+@pytest.mark.parametrize("where", ["training", "model-selection"])
+@pytest.mark.parametrize("how", ["another clip of the subject", "a duplicated row"])
+def test_leakage_guard_catches_the_held_out_subject_by_name(setup, how, where):
+  """Leaks that share no index with test_idx: only the subject-name check can see them."""
+  _, ds, _, _ = setup
+  split = loso.split_fold(ds, "casme2/s01", 0.2, seed=0)
+  held = split.test_idx
+  assert held.size == 7
+  if how == "another clip of the subject":      # test_idx misses one clip of the subject; that clip leaks
+    leaked, test_idx = held[:1], held[1:]
+  else:                                         # the same clip twice in the data: the copy leaks
+    ds, leaked, test_idx = _with_duplicate_row(ds, int(held[0])), np.array([len(ds)]), held
+    assert ds.clip_ids[leaked[0]] == ds.clip_ids[held[0]]
+  assert not np.intersect1d(leaked, test_idx).size and ds.subjects[leaked[0]] == "casme2/s01"
+  train_idx, val_idx = split.train_idx, split.val_idx
+  if where == "training":
+    train_idx = np.concatenate([train_idx, leaked])
+  else:
+    val_idx = np.concatenate([val_idx, leaked])
+  leaky = loso.FoldSplit(split.subject, train_idx, val_idx, test_idx, loso.VALIDATION)
+  with pytest.raises(loso.LeakageError, match=f"fold 'casme2/s01': held-out clips in the {where}"):
+    loso.check_no_leakage(ds, leaky)
+  if where == "model-selection":     # selecting on the held-out subject is allowed only when labelled as such
+    loso.check_no_leakage(ds, loso.FoldSplit(split.subject, train_idx, val_idx, test_idx, loso.TEST_FOLD))
 
 
 def test_test_fold_early_stopping_is_labelled(setup):

@@ -106,9 +106,29 @@ def test_bad_task_protocol_dataset():
     mappings.class_names("3class", "casme3")
 
 
-def test_excluded_labels_and_code_tables():
+# The numeric code tables as each dataset's own documentation gives them: CK+ Emotion/*.txt (Lucey et al. 2010
+# README), RAF-DB basic emotions (EmoLabel/list_patition_label.txt), FER-2013 fer2013.csv 'emotion' column.
+CK_DOC = {0: "neutral", 1: "anger", 2: "contempt", 3: "disgust", 4: "fear", 5: "happy", 6: "sadness", 7: "surprise"}
+RAFDB_DOC = {1: "surprise", 2: "fear", 3: "disgust", 4: "happiness", 5: "sadness", 6: "anger", 7: "neutral"}
+FER2013_DOC = {0: "angry", 1: "disgust", 2: "fear", 3: "happy", 4: "sad", 5: "surprise", 6: "neutral"}
+# The micro sets' label vocabularies: CASME II / SAMM 'Estimated Emotion' columns, SMIC-HS folder names.
+MICRO_DOC = {"casme2": {"happiness", "surprise", "disgust", "repression", "others", "fear", "sadness"},
+             "samm": {"anger", "contempt", "disgust", "fear", "happiness", "sadness", "surprise", "other"},
+             "smic": {"negative", "positive", "surprise"}}
+
+
+def test_excluded_labels():
   assert mappings.excluded_labels("3class", "casme2") == ("others", "fear", "sadness")
   assert mappings.excluded_labels("3class", "samm", "megc2019") == ("other",)
-  assert mappings.CK_CODES[3] == "disgust" and mappings.CK_CODES[7] == "surprise"
-  assert mappings.RAFDB_CODES[1] == "surprise" and mappings.RAFDB_CODES[7] == "neutral"
-  assert mappings.FER2013_CODES[0] == "angry" and mappings.FER2013_CODES[6] == "neutral"
+
+
+@pytest.mark.parametrize("dataset, table, doc", [("ck", "CK_CODES", CK_DOC), ("rafdb", "RAFDB_CODES", RAFDB_DOC),
+                                                 ("fer2013", "FER2013_CODES", FER2013_DOC)])
+def test_code_tables_are_the_documented_ones(dataset, table, doc):
+  assert dict(getattr(mappings, table)) == doc
+  assert set(mappings.DATASET_LABELS[dataset]) == set(doc.values())
+
+
+def test_micro_vocabularies_are_the_documented_ones():
+  for dataset, doc in MICRO_DOC.items():
+    assert set(mappings.DATASET_LABELS[dataset]) == doc, dataset

@@ -1,8 +1,10 @@
 """The synthetic CDE data of benchmarks/loso_bench.py has the paper's LOSO structure."""
 
 import collections
+from unittest import mock
 
 import numpy as np
+import pytest
 
 from benchmarks import loso_bench
 
@@ -21,10 +23,29 @@ def test_synthetic_cde_has_the_cde_subjects_and_clip_counts():
   assert q[ds.labels == 0].min() > q[ds.labels != 0].max()
 
 
+class FakeClock:
+  """perf_counter stand-in: successive (start, stop) reads are ``intervals`` apart."""
+
+  def __init__(self, intervals):
+    self.intervals, self.reads, self.now = list(intervals), 0, 100.0
+
+  def __call__(self) -> float:
+    if self.reads % 2:
+      self.now += self.intervals[self.reads // 2]
+    self.reads += 1
+    return self.now
+
+
 def test_peaks_measure_positive_ceilings_and_map_datasheets():
   from benchmarks import peaks
-  assert 0 < peaks.matmul_gflops(n=128, repeats=2) < 1e7
-  assert 0 < peaks.bandwidth_gbs(mbytes=4, repeats=2) < 1e5
+  # The rates are work / best time: run with a clock whose timed intervals are known (3, 1, 2 ms: best 1 ms).
+  clock = FakeClock([0.003, 0.001, 0.002])
+  with mock.patch.object(peaks.time, "perf_counter", clock):
+    assert peaks.matmul_gflops(n=128, repeats=3) == pytest.approx(2 * 128 ** 3 / 0.001 / 1e9)
+  assert clock.reads == 6                                   # one start and one stop per repeat
+  with mock.patch.object(peaks.time, "perf_counter", FakeClock([0.004, 0.002, 0.008])):
+    # y = 2x + 1 over 4 MiB of float32: 4 MiB read + 4 MiB written in the best 2 ms
+    assert peaks.bandwidth_gbs(mbytes=4, repeats=3) == pytest.approx(2 * 4 * 2 ** 20 / 0.002 / 1e9)
   fake = lambda kind: type("Dev", (), {"device_kind": kind})()
   assert peaks.datasheet(fake("NVIDIA H100 80GB HBM3")) == peaks.DATASHEET["H100 SXM"]
   assert peaks.datasheet(fake("NVIDIA H100 PCIe")) == peaks.DATASHEET["H100 PCIe"]

@@ -63,12 +63,18 @@ def test_folder_of_clips_matches_per_clip_model_output(run):
 def test_cli_prints_json_and_text(run, capsys):
   assert predict.main(["--checkpoint", run["run_dir"], "--input", run["clips"], "--json"]) == 0
   out = json.loads(capsys.readouterr().out)
-  assert len(out["predictions"]) == 3
+  assert out["class_names"] == CLASSES
+  assert [os.path.basename(p["input"]) for p in out["predictions"]] == ["clip0", "clip1", "clip2"]
   for p in out["predictions"]:
-    assert sum(p["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
-  assert predict.main(["--checkpoint", run["run_dir"], "--input", os.path.join(run["clips"], "clip0")]) == 0
+    ref, apex = _reference(run, p["input"])
+    np.testing.assert_allclose([p["probabilities"][c] for c in CLASSES], ref, rtol=1e-5, atol=1e-6)
+    assert p["label"] == CLASSES[int(ref.argmax())] and p["apex"] == apex and p["frames"] == 7
+  clip0 = os.path.join(run["clips"], "clip0")
+  assert predict.main(["--checkpoint", run["run_dir"], "--input", clip0]) == 0
   text = capsys.readouterr().out
-  assert "clip0:" in text and "red " in text and "blue " in text and "apex frame 4" in text
+  ref, _ = _reference(run, clip0)
+  assert text.strip() == (f"{clip0}: {CLASSES[int(ref.argmax())]}  (red {ref[0]:.3f}  blue {ref[1]:.3f}; "
+                          "7 frames, apex frame 4)")
 
 
 def test_user_errors_are_clear(run, tmp_path):
@@ -91,7 +97,7 @@ def test_user_errors_are_clear(run, tmp_path):
 
 def test_predict_on_a_synthme_clip(run, tmp_path):
   from mer_jax.data import synth
-  root = synth.generate("casme2", str(tmp_path / "synthme"), subjects=1, clips_per_subject=1)
+  root = synth.generate("casme2", str(tmp_path / "synthme"), subjects=1, clips_per_subject=1, clip_frames=16)
   clip = os.path.dirname(glob.glob(os.path.join(root, "**", "*.jpg"), recursive=True)[0])
   cfg = fx.tiny_config(attention="none")
   cfg.data.face_crop = True           # SynthME draws faces: the Haar cascade finds them
@@ -99,8 +105,15 @@ def test_predict_on_a_synthme_clip(run, tmp_path):
   res = predict.predict(face_run, clip, fps=200)
   (p,) = res["predictions"]
   assert p["face_found"] is True and p["fps"] == 200 and p["frames"] == len(os.listdir(clip))
-  assert 0 <= p["apex"] < p["frames"]
-  assert sum(p["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+  # the same numbers as face crop + preprocessing + the model applied by hand
+  frames = preprocess.read_frames(sorted(glob.glob(os.path.join(clip, "*.jpg")),
+                                         key=lambda f: int(os.path.basename(f)[3:-4])))
+  notes = preprocess.Notes()
+  img = preprocess.preprocess_clip(frames, 200, onset=None, apex=None, offset=None,
+                                   config=predict.inference_config(cfg, "spot"), notes=notes)
+  ref = np.asarray(jax.nn.softmax(run["model"].apply(run["variables"], img[None], train=False), -1))[0]
+  np.testing.assert_allclose([p["probabilities"][c] for c in CLASSES], ref, rtol=1e-5, atol=1e-6)
+  assert p["apex"] == notes.apex and 0 <= p["apex"] < p["frames"]
 
 
 def test_video_file_is_read_with_its_frame_rate(run, tmp_path):

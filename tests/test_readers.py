@@ -1,5 +1,5 @@
-"""Readers on SynthME output (counts vs the generator's manifest), the summary CLI, and the
-bad-input messages."""
+"""Readers on SynthME output (counts vs the generator's manifest), the summary (in process; its command line
+is tested in test_bad_inputs.py), and the bad-input messages."""
 
 import collections
 import glob
@@ -7,8 +7,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 
 import cv2
 import numpy as np
@@ -137,14 +135,6 @@ def test_summary_text_and_5class(roots, capsys):
   man = manifest(roots["samm"])["per_label"]
   assert re.search(rf"others\s+{man.get('other', 0)}\b", text)
   assert f"read {sum(man.values())}" in text
-
-
-def test_summary_cli_error_has_no_traceback(tmp_path):
-  p = subprocess.run([sys.executable, "-m", "mer_jax.data.summary", "--dataset", "smic", "--root",
-                      str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=60)
-  assert p.returncode == 2
-  assert p.stderr.startswith("error: ") and "Traceback" not in p.stderr
-  assert "nowhere" in p.stderr
 
 
 # ------------------------------------------------------------------ bad inputs

@@ -106,6 +106,49 @@ def test_macro_layouts(sets):
     assert len(v) == 2304 and 0 <= min(v) and max(v) <= 255
 
 
+# The code tables as each dataset's documentation gives them (CK+ README, RAF-DB EmoLabel, FER-2013 csv), and
+# the micro sets' label vocabularies; SynthME must write its labels with these meanings.
+CK_DOC = {0: "neutral", 1: "anger", 2: "contempt", 3: "disgust", 4: "fear", 5: "happy", 6: "sadness", 7: "surprise"}
+RAFDB_DOC = {1: "surprise", 2: "fear", 3: "disgust", 4: "happiness", 5: "sadness", 6: "anger", 7: "neutral"}
+FER2013_DOC = {0: "angry", 1: "disgust", 2: "fear", 3: "happy", 4: "sad", 5: "surprise", 6: "neutral"}
+MICRO_DOC = {"casme2": {"happiness", "surprise", "disgust", "repression", "others", "fear", "sadness"},
+             "samm": {"anger", "contempt", "disgust", "fear", "happiness", "sadness", "surprise", "other"},
+             "smic": {"negative", "positive", "surprise"}}
+# One action unit each expression must show (FACS prototypes); neutral shows none.
+KEY_AU = {"happy": "AU12", "happiness": "AU12", "sadness": "AU15", "sad": "AU15", "surprise": "AU26",
+          "fear": "AU20", "anger": "AU7", "angry": "AU7", "disgust": "AU9", "contempt": "R14"}
+
+
+def test_code_tables_are_the_documented_ones():
+  assert synth.CK_CODES == {k: v for k, v in CK_DOC.items() if k}     # labelled CK+ sequences never carry 0
+  assert synth.RAFDB_CODES == RAFDB_DOC
+  assert synth.FER_CODES == FER2013_DOC
+  for name, cycle in synth.MICRO_CYCLES.items():
+    assert set(cycle) <= MICRO_DOC[name], name
+
+
+def test_written_codes_mean_the_drawn_expressions(sets):
+  """The code in each label file, read with the documented table, names the expression that was drawn."""
+  written = {}
+  for f in glob.glob(os.path.join(sets["ck"], "Emotion", "S*", "*", "*_emotion.txt")):
+    subj, seq = f.split(os.sep)[-3:-1]
+    written[("ck", f"{subj}_{seq}")] = CK_DOC[int(float(open(f).read()))]
+  for line in open(os.path.join(sets["rafdb"], "EmoLabel", "list_patition_label.txt")).read().splitlines():
+    name, code = line.split()
+    written[("rafdb", name[:-4])] = RAFDB_DOC[int(code)]
+  with open(os.path.join(sets["fer2013"], "fer2013.csv")) as f:
+    for n, row in enumerate(csv.DictReader(f)):
+      written[("fer2013", f"fer2013_{n + 1:05d}")] = FER2013_DOC[int(row["emotion"])]
+  seen = set()
+  for name in ("ck", "rafdb", "fer2013"):
+    for m in json.load(open(os.path.join(sets[name], synth.MANIFEST)))["samples"]:
+      label = written[(name, m["clip_id"])]
+      assert m["label"] == label, (name, m["clip_id"])
+      assert (KEY_AU[label] in m["aus"]) if label != "neutral" else m["aus"] == {}, (name, label, m["aus"])
+      seen.add(label)
+  assert {"happy", "happiness", "sadness", "sad", "neutral"} <= seen
+
+
 def test_haar_detects_faces(sets):
   casc = cv2.CascadeClassifier(os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml"))
   found = lambda g: len(casc.detectMultiScale(g, 1.1, 5, minSize=(20, 20))) > 0  # noqa: E731

@@ -59,7 +59,6 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from mer_jax.data import mappings
 from mer_jax.errors import ConfigError, run_cli
 
 LAYOUTS = ("casme2", "samm", "smic", "ck", "rafdb", "fer2013")
@@ -84,10 +83,14 @@ MICRO_CYCLES = {
              "disgust", "surprise", "contempt", "fear", "sadness"),
     "smic": ("negative", "positive", "surprise"),
 }
-# The official code tables (mer_jax.data.mappings); CK+ labelled sequences never carry 0 (neutral).
-CK_CODES = {code: label for code, label in mappings.CK_CODES.items() if code}
-RAFDB_CODES = mappings.RAFDB_CODES
-FER_CODES = mappings.FER2013_CODES
+# The official code tables, written out here from each dataset's documentation (not taken from the
+# readers' tables in mer_jax.data.mappings, so that reading SynthME back checks those independently).
+# CK+ Emotion/*.txt (Lucey et al. 2010 README): 0 neutral .. 7 surprise; labelled sequences never carry 0.
+CK_CODES = {1: "anger", 2: "contempt", 3: "disgust", 4: "fear", 5: "happy", 6: "sadness", 7: "surprise"}
+# RAF-DB basic emotions, EmoLabel/list_patition_label.txt.
+RAFDB_CODES = {1: "surprise", 2: "fear", 3: "disgust", 4: "happiness", 5: "sadness", 6: "anger", 7: "neutral"}
+# FER-2013 fer2013.csv 'emotion' column.
+FER_CODES = {0: "angry", 1: "disgust", 2: "fear", 3: "happy", 4: "sad", 5: "surprise", 6: "neutral"}
 
 # ----------------------------------------------------------------------------- action units
 # Landmark displacements in "face units" (the face is 112 units wide), for intensity 1.
