@@ -22,8 +22,8 @@ from mer_jax.errors import ConfigError
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
 
-# The benchmark configs' EVM reading today: the Butterworth band-pass on the band read in Hz.
-BENCHMARK_EVM = {"temporal_filter": "butterworth", "band_units": "hz"}
+# The benchmark configs' EVM reading: the MIT IIR with the band read as per-frame rates (r2, r1) = (0.1, 0.4).
+BENCHMARK_EVM = {"temporal_filter": "iir", "band_units": "mit_rates"}
 MICRO3 = ("casme2", "samm", "smic")
 
 # config -> every field that differs from get_base_config() (dotted key -> value).
@@ -80,12 +80,12 @@ def test_config_equals_the_base_except_its_listed_fields(name):
 
 def test_the_evm_reading_is_chosen_in_one_place(monkeypatch):
   """Switching BENCHMARK_EVM_READING switches every benchmark config (and nothing else)."""
-  assert config_defaults.BENCHMARK_EVM_READING == "hz"
-  assert config_defaults.EVM_READINGS["hz"] == BENCHMARK_EVM
-  monkeypatch.setattr(config_defaults, "BENCHMARK_EVM_READING", "mit_rates")
+  assert config_defaults.BENCHMARK_EVM_READING == "mit_rates"
+  assert config_defaults.EVM_READINGS["mit_rates"] == BENCHMARK_EVM
+  monkeypatch.setattr(config_defaults, "BENCHMARK_EVM_READING", "hz")
   for name in EXPECTED:
     got = _flat(_config(name).to_dict())
-    assert (got["evm.band_units"], got["evm.temporal_filter"]) == ("mit_rates", "iir"), name
+    assert (got["evm.band_units"], got["evm.temporal_filter"]) == ("hz", "butterworth"), name
     configuration.validate(_config(name))                   # the other reading is a valid config too
 
 
@@ -179,7 +179,7 @@ def test_dataset_names_are_checked_item_by_item():
 
 def test_evm_section_is_checked_when_enabled_only():
   cfg = _config("cde")
-  cfg.evm.band_units = "mit_rates"                    # with the Butterworth filter: a contradiction
+  cfg.evm.band_units, cfg.evm.temporal_filter = "mit_rates", "butterworth"   # a contradiction
   with pytest.raises(ConfigError, match=r"^config\.evm\.band_units='mit_rates' reads .* set "
                                         r"evm\.temporal_filter='iir'"):
     configuration.validate(cfg)

@@ -119,6 +119,9 @@ runpy.run_module("mer_jax.main", run_name="__main__", alter_sys=True)
 OVERRIDES = [
     "--config.data.micro=('casme2',)", "--config.data.macro=('ck',)",
     "--config.image_size=32",
+    # The EVM reading this test was sized with (it learns past the kills with it); crash safety does not
+    # depend on the reading.
+    "--config.evm.band_units=hz", "--config.evm.temporal_filter=butterworth",
     "--config.model.block_layers=(1,1)", "--config.model.stem_features=8", "--config.model.growth_rate=8",
     "--config.model.head_pool=2", "--config.model.reduction=2", "--config.model.bn_momentum=0.5",
     "--config.pretrain.enabled=False",
@@ -248,6 +251,8 @@ def test_sigkill_at_four_points_then_resume_gives_the_same_predictions_and_state
   assert not stale, stale
   with open(wd / "results.json") as f:
     assert json.load(f)["folds"]
+  # and the half-written results.json the report kill left was swept by the run that wrote the reports
+  assert not [n for n in os.listdir(wd) if n.endswith(".tmp")], sorted(os.listdir(wd))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,7 +328,8 @@ def test_every_checkpoint_damaged_is_a_clear_error(tiny, tmp_path):
   for step in os.listdir(tmp_path / "latest"):
     truncate_arrays(tmp_path / "latest" / step)
   cfg.epochs = 3
-  with pytest.raises(ckpt.CorruptCheckpointError, match=r"none of the checkpoints \(2, 1\) can be read.*delete .*latest to start"):
+  with pytest.raises(ckpt.CorruptCheckpointError,
+                     match=r"none of the checkpoints \(2, 1\) can be read.*delete .*latest to start"):
     fit(tiny, run, cfg=cfg)
 
 
@@ -359,3 +365,42 @@ def test_nan_in_a_vmapped_fold_group_names_the_fold(tiny, tmp_path):
   with pytest.raises(loop.TrainingDivergedError, match="fold_y: the training loss is nan at epoch 1"):
     loop.fit_many(model_apply(model), [v0, v0], runs, config.finetune, num_classes=3,
                   group_dir=str(tmp_path / "group"), progress=False)
+
+
+KILLED_WRITER = """
+import os, signal, sys
+from mer_jax import reporting
+def half(f):
+  f.write('{"folds": [')
+  f.flush()
+  os.kill(os.getpid(), signal.SIGKILL)
+reporting.atomic_write_text(sys.argv[1], half)
+"""
+
+
+def test_reports_sweep_the_temp_files_of_a_writer_killed_mid_write(tmp_path):
+  """A SIGKILL inside atomic_write_text leaves its hidden temp file; the next write_reports into that workdir
+  removes the temp files of the reports it writes and leaves everything else alone."""
+  from mer_jax import config_defaults, reporting
+  wd = tmp_path / "run"
+  for name in ("results.json", "results.md", "notes.json"):
+    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(wd / name)], env=ENV, cwd=REPO, timeout=120)
+    assert proc.returncode == -9
+  left = sorted(os.listdir(wd))
+  assert [n.split(".")[1:3] + n.split(".")[-1:] for n in left] == [
+      ["notes", "json", "tmp"], ["results", "json", "tmp"], ["results", "md", "tmp"]], left
+  (wd / "results.json.tmp").write_text("not a temp file of atomic_write_text")   # no leading dot: kept
+  (wd / ".results.json.orig").write_text("not a temp file either")                # no .tmp suffix: kept
+  rng = np.random.default_rng(0)
+  recs = [dict(subject=f"casme2/s{s}", clip_ids=[f"c{s}_{i}" for i in range(4)], sources=["casme2"] * 4,
+               y_true=rng.integers(0, 3, 4), y_pred=rng.integers(0, 3, 4), probs=rng.dirichlet(np.ones(3), 4),
+               epochs_trained=2, best_epoch=1, val_metric=0.5, wall_time_s=1.0) for s in range(3)]
+  config = config_defaults.get_base_config()
+  config.data.micro = ("casme2",)
+  config.bootstrap_samples = 10
+  reporting.write_reports(str(wd), config, recs, ["negative", "positive", "surprise"], git_commit="x")
+  after = sorted(os.listdir(wd))
+  assert [n for n in after if n.endswith(".tmp") or n.startswith(".")] == [left[0], ".results.json.orig",
+                                                                            "results.json.tmp"], after
+  with open(wd / "results.json") as f:
+    assert len(json.load(f)["folds"]) == 3
