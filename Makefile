@@ -1,6 +1,8 @@
 # Quick start (each target sets itself up on a fresh machine):
 #   make demo   - create .venv, install, run the main job on the embedded SynthME data
-#   make test   - create .venv, install with the test and PyTorch-baseline extras, run the whole test suite
+#   make test   - create .venv, install with the test and PyTorch-baseline extras, run `make lint`, then the whole
+#                 test suite
+#   make lint   - ruff check + ruff format --check (configuration: [tool.ruff] in pyproject.toml)
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
@@ -14,7 +16,7 @@ PYTEST_ARGS ?=
 # (EVM 1.6x-2.8x faster there, benchmarks/RESULTS.md log entry 15). Ignored by other C libraries.
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
-.PHONY: setup demo test complexity clean
+.PHONY: setup demo lint test complexity clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,7 +36,14 @@ demo: $(STAMP)
 complexity: $(STAMP)
 	$(PY) -m mer_jax.complexity --config=configs/cde.py
 
-test: $(TEST_STAMP)
+# Lint and format check, without changing files. What they report is mostly mended by
+#   $(VENV)/bin/ruff check --fix --exit-zero . && $(VENV)/bin/ruff format .
+# (then read the diff; `ruff check .` lists what needs a hand).
+lint: $(TEST_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
 	$(PY) -m pytest -n 2 --dist loadfile --durations=25 $(PYTEST_ARGS)
 
 clean:

@@ -31,8 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mer_jax.evm import magnify, magnify_batch, magnify_jit, motion_level_alphas
-from mer_jax.evm import color, filters, pyramids
+from mer_jax.evm import color, filters, magnify, magnify_batch, magnify_jit, motion_level_alphas, pyramids
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peaks  # noqa: E402  (benchmarks/peaks.py)
@@ -52,9 +51,9 @@ def opencv_evm(video: np.ndarray, fps: float, band, alpha=ALPHA, lambda_c=LAMBDA
   stacks = [np.empty((t, sh[0], sh[1], 3), np.float32) for sh in shapes]
   for i in range(t):
     g = yiq[i]
-    for l in range(n):
+    for lev in range(n):
       g2 = cv2.pyrDown(g)
-      stacks[l][i] = g - cv2.pyrUp(g2, dstsize=(g.shape[1], g.shape[0]))
+      stacks[lev][i] = g - cv2.pyrUp(g2, dstsize=(g.shape[1], g.shape[0]))
       g = g2
     stacks[n][i] = g
   bins, _ = filters.ideal_bin_gains(t, fps, band)
@@ -62,17 +61,17 @@ def opencv_evm(video: np.ndarray, fps: float, band, alpha=ALPHA, lambda_c=LAMBDA
   mask[bins] = 1
   level_alphas = motion_level_alphas(h, w, n, alpha, lambda_c)
   chan = np.array([1.0, ca, ca], np.float32)
-  for l in range(n + 1):
-    if level_alphas[l] == 0:
-      stacks[l][:] = 0
+  for lev in range(n + 1):
+    if level_alphas[lev] == 0:
+      stacks[lev][:] = 0
       continue
-    spec = np.fft.rfft(stacks[l], axis=0) * mask[:, None, None, None]
-    stacks[l] = np.fft.irfft(spec, n=t, axis=0).astype(np.float32) * (np.float32(level_alphas[l]) * chan)
+    spec = np.fft.rfft(stacks[lev], axis=0) * mask[:, None, None, None]
+    stacks[lev] = np.fft.irfft(spec, n=t, axis=0).astype(np.float32) * (np.float32(level_alphas[lev]) * chan)
   out = np.empty_like(video)
   for i in range(t):
     img = stacks[n][i]
-    for l in range(n - 1, -1, -1):
-      img = cv2.pyrUp(img, dstsize=(shapes[l][1], shapes[l][0])) + stacks[l][i]
+    for lev in range(n - 1, -1, -1):
+      img = cv2.pyrUp(img, dstsize=(shapes[lev][1], shapes[lev][0])) + stacks[lev][i]
     out[i] = np.clip(cv2.transform(yiq[i] + img, to_rgb), 0, 1)
   return out
 
@@ -127,11 +126,12 @@ def main():
       if donate:
         # each call consumes its input buffer: the copies are made here, outside the timed calls
         pool = [jnp.array(xv, copy=True) for _ in range(args.repeats + 1)]
-        run = lambda: magnify_batch(pool.pop(), FPS, donate=True, **opts).block_until_ready()
+        # (B023: each `run` is timed and dropped within its own iteration)
+        run = lambda: magnify_batch(pool.pop(), FPS, donate=True, **opts).block_until_ready()  # noqa: B023
       elif batch:
-        run = lambda: magnify_batch(xv, FPS, **opts).block_until_ready()
+        run = lambda: magnify_batch(xv, FPS, **opts).block_until_ready()  # noqa: B023
       else:
-        run = lambda: magnify(xv, FPS, **opts).block_until_ready()
+        run = lambda: magnify(xv, FPS, **opts).block_until_ready()  # noqa: B023
       t0 = time.perf_counter()
       out = run()
       compile_s = time.perf_counter() - t0
@@ -143,8 +143,9 @@ def main():
           traffic.append((name, band_name, float(cost["bytes accessed"]), jt))
       if kind == "ideal":
         frames_in = list(video) if batch else [video]
-        ct, cc = best_time(lambda: [opencv_evm(v, FPS, band) for v in frames_in], max(1, args.repeats - 1))
-        cv = f"{nframes / ct:11.0f}{nframes / jt:9.0f}{ct / jt:7.1f}{nframes / cc:16.0f}{nframes / jc:13.0f}{cc / jc:7.1f}"
+        ct, cc = best_time(lambda: [opencv_evm(v, FPS, band) for v in frames_in], max(1, args.repeats - 1))  # noqa: B023
+        cv = (f"{nframes / ct:11.0f}{nframes / jt:9.0f}{ct / jt:7.1f}"
+              f"{nframes / cc:16.0f}{nframes / jc:13.0f}{cc / jc:7.1f}")
         if args.check:
           ref = np.stack([opencv_evm(v, FPS, band) for v in frames_in])
           got = np.asarray(out).reshape(ref.shape)

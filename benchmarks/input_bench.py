@@ -2,7 +2,8 @@
 
 Stages, each in samples/s:
 
-1. ``load_arrays`` on a built cache (reader + source fingerprint + cache read) (TFDS array_record -> uint8 -> float32 ArrayDataset): paid once per run;
+1. ``load_arrays`` on a built cache (reader + source fingerprint + cache read) (TFDS array_record -> uint8 ->
+   float32 ArrayDataset): paid once per run;
 2. batch assembly exactly as ``mer_jax.train.loop.fit`` does it: class-balanced ``epoch_plan`` indices,
    ``train_x[idx]`` gather, ``jax.device_put`` of images and labels (blocked until on the device);
 3. training steps (jitted ``train_step``, paper network, batch 32) fed (a) with the batch already on the

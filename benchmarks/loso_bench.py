@@ -11,9 +11,9 @@ Reported per mode: total wall time, compile time (JAX's own compile events: trac
 checkpoint-writing time, and per-fold time = (wall - compile) / folds. The two modes' predictions are
 compared (fit_many is documented to equal fit run by run).
 
-  .venv/bin/python benchmarks/loso_bench.py                       # tiny network, 32x32, 32 of 68 folds, 1 epoch (~3 min)
-  .venv/bin/python benchmarks/loso_bench.py --folds 68            # the full CDE LOSO, 1 epoch (~5 min on 2 busy cores)
-  .venv/bin/python benchmarks/loso_bench.py --folds 68 --epochs 3 # (~7.5 min on 2 busy cores)
+  .venv/bin/python benchmarks/loso_bench.py                        # tiny network, 32x32, 32/68 folds, 1 epoch (~3 min)
+  .venv/bin/python benchmarks/loso_bench.py --folds 68             # the full CDE LOSO, 1 epoch (~5 min, 2 busy cores)
+  .venv/bin/python benchmarks/loso_bench.py --folds 68 --epochs 3  # (~7.5 min on 2 busy cores)
   .venv/bin/python benchmarks/loso_bench.py --model paper --size 112 --epochs 200 --early-stopping 20
                                                                    # the GPU-session setting (hours on a CPU)
   .venv/bin/python benchmarks/loso_bench.py --folds 8 --mode vmapped --parallel-folds 8

@@ -74,6 +74,7 @@ def make_set(out: str, clips: int, seed: int) -> list:
 def time_order(samples: list, order: str) -> dict:
   """Preprocesses every sample with configs/cde.py in ``order``; returns timings and compile counts."""
   import jax
+
   from configs import cde
   config = cde.get_config()
   config.evm.order = order
@@ -118,6 +119,7 @@ def main() -> int:
     for s in samples:                               # warm the page cache for both orders alike
       preprocess.read_frames(s.frame_paths[s.onset:s.offset + 1])
     import jax
+
     from configs import cde
     from mer_jax.data import face as face_lib
     cfg = cde.get_config()

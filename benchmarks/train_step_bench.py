@@ -15,7 +15,8 @@ blocks run round-robin over the variants so that load from other processes affec
 
 Variants: ``jax``: jax.jit(train_step) on one device; ``jax+donate``: the same with the train state
 donated (buffers updated in place); ``jax main``: what ``mer_jax.main`` runs by default, the donated step data
-parallel over the XLA devices the host's CPU cores are laid out as (``config.cpu_devices``; on a GPU, its devices); ``jax bf16``: model.dtype='bfloat16' (compute in bf16, params float32);
+parallel over the XLA devices the host's CPU cores are laid out as (``config.cpu_devices``; on a GPU, its devices);
+``jax bf16``: model.dtype='bfloat16' (compute in bf16, params float32);
 ``torch eager`` (NCHW), ``torch eager CL`` (channels_last), ``torch.compile`` (inductor).
 Ratios are against ``torch eager`` measured in the same run.
 """
@@ -94,6 +95,7 @@ def jax_variant(args, dtype: str = "float32", donate: bool = False, mesh=None) -
 
 def torch_variant(args, mode: str) -> dict:
   import torch
+
   from benchmarks import torch_twin
   torch.manual_seed(0)
   twin = torch_twin.from_model_config(config_defaults.get_model_config(num_classes=3), image_size=args.size)

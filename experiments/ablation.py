@@ -176,7 +176,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
   if args.dry_run:
     print(f"# {len(plan)} runs for {', '.join(tables)}")
-    for v, cmd in plan:
+    for _, cmd in plan:
       print(shlex.join(cmd))
     for t in tables:
       title, rows = TABLES[t]

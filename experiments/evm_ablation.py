@@ -169,6 +169,7 @@ def ensure_synthme(workdir: str, seed: int, amplitude: tuple[float, float], subj
                    images: int) -> None:
   """Writes SynthME (all six layouts) for ``seed`` unless a complete copy with the same settings is there."""
   import shutil
+
   from mer_jax.data import synth
   out = synth_dir(workdir, seed)
   stamp_path = os.path.join(out, ".evm_ablation_settings.json")

@@ -4,26 +4,24 @@
 configured model first, then every ablation variant (attention none / channel /
 spatial / mixed x backbone dense / residual). FLOPs come from XLA's HLO cost
 analysis of the lowered, jitted inference forward pass at batch 1 (a
-multiply-add counts as 2 FLOPs; taps on SAME padding are not counted). ``params`` counts trainable parameters; ``batch_stats`` counts the
-BatchNorm moving statistics that Keras would add as "non-trainable params".
+multiply-add counts as 2 FLOPs; taps on SAME padding are not counted). ``params`` counts trainable parameters;
+``batch_stats`` counts the BatchNorm moving statistics that Keras would add as "non-trainable params".
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import sys
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from mer_jax import configuration
 from mer_jax.errors import run_cli
 from mer_jax.models import ATTENTION_KINDS, BACKBONES, build_model, count_params, init_variables
-
 
 
 def xla_flops(model, variables, image_size: int, channels: int) -> float:

@@ -26,8 +26,7 @@ import sys
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import ml_collections
-from absl import app
-from absl import flags
+from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections.config_flags import tuple_parser
 

@@ -40,6 +40,7 @@ def head_logits(model, variables: dict, features):
   """
   import flax.linen as nn
   import jax.numpy as jnp
+
   from mer_jax.models.layers import adaptive_avg_pool
 
   pooled = adaptive_avg_pool(features.astype(jnp.float32), model.head_pool)

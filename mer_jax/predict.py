@@ -119,6 +119,7 @@ def check_weights_match_config(config: Any, variables: dict, where: str) -> None
   """Raises UserError when the stored weights are not those of the model ``config.model`` describes
   (a checkpoint written by another model config or code version, or a hand-edited metadata file)."""
   import jax
+
   from mer_jax.models import build_model, init_variables
   model = build_model(config.model)
   size, channels = int(config.image_size), int(config.get("channels", 3))
@@ -242,9 +243,11 @@ def format_text(result: dict) -> str:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   ap = argparse.ArgumentParser(prog="python -m mer_jax.predict", description=__doc__.split("\n\n")[0])
-  ap.add_argument("--checkpoint", required=True, help="run directory (<workdir>/finetune/folds/<id> or <workdir>/pretrain)")
+  ap.add_argument("--checkpoint", required=True,
+                  help="run directory (<workdir>/finetune/folds/<id> or <workdir>/pretrain)")
   ap.add_argument("--input", required=True, help="video file, frame folder, image, or folder of clips")
-  ap.add_argument("--fps", type=float, default=None, help="frame rate (overrides the video's; needed for frame folders with EVM)")
+  ap.add_argument("--fps", type=float, default=None,
+                  help="frame rate (overrides the video's; needed for frame folders with EVM)")
   ap.add_argument("--apex", default="spot", choices=APEX_CHOICES, help="how to pick the apex frame (default: spot)")
   ap.add_argument("--on-no-face", default="fallback", choices=NO_FACE_CHOICES,
                   help="a clip without a detected face: classify a centre crop, marked NO FACE FOUND in the output "

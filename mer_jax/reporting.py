@@ -259,15 +259,48 @@ def _metric_summary(m: Mapping[str, Any]) -> dict:
 # results.json
 # ---------------------------------------------------------------------------------------------
 
+def temp_prefix(path: str) -> str:
+  """Name prefix of atomic_write_text's temp files for ``path``: ``.<basename>.``."""
+  return "." + os.path.basename(path) + "."
+
+
+def sweep_stale_temps(paths: Iterable[str]) -> list[str]:
+  """Removes the temp files atomic_write_text left for ``paths`` when its process was killed mid-write.
+
+  Only for a caller that is the sole writer of ``paths`` (a sweep would delete another live writer's temp file).
+
+  Args:
+    paths: the files about to be written; their folders are searched for ``.<basename>.*.tmp``.
+
+  Returns:
+    The removed paths.
+  """
+  removed = []
+  for path in paths:
+    folder, prefix = os.path.dirname(os.path.abspath(path)), temp_prefix(path)
+    if not os.path.isdir(folder):
+      continue
+    for name in sorted(os.listdir(folder)):
+      if name.startswith(prefix) and name.endswith(".tmp"):
+        try:
+          os.unlink(os.path.join(folder, name))
+          removed.append(os.path.join(folder, name))
+        except FileNotFoundError:
+          pass
+  return removed
+
+
 def atomic_write_text(path: str, text_or_writer: Any) -> None:
   """Writes ``path`` via a temp file in the same folder + os.replace (never a partial file).
 
   text_or_writer: a str, or a callable f(file) that writes the content. If it raises, the
-  temp file is removed and an existing ``path`` is left untouched.
+  temp file is removed and an existing ``path`` is left untouched. A SIGKILL leaves the temp file
+  (``.<name>.<random>.tmp``, see temp_prefix); writers that own their folder sweep it (write_reports).
+  The temp name is unique per call, so processes may write the same path at once (multi-host fold records).
   """
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+  fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=folder)
   try:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
       if callable(text_or_writer):
@@ -751,6 +784,8 @@ def write_reports(workdir: str, config: Any, fold_records: Sequence[Any], class_
   """
   res = build_results(config, fold_records, class_names, git_commit=git_commit, label=label)
   os.makedirs(workdir, exist_ok=True)
+  # one process writes a run's reports (the primary one): temp files of these names are from a killed writer
+  sweep_stale_temps([os.path.join(workdir, RESULTS_MD), os.path.join(workdir, RESULTS_JSON)])
   paths: dict[str, str] = {}
   src_keys = [MIXED] + [s for s in res["sources"] if len(res["sources"]) > 1]
   pngs: dict[str, str] = {}
@@ -849,7 +884,7 @@ def write_ablation_table(out_dir: str, runs: Sequence[tuple[str, str]], *, title
   md.append(f"Runs: {len(rows)}; git commit(s): {', '.join(commits)}; seeds: "
             f"{', '.join(sorted({str(r.get('seed')) for r in rows}))}.")
   if missing:
-    md += ["", "Missing (not run or not finished): " + ", ".join(f"{l} ({p})" for l, p in missing)]
+    md += ["", "Missing (not run or not finished): " + ", ".join(f"{name} ({path})" for name, path in missing)]
   os.makedirs(out_dir, exist_ok=True)
   md_path, js_path = os.path.join(out_dir, "table.md"), os.path.join(out_dir, "table.json")
   table = {"title": title, "rows": [
@@ -857,7 +892,8 @@ def write_ablation_table(out_dir: str, runs: Sequence[tuple[str, str]], *, title
        "git_commit": r.get("git_commit"), "seed": r.get("seed"),
        "aggregate": {s: {m: a.get(m) for m in ("uar", "uf1", "accuracy")} for s, a in r["aggregate"].items()},
        "bootstrap": r.get("bootstrap")}
-      for lab, r in zip(labels, rows)], "missing": [{"label": l, "path": p} for l, p in missing]}
+      for lab, r in zip(labels, rows)], "missing": [{"label": name, "path": path} for name, path in missing]}
+  sweep_stale_temps([md_path, js_path])
   atomic_write_text(md_path, "\n".join(md) + "\n")
   _atomic_write_json(js_path, _jsonable(table))
   return {"table_md": md_path, "table_json": js_path}

@@ -37,19 +37,19 @@ SAMM_UNMAPPED = (("6", "006_9_9", "other"),)
 def official_rows():
   """[(dataset, subject, clip, label)] of the shipped list, read with the csv module."""
   with open(GT, newline="") as fh:
-    return [(d, s, c, int(l)) for d, s, c, l in csv.reader(fh)]
+    return [(d, s, c, int(lab)) for d, s, c, lab in csv.reader(fh)]
 
 
 def raw_labels():
   """{(dataset, subject, clip): raw emotion label} for the listed clips (negative labels cycled)."""
   out, count = {}, collections.Counter()
-  for d, s, c, l in official_rows():
-    if l == 0:
+  for d, s, c, lab in official_rows():
+    if lab == 0:
       pool = {"casme2": CASME2_NEGATIVE, "samm": SAMM_NEGATIVE, "smic": ("negative",)}[d]
       out[(d, s, c)] = pool[count[d] % len(pool)]
       count[d] += 1
     else:
-      out[(d, s, c)] = (POSITIVE if l == 1 else SURPRISE)[d]
+      out[(d, s, c)] = (POSITIVE if lab == 1 else SURPRISE)[d]
   return out
 
 

@@ -15,9 +15,9 @@ import train_data
 from mer_jax import inspect_checkpoint
 from mer_jax.errors import UserError
 from mer_jax.models import build_model, count_params
-from mer_jax.train.state import jit_init, model_apply
 from mer_jax.train import checkpoint as ckpt
 from mer_jax.train import state as st
+from mer_jax.train.state import jit_init, model_apply
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -83,15 +83,12 @@ def test_inspect_checkpoint_describes_without_data(run_dir):
   assert "1 epochs done, optimiser step 1" in text and "lr scale 1" in text
   assert "growth_rate: 4" in text                                   # the config
   total = count_params(state.params)
-  assert f"total" in text and f"{total:,}" in text
+  assert "total" in text and f"{total:,}" in text
   assert "head/kernel" in text and str(tuple(state.params["head"]["kernel"].shape)) in text
   proc = subprocess.run([sys.executable, "-m", "mer_jax.inspect_checkpoint", d], capture_output=True, text=True,
                         cwd=REPO, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert f"{total:,}" in proc.stdout
-  proc = subprocess.run([sys.executable, "-m", "mer_jax.inspect_checkpoint", os.path.join(d, "nope")],
-                        capture_output=True, text=True, cwd=REPO, timeout=300)
-  assert proc.returncode == 2 and "error:" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_load_for_inference_and_inspect_work_from_latest_alone(run_dir, tmp_path):

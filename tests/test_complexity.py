@@ -90,7 +90,7 @@ def test_rows_cover_every_variant_with_the_configured_model_first():
     cfg = ml_collections.ConfigDict(_tiny_config().model.to_dict())
     cfg.backbone, cfg.attention = backbone, attention
     model = build_model(cfg)
-    variables = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), 32, 3))
+    variables = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), 32, 3))  # noqa: B023 (called here)
     # XLA adds the elementwise work (BatchNorm, ReLU, pooling, attention gates) to the convolutions and
     # dense layers: measured 6-12 % on these small layers, where activations are large next to the kernels.
     assert 1.0 < r["flops"] / analytic_matmul_flops(model, variables, 32, 3) < 1.15, r

@@ -14,9 +14,19 @@ from scipy import ndimage, signal
 
 from mer_jax import config_defaults
 from mer_jax.errors import ConfigError, EVMError
-from mer_jax.evm import (EVMWarning, magnify, magnify_batch, magnify_from_config, magnify_jit,
-                         motion_level_alphas, options_from_config)
-from mer_jax.evm import color, filters, gains, pyramids
+from mer_jax.evm import (
+  EVMWarning,
+  color,
+  filters,
+  gains,
+  magnify,
+  magnify_batch,
+  magnify_from_config,
+  magnify_jit,
+  motion_level_alphas,
+  options_from_config,
+  pyramids,
+)
 
 # ----------------------------------------------------------------------------------------------------------
 # Independent float64 reference (literal MIT-style algorithm: per-frame YIQ + pyramids, filter every level,
@@ -74,12 +84,12 @@ def ref_alphas(h, w, n_levels, alpha, lambda_c):
   lam = (h ** 2 + w ** 2) ** 0.5 / 3
   delta = lambda_c / 8 / (1 + alpha)
   out = [0.0] * n_levels
-  for l in range(n_levels - 1, -1, -1):
+  for lev in range(n_levels - 1, -1, -1):
     cur = (lam / delta / 8 - 1) * 2
-    if l in (n_levels - 1, 0):
-      out[l] = 0.0
+    if lev in (n_levels - 1, 0):
+      out[lev] = 0.0
     else:
-      out[l] = min(alpha, max(cur, 0.0))
+      out[lev] = min(alpha, max(cur, 0.0))
     lam /= 2
   return out
 
@@ -117,8 +127,8 @@ def ref_magnify(video, fps, *, alpha, band, pyramid="laplacian", levels=None, la
     n = ref_height(h, w) if levels is None else levels
     pyrs = [ref_lpyr(f, n) for f in yiq]
     al = ref_alphas(h, w, n + 1, alpha, lambda_c)
-    stacks = [ref_temporal(np.stack([p[l] for p in pyrs]), fps, band, kind) * al[l] * chan
-              for l in range(n + 1)]
+    stacks = [ref_temporal(np.stack([p[lev] for p in pyrs]), fps, band, kind) * al[lev] * chan
+              for lev in range(n + 1)]
     delta = np.stack([ref_collapse([s[i] for s in stacks]) for i in range(t)])
   else:
     n = min(4, ref_height(h, w)) if levels is None else levels
@@ -277,7 +287,7 @@ def test_level_alphas_match_mit_loop():
   # where lambda < lambda_c / (1 + alpha) the MIT rule gives a negative factor: clipped at 0 by default,
   # kept (motion inverted, as the MIT code does) with clip_negative=False / mit_compatible=True
   lam = [(24 ** 2 + 24 ** 2) ** 0.5 / 3 / 2 ** k for k in range(4)]        # residual .. finest, 24x24, 3 levels
-  mit = [0.0] + [min(15.0, (l / (80.0 / 8 / 16) / 8 - 1) * 2) for l in lam[1:3]][::-1] + [0.0]
+  mit = [0.0] + [min(15.0, (lam_k / (80.0 / 8 / 16) / 8 - 1) * 2) for lam_k in lam[1:3]][::-1] + [0.0]
   assert min(mit) < 0
   np.testing.assert_allclose(motion_level_alphas(24, 24, 3, 15.0, 80.0, clip_negative=False), mit, rtol=1e-12)
   np.testing.assert_allclose(motion_level_alphas(24, 24, 3, 15.0, 80.0), np.maximum(mit, 0), rtol=1e-12)
@@ -536,14 +546,14 @@ def ref_mit_iir(video, *, alpha, lambda_c, r1, r2, chrom_attenuation, state_from
     filt = [a - b for a, b in zip(low1, low2)]
     delta = lambda_c / 8 / (1 + alpha)
     lam = (h ** 2 + w ** 2) ** 0.5 / 3
-    for l in range(n_rows, 0, -1):                    # MATLAB l = nLevels:-1:1, coarsest first
+    for lev in range(n_rows, 0, -1):                    # MATLAB l = nLevels:-1:1, coarsest first
       cur = (lam / delta / 8 - 1) * exaggeration
-      if l == n_rows or l == 1:
-        filt[l - 1] = 0 * filt[l - 1]
+      if lev == n_rows or lev == 1:
+        filt[lev - 1] = 0 * filt[lev - 1]
       elif cur > alpha:
-        filt[l - 1] = alpha * filt[l - 1]
+        filt[lev - 1] = alpha * filt[lev - 1]
       else:
-        filt[l - 1] = cur * filt[l - 1]
+        filt[lev - 1] = cur * filt[lev - 1]
       lam /= 2
     rec = ref_collapse(filt)
     if chroma:

@@ -91,7 +91,7 @@ def test_bad_arguments():
 def test_dry_run_plan_pretrains_once_per_seed(tmp_path, capsys):
   assert ea.main([f"--workdir={tmp_path}", "--seeds=0,1", "--variants=no-evm,hz,mit-rates", "--dry-run",
                   "--config.finetune.epochs=1"]) == 0
-  cmds = [l for l in capsys.readouterr().out.splitlines() if "mer_jax.main" in l]
+  cmds = [ln for ln in capsys.readouterr().out.splitlines() if "mer_jax.main" in ln]
   assert len(cmds) == 6
   for seed in (0, 1):
     mine = [c for c in cmds if f"--config.seed={seed} " in c]

@@ -14,8 +14,8 @@ import pytest
 import train_data
 from mer_jax import reporting
 from mer_jax.models import build_model
-from mer_jax.train.state import jit_init, model_apply
 from mer_jax.train import loop, loso
+from mer_jax.train.state import jit_init, model_apply
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
+import official_layout
 from mer_jax.data import official, readers, summary
 from mer_jax.errors import DataError
-import official_layout
 
 DATASETS = ("casme2", "samm", "smic")
 
@@ -50,7 +50,7 @@ def test_shipped_list_is_the_official_one():
 
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_megc2019_protocol_gives_the_list_clip_for_clip_and_label_for_label(read, dataset):
-  want = {(d, s, c): l for d, s, c, l in official_layout.official_rows() if d == dataset}
+  want = {(d, s, c): lab for d, s, c, lab in official_layout.official_rows() if d == dataset}
   assert selected(read[dataset]) == want
   cmp = official.compare(dataset, read[dataset].samples)
   assert cmp.comparable and cmp.found == cmp.listed == len(want) and not cmp.missing and not cmp.relabelled
@@ -148,9 +148,9 @@ def test_cache_build_under_megc2019_selects_the_list_and_says_how_the_copy_diffe
   c.data.roots.smic = roots["smic"]
   logs = []
   data = pipeline.load_arrays(c, str(tmp_path / "run"), "micro", log=logs.append)
-  want = {(s, cl): l for d, s, cl, l in official_layout.official_rows() if d == "smic" and cl != "s01_ne_01"}
-  got = {official.megc_key("smic", sub.split("/")[1], cl)[1:]: int(l)
-         for sub, cl, l in zip(data.subjects, data.clip_ids, data.labels)}
+  want = {(s, cl): lab for d, s, cl, lab in official_layout.official_rows() if d == "smic" and cl != "s01_ne_01"}
+  got = {official.megc_key("smic", sub.split("/")[1], cl)[1:]: int(lab)
+         for sub, cl, lab in zip(data.subjects, data.clip_ids, data.labels)}
   assert got == want
   text = "\n".join(logs)
   assert "MEGC 2019 list: 163/164 SMIC-HS clips found; 1 missing (s01/s01_ne_01); 1 labelled differently" in text

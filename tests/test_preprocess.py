@@ -1,7 +1,5 @@
 """Face crop, apex spotting and clip/image preprocessing (mer_jax.data.face / apex / preprocess)."""
 
-import os
-import warnings
 
 import cv2
 import ml_collections

@@ -181,7 +181,8 @@ def test_xlsx_without_column(roots, tmp_path):
       if c.value == "Estimated Emotion":
         c.value = "Emotion guess"
   _edit_xlsx(xlsx, drop)
-  with pytest.raises(DataError, match=r"CASME2-coding-20140508.xlsx: no header row with the columns 'Estimated Emotion'"):
+  with pytest.raises(DataError,
+                     match=r"CASME2-coding-20140508.xlsx: no header row with the columns 'Estimated Emotion'"):
     readers.read_dataset("casme2", root)
 
 
@@ -313,7 +314,8 @@ def test_casme2_cropped_release(roots, tmp_path):
     os.rename(p, os.path.join(os.path.dirname(p), "reg_" + os.path.basename(p)))
   want = readers.read_dataset("casme2", roots["casme2"]).samples
   got = readers.read_dataset("casme2", root).samples
-  assert [(s.clip_id, s.apex, len(s.frame_paths)) for s in got] == [(s.clip_id, s.apex, len(s.frame_paths)) for s in want]
+  key = lambda s: (s.clip_id, s.apex, len(s.frame_paths))
+  assert [key(s) for s in got] == [key(s) for s in want]
   assert all("/Cropped/" in p and os.path.basename(p).startswith("reg_img") for s in got for p in s.frame_paths)
 
 

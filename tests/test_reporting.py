@@ -270,9 +270,9 @@ def test_ablation_table_from_several_runs(tmp_path, no_plots):
     runs.append((name, str(wd)))
   paths = reporting.write_ablation_table(str(tmp_path / "t11"), runs, title="Table 11")
   md = _read(paths["table_md"])
-  lines = [l for l in md.splitlines() if l.startswith("| ") and "attention" in l.lower() and "CI" not in l]
-  assert [l.split(" | ")[0][2:] for l in lines][:3] == [r[0] for r in runs]
-  for (name, wd), line in zip(runs, lines):
+  lines = [ln for ln in md.splitlines() if ln.startswith("| ") and "attention" in ln.lower() and "CI" not in ln]
+  assert [ln.split(" | ")[0][2:] for ln in lines][:3] == [r[0] for r in runs]
+  for (_, wd), line in zip(runs, lines):
     agg = _json(os.path.join(wd, "results.json"))["aggregate"]
     cells = line.strip("| ").split(" | ")
     assert len(cells) == 13   # Method + 4 datasets x (UAR, UF1, Acc)
@@ -333,12 +333,12 @@ def test_cde_results_md_shows_the_paper_and_published_results_in_context(tmp_pat
     assert (f"| {name} | {n} | {res['bootstrap'][part]['groups']} | {a['uf1']:.4f} | {a['uar']:.4f} | "
             f"{100 * a['accuracy']:.2f} | {paper} |") in md, name
   # Published results: STSTNet with the RESCORED UAR (its published 0.7605 is macro precision), marked corrected.
-  line = next(l for l in md.splitlines() if l.startswith("| STSTNet |"))
+  line = next(ln for ln in md.splitlines() if ln.startswith("| STSTNet |"))
   assert "| 0.7353 | 0.7186\u2021 | 0.8382 | 0.8190\u2021 | 0.6588 | 0.6415\u2021 | 0.6801 | 0.6703\u2021 |" in line
   assert "0.7605" not in line and "| no |" in line
   assert ("\u2021 STSTNet: the published UAR (0.7605 composite, 0.8686 CASME II, 0.6810 SAMM, 0.7013 SMIC-HS) "
           "equals its macro-averaged precision") in md
-  assert next(l for l in md.splitlines() if l.startswith("| HTNet |")).count("yes (optimistic)") == 1
+  assert next(ln for ln in md.splitlines() if ln.startswith("| HTNet |")).count("yes (optimistic)") == 1
   ctx = res["context"]
   assert ctx["benchmarks"] == {"Mixed": "cde_full", "casme2": "cde_casme2", "samm": "cde_samm", "smic": "cde_smic"}
   assert ctx["paper"]["Mixed"]["uf1"] == 0.9213

@@ -45,7 +45,7 @@ def fake_python(tmp_path, monkeypatch):
 
 
 def _calls(log):
-  return [json.loads(l) for l in _read(log).splitlines()] if os.path.exists(log) else []
+  return [json.loads(ln) for ln in _read(log).splitlines()] if os.path.exists(log) else []
 
 
 def test_dry_run_prints_valid_override_commands(capsys, tmp_path):
@@ -53,7 +53,7 @@ def test_dry_run_prints_valid_override_commands(capsys, tmp_path):
   assert ablation.main(["--workdir", root, "--config=configs/synth_demo.py", "--dry-run",
                         "--config.finetune.epochs=2"]) == 0
   out = capsys.readouterr().out
-  cmds = [shlex.split(l) for l in out.splitlines() if not l.startswith("#")]
+  cmds = [shlex.split(ln) for ln in out.splitlines() if not ln.startswith("#")]
   assert len(cmds) == len(ablation.VARIANTS)
   base = config_defaults.get_base_config()
   workdirs = set()
@@ -83,7 +83,7 @@ def test_runs_variants_skips_finished_and_assembles_tables(fake_python, tmp_path
   assert len(calls) == 4                                   # proposed + none/channel/spatial
   assert calls[0][3] == f"--workdir={os.path.join(root, 'proposed')}"   # the baseline runs first
   table = _read(os.path.join(root, "table11_attention_kinds", "table.md"))
-  rows = [l for l in table.splitlines() if l.startswith("| ") and "Method" not in l and "CI" not in l]
+  rows = [ln for ln in table.splitlines() if ln.startswith("| ") and "Method" not in ln and "CI" not in ln]
   assert [r.split(" | ")[0][2:] for r in rows] == ["No attention", "Channel attention only",
                                                   "Spatial attention only", "Mixed attention (proposed)"]
   assert [r.split(" | ")[3] for r in rows] == ["50.00", "60.00", "70.00", "90.00"]   # Mixed Acc (%)

@@ -92,9 +92,9 @@ def test_macro_layouts(sets):
     assert frames[-1] == os.path.basename(f).replace("_emotion.txt", ".png")   # peak last
     assert all(re.fullmatch(rf"{subj}_{seq}_\d{{8}}\.png", x) for x in frames)
   lines = open(os.path.join(sets["rafdb"], "EmoLabel", "list_patition_label.txt")).read().splitlines()
-  assert len(lines) == 14 and all(re.fullmatch(r"(train_\d{5}|test_\d{4})\.jpg [1-7]", l) for l in lines)
-  for l in lines:
-    img = cv2.imread(os.path.join(sets["rafdb"], "Image", "aligned", l.split()[0].replace(".jpg", "_aligned.jpg")))
+  assert len(lines) == 14 and all(re.fullmatch(r"(train_\d{5}|test_\d{4})\.jpg [1-7]", ln) for ln in lines)
+  for ln in lines:
+    img = cv2.imread(os.path.join(sets["rafdb"], "Image", "aligned", ln.split()[0].replace(".jpg", "_aligned.jpg")))
     assert img.shape == (100, 100, 3)
   with open(os.path.join(sets["fer2013"], "fer2013.csv")) as f:
     assert f.readline() == "emotion,pixels,Usage\n"
@@ -161,8 +161,10 @@ def test_haar_detects_faces(sets):
       first = sorted(os.listdir(d), key=lambda n: int(re.search(r"(\d+)\.\w+$", n).group(1)))[0]
       hits.append(found(cv2.imread(os.path.join(d, first), cv2.IMREAD_GRAYSCALE)))
     rates[name] = np.mean(hits)
-  rates["ck"] = np.mean([found(cv2.imread(p, 0)) for p in glob.glob(os.path.join(sets["ck"], "cohn-kanade-images", "*", "*", "*.png"))])
-  rates["rafdb"] = np.mean([found(cv2.imread(p, 0)) for p in glob.glob(os.path.join(sets["rafdb"], "Image", "aligned", "*.jpg"))])
+  ck_frames = glob.glob(os.path.join(sets["ck"], "cohn-kanade-images", "*", "*", "*.png"))
+  rates["ck"] = np.mean([found(cv2.imread(p, 0)) for p in ck_frames])
+  rafdb_images = glob.glob(os.path.join(sets["rafdb"], "Image", "aligned", "*.jpg"))
+  rates["rafdb"] = np.mean([found(cv2.imread(p, 0)) for p in rafdb_images])
   with open(os.path.join(sets["fer2013"], "fer2013.csv")) as f:
     fer = [np.array(r["pixels"].split(), np.uint8).reshape(48, 48) for r in csv.DictReader(f)]
   rates["fer2013"] = np.mean([len(casc.detectMultiScale(g, 1.1, 3)) > 0 for g in fer])

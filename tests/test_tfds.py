@@ -2,7 +2,6 @@
 
 import os
 import shutil
-import warnings
 
 import cv2
 import numpy as np

@@ -139,8 +139,8 @@ def class_names(task: str, dataset: str, protocol: str = "paper") -> tuple[str, 
 
 def excluded_labels(task: str, dataset: str, protocol: str = "paper") -> tuple[str, ...]:
   """The dataset's own labels that the mapping leaves out (mapped to ``None``)."""
-  mapped = {l for labels in table(task, dataset, protocol).values() for l in labels}
-  return tuple(l for l in DATASET_LABELS[dataset] if l not in mapped)
+  mapped = {lab for labels in table(task, dataset, protocol).values() for lab in labels}
+  return tuple(lab for lab in DATASET_LABELS[dataset] if lab not in mapped)
 
 
 def normalize_label(label: str) -> str:

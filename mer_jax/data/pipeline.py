@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 
@@ -67,7 +67,7 @@ def _synth_kwargs(config, name: str) -> dict:
 
 def ensure_synthetic(config, workdir: str, name: str, log: Callable[[str], None] = _log) -> str:
   """Generates SynthME's ``name`` layout under ``<workdir>/synthme/<name>`` unless already there."""
-  from mer_jax.data import synth   # imported lazily: only needed for the synthetic default
+  from mer_jax.data import synth  # imported lazily: only needed for the synthetic default
   out = synth_root(workdir, name)
   done = os.path.join(out, ".synthme_complete")
   kw = _synth_kwargs(config, name)
@@ -115,7 +115,7 @@ def resolve_root(config, workdir: str, name: str, log: Callable[[str], None] = _
 def load_dataset(config, workdir: str, name: str, log: Callable[[str], None] = _log) -> dict:
   """Builds (or reuses) ``name``'s cache for ``config`` and returns its arrays (see tfds_builders.read_cache)
   plus ``class_names`` and ``metadata``."""
-  from mer_jax.data import tfds_builders as tb   # TFDS import is slow; only here
+  from mer_jax.data import tfds_builders as tb  # TFDS import is slow; only here
   root = resolve_root(config, workdir, name, log)
   data_dir = cache_dir(config, workdir)
   skip = bool(config.data.get("skip_bad_samples", False))

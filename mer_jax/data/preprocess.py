@@ -212,6 +212,7 @@ def magnify(video: np.ndarray, fps: float, evm_config, *, name: str = "clip",
 def _empty_band_fallback(num_frames: int, fps: float, evm_config) -> str:
   """The fallback message when the ideal filter has no bin in the band and on_empty_band='fallback', else ''."""
   import importlib
+
   from mer_jax.evm import filters
   evm_magnify = importlib.import_module("mer_jax.evm.magnify")   # the module (the package exports the function)
   if str(evm_config.get("temporal_filter", "ideal")) != "ideal" or \

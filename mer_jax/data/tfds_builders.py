@@ -39,7 +39,6 @@ from typing import Any, ClassVar, Optional
 
 import ml_collections
 import numpy as np
-
 import tensorflow_datasets as tfds  # TensorFlow's start-up notices are silenced in mer_jax/__init__.py
 
 from mer_jax import config_defaults

@@ -4,8 +4,17 @@
 temporal_filter, on_empty_band, ...) -> video``; see mer_jax.evm.magnify and docs/evm.md.
 """
 
-from mer_jax.evm.magnify import (EVMWarning, STATIC_ARGNAMES, empty_band_message, magnify, magnify_batch,
-                                 magnify_from_config, magnify_jit, motion_level_alphas, options_from_config)
+from mer_jax.evm.magnify import (
+  STATIC_ARGNAMES,
+  EVMWarning,
+  empty_band_message,
+  magnify,
+  magnify_batch,
+  magnify_from_config,
+  magnify_jit,
+  motion_level_alphas,
+  options_from_config,
+)
 
 __all__ = ["EVMWarning", "STATIC_ARGNAMES", "empty_band_message", "magnify", "magnify_batch",
            "magnify_from_config", "magnify_jit", "motion_level_alphas", "options_from_config"]

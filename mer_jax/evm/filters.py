@@ -22,8 +22,8 @@ import math
 from typing import Sequence
 
 import jax.numpy as jnp
-from jax import lax
 import numpy as np
+from jax import lax
 
 FILTERS = ("ideal", "butterworth", "iir")
 
@@ -50,7 +50,9 @@ def ideal_bin_gains(num_frames: int, fps: float, band: Sequence[float],
 
 def ideal_bandpass(x: jnp.ndarray, fps: float, band: Sequence[float], mit_compatible: bool = False,
                    axis: int = 0) -> jnp.ndarray:
-  """[T, ...] -> [T, ...]: ideal (FFT mask) band-pass along time (``axis``, default 0). An empty passband gives zeros."""
+  """[T, ...] -> [T, ...]: ideal (FFT mask) band-pass along time (``axis``, default 0).
+
+  An empty passband gives zeros."""
   axis = axis % x.ndim
   t = x.shape[axis]
   bins, gains = ideal_bin_gains(t, fps, band, mit_compatible)

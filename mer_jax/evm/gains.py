@@ -21,7 +21,6 @@ Everything runs through the package's own filters (mer_jax.evm.filters, float32)
 from __future__ import annotations
 
 import argparse
-import math
 from typing import Sequence
 
 import jax.numpy as jnp

@@ -27,8 +27,8 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 import numpy as np
+from jax import lax
 
 from mer_jax.errors import ConfigError, EVMError
 from mer_jax.evm import color, filters, pyramids
@@ -63,10 +63,10 @@ def motion_level_alphas(height: int, width: int, levels: int, alpha: float, lamb
   lam = math.sqrt(height ** 2 + width ** 2) / 3.0
   delta = lambda_c / 8.0 / (1.0 + alpha)
   out = np.zeros(levels + 1, np.float64)
-  for l in range(levels, -1, -1):
-    if 0 < l < levels:
+  for lev in range(levels, -1, -1):
+    if 0 < lev < levels:
       cur = (lam / delta / 8.0 - 1.0) * exaggeration
-      out[l] = min(max(cur, 0.0) if clip_negative else cur, alpha)
+      out[lev] = min(max(cur, 0.0) if clip_negative else cur, alpha)
     lam /= 2.0
   return out
 
@@ -87,11 +87,11 @@ def _laplacian_operator(x: jnp.ndarray, levels: int, level_alphas: np.ndarray) -
   g = pyramids.build_gaussian(x, levels)
   a = [float(v) for v in level_alphas]
   out = a[levels] * g[levels] if a[levels] else None
-  for l in range(levels - 1, -1, -1):
-    low = out if not a[l] else (-a[l] * g[l + 1] if out is None else out - a[l] * g[l + 1])
-    out = None if low is None else pyramids.up(low, g[l].shape[1:3])
-    if a[l]:
-      out = a[l] * g[l] if out is None else out + a[l] * g[l]
+  for lev in range(levels - 1, -1, -1):
+    low = out if not a[lev] else (-a[lev] * g[lev + 1] if out is None else out - a[lev] * g[lev + 1])
+    out = None if low is None else pyramids.up(low, g[lev].shape[1:3])
+    if a[lev]:
+      out = a[lev] * g[lev] if out is None else out + a[lev] * g[lev]
   return jnp.zeros_like(x) if out is None else out
 
 

@@ -129,7 +129,7 @@ def build_gaussian(x: jnp.ndarray, levels: int) -> list[jnp.ndarray]:
 def build_laplacian(x: jnp.ndarray, levels: int) -> list[jnp.ndarray]:
   """[N, H, W, C] -> [L_0, ..., L_{levels-1}, residual]: band-pass levels finest first, low-pass last."""
   g = build_gaussian(x, levels)
-  bands = [g[l] - up(g[l + 1], g[l].shape[1:3]) for l in range(levels)]
+  bands = [g[lev] - up(g[lev + 1], g[lev].shape[1:3]) for lev in range(levels)]
   return bands + [g[-1]]
 
 
