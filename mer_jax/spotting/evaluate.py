@@ -368,7 +368,7 @@ def load_predictions(path: str, fmt: str = "auto") -> list[Prediction]:
     where = f"{base} line {n + 1}"
     if len(r) < 4:
       raise DataError(f"{where}: expected vid,pred_onset,pred_offset,type[,score][,emotion], found {','.join(r)!r}")
-    get = lambda k: r[cols[k]] if k in cols and cols[k] < len(r) else None  # noqa: E731
+    get = lambda k, r=r: r[cols[k]] if k in cols and cols[k] < len(r) else None  # noqa: E731
     out.append(_prediction(where, get("video"), get("onset"), get("offset"), get("type"), get("score"),
                            get("emotion")))
   return out

@@ -431,7 +431,7 @@ def read_samm_lv_annotations(xlsx: str, *, skip_bad: bool = False, frames_root: 
       continue
     acc.read += 1
     item = f"{base} row {r + 1}"
-    get = lambda k: _cell(row, col[k])  # noqa: E731
+    get = lambda k, row=row: _cell(row, col[k])  # noqa: E731
     try:
       s = _text(get("subject"))
       if not re.fullmatch(r"\d+(\.0+)?", s):

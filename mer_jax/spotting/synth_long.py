@@ -294,7 +294,7 @@ def generate_long(layout: str, out_dir: str, *, seed: int = 0, subjects: int = 2
   ws = wb.active
   if layout == CAS_LONG:
     ws.title = "Sheet1"
-    for subj_idx, subject, vname, iv in rows:
+    for subj_idx, _subject, _vname, iv in rows:
       w = iv["written"]
       ws.append([subj_idx, iv["name"], w["onset"], w["apex"], w["offset"], iv["aus"], iv["emotion"],
                  f"{iv['type']}-expression", "synthetic"])
@@ -312,7 +312,7 @@ def generate_long(layout: str, out_dir: str, *, seed: int = 0, subjects: int = 2
       ws.append([])
     ws.append(["Subject", "Filename", "Inducement Code", "Onset", "Apex", "Offset", "Duration", "Type",
                "Action Units", "Notes"])
-    for subj_idx, subject, vname, iv in rows:
+    for subj_idx, _subject, vname, iv in rows:
       w = iv["written"]
       ws.append([subj_idx, iv["name"], int(vname.split("_")[1]), w["onset"], w["apex"], w["offset"],
                  iv["offset"] - iv["onset"] + 1, "Micro - 1/2" if iv["type"] == "micro" else "Macro",
