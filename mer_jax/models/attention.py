@@ -14,6 +14,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mer_jax.models.layers import param_dtype_for
+
 ATTENTION_KINDS = ("none", "channel", "spatial", "mixed")
 
 
@@ -31,15 +33,16 @@ class ChannelAttention(nn.Module):
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     c = x.shape[-1]
     hidden = max(c // self.reduction, 1)
-    fc0 = nn.Dense(hidden, dtype=self.dtype, name="fc0")
-    fc1 = nn.Dense(c, dtype=self.dtype, name="fc1")
+    pdt = param_dtype_for(self.dtype)
+    fc0 = nn.Dense(hidden, dtype=self.dtype, param_dtype=pdt, name="fc0")
+    fc1 = nn.Dense(c, dtype=self.dtype, param_dtype=pdt, name="fc1")
 
     def mlp(v):
       return fc1(nn.leaky_relu(fc0(v), negative_slope=self.leaky_slope))
 
     avg = jnp.mean(x, axis=(1, 2))
     mx = jnp.max(x, axis=(1, 2))
-    weights = nn.sigmoid((mlp(avg) + mlp(mx)).astype(jnp.float32))   # [N, C]
+    weights = nn.sigmoid((mlp(avg) + mlp(mx)).astype(pdt))   # [N, C]
     self.sow("intermediates", "channel_attention", weights)
     return x * weights[:, None, None, :].astype(x.dtype)
 
@@ -54,8 +57,9 @@ class SpatialAttention(nn.Module):
     desc = jnp.concatenate([jnp.mean(x, axis=-1, keepdims=True),
                             jnp.max(x, axis=-1, keepdims=True)], axis=-1)
     k = self.kernel_size
-    logits = nn.Conv(1, (k, k), padding="SAME", dtype=self.dtype, name="conv")(desc)
-    weights = nn.sigmoid(logits.astype(jnp.float32))                  # [N, H, W, 1]
+    pdt = param_dtype_for(self.dtype)
+    logits = nn.Conv(1, (k, k), padding="SAME", dtype=self.dtype, param_dtype=pdt, name="conv")(desc)
+    weights = nn.sigmoid(logits.astype(pdt))                          # [N, H, W, 1]
     self.sow("intermediates", "spatial_attention", weights)
     return x * weights.astype(x.dtype)
 
@@ -74,8 +78,7 @@ class MixedAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    if self.kind not in ATTENTION_KINDS:
-      raise ValueError(f"model.attention must be one of {ATTENTION_KINDS}, got {self.kind!r}")
+    assert self.kind in ATTENTION_KINDS, self.kind    # user-facing check: mer_jax.configuration
     if self.kind in ("channel", "mixed"):
       x = ChannelAttention(self.reduction, self.leaky_slope, self.dtype, name="channel")(x)
     if self.kind in ("spatial", "mixed"):

@@ -21,7 +21,7 @@ Channels: 32 -> block1 152 -> 76 -> block2 316 -> 158 -> block3 398. With the
 paper's 3.115M (the +-2% window admits only a few (stem, k, layers) triples at
 5x5; among them this is the one with the DenseNet-like doubling of depth after
 the first block and a width that keeps the 28x28 stage affordable). Because
-blocks run at 28/14/7, a forward pass costs ~1.0 GFLOP per image (see
+blocks run at 28/14/7, a forward pass costs ~0.87 GFLOP per image (see
 ``python -m mer_jax.complexity``).
 
 Residual variant (Table 12: "the same stage widths with residual blocks")
@@ -88,8 +88,7 @@ class DenseBackbone(_Common):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-    if self.attention_placement not in ("block", "layer"):
-      raise ValueError(f"model.attention_placement must be 'block' or 'layer', got {self.attention_placement!r}")
+    assert self.attention_placement in ("block", "layer"), self.attention_placement   # mer_jax.configuration
     x = self.stem(x, train)
     for b, num_layers in enumerate(self.block_layers):
       feats = [x]

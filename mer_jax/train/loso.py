@@ -10,7 +10,8 @@ different datasets). For each fold:
   ``config.finetune.test_fold_early_stopping=True`` instead selects on the
   held-out subject (trains on all other clips) to reproduce that common but
   optimistic practice; its records carry ``model_selection='test_fold'`` and
-  the reports label them;
+  the reports label them; ``config.finetune.select_best=False`` selects nothing
+  (the last epoch's weights; records carry ``model_selection='last_epoch'``);
 * initial weights: ``init_fn(fold_index)`` (pretrained backbone + attention);
 * the best-validation weights predict the held-out clips.
 
@@ -44,13 +45,14 @@ import ml_collections
 import numpy as np
 
 from mer_jax.data.types import ArrayDataset
-from mer_jax.errors import DataError, UserError
+from mer_jax.errors import ConfigError, DataError, UserError
 from mer_jax.train import loop, parallel
 from mer_jax.train.fingerprint import fingerprint
 from mer_jax.train.sampling import derived_seed, stratified_split
 
 VALIDATION = "validation"
 TEST_FOLD = "test_fold"
+LAST_EPOCH = "last_epoch"    # finetune.select_best=False: no model selection, the last epoch's weights
 
 
 class LeakageError(AssertionError):
@@ -131,9 +133,24 @@ def run_loso(config: ml_collections.ConfigDict, ds: ArrayDataset, workdir: str, 
              subjects: Optional[Sequence[str]] = None) -> list[dict]:
   """Runs (or resumes) every LOSO fold; returns the fold records in subject order.
 
-  init_fn(fold_index) -> ``{'params','batch_stats'}`` initial variables of that fold.
-  subjects: restrict to these held-out subjects (default: all).
-  on_epoch_end(fold_id_or_group, epoch): test hook called after each epoch.
+  Args:
+    config: the full config (``finetune``, ``model.num_classes``, ``seed``, ...).
+    ds: the micro-expression ArrayDataset (images [N, S, S, C], labels [N], subjects, clip ids).
+    workdir: the run's folder; folds go to ``<workdir>/finetune`` (see the module docstring).
+    apply_fn: the model's apply (``mer_jax.train.state.model_apply(model)``).
+    init_fn: ``init_fn(fold_index) -> {'params','batch_stats'}``, the initial variables of that fold.
+    mesh: device mesh for data parallelism (default: ``parallel.make_mesh()``).
+    writer: a clu MetricWriter.
+    progress: print per-epoch and per-fold lines.
+    on_epoch_end: ``on_epoch_end(fold_id_or_group, epoch)``, a test hook called after each epoch.
+    subjects: restrict to these held-out subjects (default: all).
+
+  Returns:
+    The fold records (keys in the module docstring), one per fold, in subject order.
+
+  Raises:
+    UserError: the class count differs from ``config.model.num_classes``, a finished fold belongs to another
+      config, or contradictory model-selection settings; DataError: fewer than two subjects.
   """
   ft = config.finetune
   mesh = mesh or parallel.make_mesh()
@@ -146,6 +163,9 @@ def run_loso(config: ml_collections.ConfigDict, ds: ArrayDataset, workdir: str, 
     raise DataError(f"LOSO needs at least two subjects; the data has {all_subjects}")
   chosen = list(subjects) if subjects is not None else all_subjects
   folds = [(all_subjects.index(s), s) for s in chosen]
+  if not ft.get("select_best", True) and ft.test_fold_early_stopping:
+    raise ConfigError("finetune.select_best=False (last epoch, no model selection) contradicts "
+                      "finetune.test_fold_early_stopping=True (selection on the held-out subject); set one of them")
   fp = fingerprint(config)
   out_dir = os.path.join(workdir, "finetune")
   folds_dir = os.path.join(out_dir, "folds")
@@ -192,7 +212,8 @@ def run_loso(config: ml_collections.ConfigDict, ds: ArrayDataset, workdir: str, 
         "y_pred": probs.argmax(axis=1).astype(int).tolist(), "probs": probs.tolist(),
         "epochs_trained": res.epochs_trained, "best_epoch": res.best_epoch,
         "val_metric": res.best_val_accuracy, "val_loss": res.best_val_loss,
-        "model_selection": split.model_selection, "wall_time_s": res.wall_time_s,
+        "model_selection": split.model_selection if ft.get("select_best", True) else LAST_EPOCH,
+        "wall_time_s": res.wall_time_s,
         "n_train": int(split.train_idx.size), "n_val": int(split.val_idx.size),
         "n_test": int(split.test_idx.size), "resumed_from_epoch": res.resumed_from_epoch, "fingerprint": fp,
     }
@@ -231,7 +252,7 @@ def run_loso(config: ml_collections.ConfigDict, ds: ArrayDataset, workdir: str, 
                        f"{np.mean(np.asarray(records[i]['y_true']) == np.asarray(records[i]['y_pred'])):.2f}"
                        for i, _ in chunk)
       print(f"[loso] {len(records)}/{len(folds)} folds done (test acc {accs}) | "
-            f"{loop._fmt_time(elapsed)} elapsed, ETA {loop._fmt_time(eta)}", flush=True)
+            f"{loop._duration(elapsed)} elapsed, ETA {loop._duration(eta)}", flush=True)
   ordered = [records[i] for i, _ in sorted(folds)]
   _atomic_json(os.path.join(out_dir, "predictions.json"), concatenate(ordered))
   return ordered

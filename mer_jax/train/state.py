@@ -22,8 +22,6 @@ import ml_collections
 import optax
 from flax.training import train_state
 
-from mer_jax.errors import ConfigError
-
 
 class TrainState(train_state.TrainState):
   """flax TrainState plus ``batch_stats``, ``epoch`` and the plateau state.
@@ -39,7 +37,7 @@ class TrainState(train_state.TrainState):
   def apply_scaled_gradients(self, *, grads, batch_stats) -> "TrainState":
     """One Adam step with the learning rate scaled by the plateau state."""
     updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
-    updates = jax.tree_util.tree_map(lambda u: u * self.plateau.scale.astype(u.dtype), updates)
+    updates = jax.tree.map(lambda u: u * self.plateau.scale.astype(u.dtype), updates)
     params = optax.apply_updates(self.params, updates)
     return self.replace(step=self.step + 1, params=params, opt_state=opt_state, batch_stats=batch_stats)
 
@@ -48,14 +46,11 @@ def make_optimizer(train_cfg: ml_collections.ConfigDict) -> tuple[optax.Gradient
   """(Adam, reduce_on_plateau) from a ``config.pretrain`` / ``config.finetune`` section.
 
   The transformations are cached by their settings: they are static parts of
-  the TrainState pytree, so equal objects let successive folds reuse one compilation.
+  the TrainState pytree, so equal objects let successive folds reuse one compilation. The settings are
+  checked for users by :func:`mer_jax.configuration.validate` at start-up.
   """
-  if train_cfg.optimizer != "adam":
-    raise ConfigError(f"optimizer={train_cfg.optimizer!r}: only 'adam' is implemented (Section 4.2)")
-  if train_cfg.learning_rate <= 0:
-    raise ConfigError(f"learning_rate={train_cfg.learning_rate}: must be > 0")
-  if not 0 < train_cfg.plateau_factor <= 1:
-    raise ConfigError(f"plateau_factor={train_cfg.plateau_factor}: must be in (0, 1]")
+  assert train_cfg.optimizer == "adam" and train_cfg.learning_rate > 0 and 0 < train_cfg.plateau_factor <= 1, (
+      train_cfg.optimizer, train_cfg.learning_rate, train_cfg.plateau_factor)
   return _optimizer(float(train_cfg.learning_rate), float(train_cfg.plateau_factor),
                     int(train_cfg.plateau_patience))
 
@@ -98,14 +93,23 @@ def model_apply(model) -> ModelApply:
   return ModelApply(model)
 
 
-def _init(model, rng, image_size: int, channels: int) -> dict:
+@functools.partial(jax.jit, static_argnums=(0, 2, 3))
+def jit_init(model, rng: jax.Array, image_size: int, channels: int) -> dict:
+  """Initial variables of ``model`` for inputs ``[N, image_size, image_size, channels]``, jitted.
+
+  Compiled once per model config and input shape (models are compared by value).
+
+  Args:
+    model: a :class:`mer_jax.models.MERNet` (static).
+    rng: PRNG key.
+    image_size: input height = width (static).
+    channels: input channels (static).
+
+  Returns:
+    ``{'params', 'batch_stats'}``.
+  """
   from mer_jax.models import init_variables
   return init_variables(model, rng, image_size, channels)
-
-
-jit_init = jax.jit(_init, static_argnums=(0, 2, 3))
-jit_init.__doc__ = """jit_init(model, rng, image_size, channels) -> {'params','batch_stats'} (compiled once per
-model config and input shape; models are compared by value)."""
 
 
 def variables_of(state: TrainState) -> dict:

@@ -14,12 +14,14 @@ from mer_jax.train.state import TrainState
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None) -> jax.Array:
-  """Mean cross-entropy (eq. 10). logits [N, K] float32, labels [N] int32, weights [N] or None."""
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  """Mean cross-entropy (eq. 10). logits [N, K] (at least float32: float64 logits stay float64), labels [N] int32,
+  weights [N] or None."""
+  dtype = jnp.promote_types(logits.dtype, jnp.float32)
+  logp = jax.nn.log_softmax(logits.astype(dtype), axis=-1)
   nll = -jnp.take_along_axis(logp, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
   if weights is None:
     return jnp.mean(nll)
-  weights = weights.astype(jnp.float32)
+  weights = weights.astype(dtype)
   return jnp.sum(nll * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
@@ -49,7 +51,7 @@ def masked_train_step(state: TrainState, images: jax.Array, labels: jax.Array,
   """
   new_state, loss = train_step(state, images, labels)
   keep = lambda new, old: jnp.where(active, new, old)
-  return jax.tree_util.tree_map(keep, new_state, state), jnp.where(active, loss, 0.0)
+  return jax.tree.map(keep, new_state, state), jnp.where(active, loss, 0.0)
 
 
 def eval_step(variables: dict, images: jax.Array, apply_fn) -> jax.Array:

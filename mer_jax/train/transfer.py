@@ -17,7 +17,7 @@ HEAD = "head"
 
 
 def _shapes(tree):
-  return jax.tree_util.tree_map(lambda x: tuple(np.shape(x)), tree)
+  return jax.tree.map(lambda x: tuple(np.shape(x)), tree)
 
 
 def merge_pretrained(fresh: dict, pretrained: dict, source: str = "the pretrained checkpoint") -> tuple[dict, dict]:
@@ -30,7 +30,7 @@ def merge_pretrained(fresh: dict, pretrained: dict, source: str = "the pretraine
   params, report = {}, {"loaded": [], "reinitialised": []}
   for name, sub in fresh["params"].items():
     pre = pretrained["params"].get(name)
-    same = pre is not None and jax.tree_util.tree_structure(pre) == jax.tree_util.tree_structure(sub) \
+    same = pre is not None and jax.tree.structure(pre) == jax.tree.structure(sub) \
         and _shapes(pre) == _shapes(sub)
     if name == HEAD and not same:
       params[name] = sub
@@ -43,7 +43,7 @@ def merge_pretrained(fresh: dict, pretrained: dict, source: str = "the pretraine
     params[name] = pre
     report["loaded"].append(name)
   bs_fresh, bs_pre = fresh.get("batch_stats", {}), pretrained.get("batch_stats", {})
-  if jax.tree_util.tree_structure(bs_fresh) != jax.tree_util.tree_structure(bs_pre) or \
+  if jax.tree.structure(bs_fresh) != jax.tree.structure(bs_pre) or \
       _shapes(bs_fresh) != _shapes(bs_pre):
     raise ConfigError(f"{source}: BatchNorm statistics do not match the fine-tuning model")
   return {"params": params, "batch_stats": bs_pre}, report
