@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 # (EVM 1.6x-2.8x faster there, benchmarks/RESULTS.md log entry 15). Ignored by other C libraries.
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
-.PHONY: setup demo lint test complexity clean
+.PHONY: setup demo spot-demo lint test complexity clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m mer_jax.main --config=configs/synth_demo.py --workdir=$(WORKDIR)
+
+# Long-video spotting on SynthME long videos in the CAS(ME)^2 and SAMM-LV layouts: LOSO spotting benchmark
+# (spotter vs a fixed-window baseline, thresholds from training subjects only), results in runs/spot_demo.
+spot-demo: $(STAMP)
+	$(PY) -m mer_jax.spot_bench --synth --dataset both --out runs/spot_demo
 
 complexity: $(STAMP)
 	$(PY) -m mer_jax.complexity --config=configs/cde.py
