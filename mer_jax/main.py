@@ -52,9 +52,19 @@ def _say(msg: str) -> None:
 
 
 def _make_writer(workdir: str):
-  """clu metric writer: TensorBoard event files in <workdir>/tb + absl-logging console lines."""
+  """clu's default metric writer (as in the Flax examples) for ``<workdir>/tb``.
+
+  Process 0 writes TensorBoard event files in ``<workdir>/tb``; every process (the only output of the others in
+  a multi-process run: ``just_logging``) also logs each scalar set through absl logging at INFO level (clu's
+  LoggingWriter), which the command line hides (it runs at absl verbosity WARNING; the per-epoch console line
+  carries the same numbers).
+  """
   from clu import metric_writers
-  return metric_writers.create_default_writer(os.path.join(workdir, "tb"), asynchronous=False)
+
+  from mer_jax.train import distributed
+
+  return metric_writers.create_default_writer(os.path.join(workdir, "tb"), just_logging=not distributed.is_primary(),
+                                              asynchronous=False)
 
 
 def _init_fn(model, image_size: int, channels: int):
@@ -148,10 +158,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh=None, progress:
   """
   from mer_jax.models import build_model
   from mer_jax.train import checkpoint as ckpt
-  from mer_jax.train import loso, parallel, pretrain, transfer
+  from mer_jax.train import distributed, loso, parallel, pretrain, transfer
   from mer_jax.train.state import model_apply
-
-  from mer_jax.train import distributed
 
   t0 = time.time()
   if not config.data.micro and not config.pretrain.enabled:
@@ -171,7 +179,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh=None, progress:
   _say(f"[main] {config.name}: workdir {os.path.abspath(workdir)}; {mesh.devices.size} "
        f"{jax.default_backend()} device(s) (data parallel)")
   out: dict = {"workdir": os.path.abspath(workdir)}
-  seed_key = jax.random.PRNGKey(int(config.seed))
+  seed_key = jax.random.key(int(config.seed))
 
   pretrained: Optional[dict] = None
   if config.pretrained_checkpoint:

@@ -47,14 +47,11 @@ synchronously.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
-import gc
-import io
 import json
 import logging
 import os
 import sys
-import time
+import threading
 import warnings
 from typing import Any, Optional
 
@@ -93,7 +90,7 @@ def _manager(directory: str, create: bool = True, max_to_keep: int = 1) -> ocp.C
 def host_copy(tree: Any) -> Any:
   """A host (numpy) copy of a pytree of arrays that owns its memory: on CPU ``jax.device_get`` can return views
   of device buffers, which a donated or overwritten buffer would change underneath."""
-  return jax.tree_util.tree_map(lambda a: np.array(a, copy=True), jax.device_get(tree))
+  return jax.tree.map(lambda a: np.array(a, copy=True), jax.device_get(tree))
 
 
 def _jsonable(x: Any) -> Any:
@@ -213,50 +210,57 @@ class _DropAbandonedReads(logging.Filter):
 
 
 _ABANDONED_READS = _DropAbandonedReads()
+_HOOK_LOCK = threading.Lock()
 
 
-@contextlib.contextmanager
-def _quiet_on_failure(settle_s: float = 0.3):
-  """Holds back stderr during a restore; on failure waits ``settle_s`` and drops what was written.
+def _is_closed_loop_callback(unraisable) -> bool:
+  """An unraisable RuntimeError('Event loop is closed') from asyncio (a read callback after its loop closed)."""
+  exc = unraisable.exc_value
+  if not (isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc)):
+    return False
+  tb = exc.__traceback__
+  while tb is not None and tb.tb_next is not None:
+    tb = tb.tb_next
+  return tb is not None and f"{os.sep}asyncio{os.sep}" in tb.tb_frame.f_code.co_filename
 
-  When a read fails half-way, orbax closes its event loop while tensorstore reads are still in
-  flight; their callbacks then print 'Event loop is closed' tracebacks from worker threads, and
-  the abandoned tasks log 'Task exception was never retrieved' when collected. They say nothing
-  the CorruptCheckpointError does not, and a CLI must not show tracebacks.
+
+def _silence_abandoned_reads() -> None:
+  """Installs, once per process, the two filters for what a failed restore leaves behind.
+
+  When a read fails half-way, orbax closes its event loop while tensorstore reads are still in flight; their
+  callbacks then raise 'Event loop is closed' where Python can only report them as unraisable exceptions
+  (``sys.unraisablehook``: there is no logger to filter), and the abandoned tasks log 'Task exception was never
+  retrieved' (logger ``asyncio``) when collected. They say nothing the CorruptCheckpointError does not, and a
+  CLI must not show tracebacks. The ``asyncio`` records get a logging filter; the unraisable hook is wrapped
+  once (the wrapper passes every other unraisable exception on to the hook it wraps) and never swapped back,
+  and ``sys.stderr`` is left alone, so nothing another thread (a background checkpoint write, a metric writer)
+  prints or raises meanwhile is lost.
   """
-  buf = io.StringIO()
-  real, real_hook = sys.stderr, sys.unraisablehook
-
-  def hook(unraisable):
-    if not (isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value)):
-      real_hook(unraisable)
-  sys.stderr, sys.unraisablehook = buf, hook
-  try:
-    yield
-  except BaseException:
+  with _HOOK_LOCK:
     logging.getLogger("asyncio").addFilter(_ABANDONED_READS)   # idempotent
-    try:
-      time.sleep(settle_s)
-      gc.collect()
-    finally:
-      sys.stderr, sys.unraisablehook = real, real_hook
-    raise
-  sys.stderr, sys.unraisablehook = real, real_hook
-  real.write(buf.getvalue())
+    if getattr(sys.unraisablehook, "_mer_jax_filter", False):
+      return
+    inner = sys.unraisablehook
+
+    def hook(unraisable):
+      if not _is_closed_loop_callback(unraisable):
+        inner(unraisable)
+    hook._mer_jax_filter = True
+    sys.unraisablehook = hook
 
 
 def _restore_step(mngr: ocp.CheckpointManager, path: str, step: int, target: Any) -> tuple[Any, dict]:
+  _silence_abandoned_reads()
   try:
-    with _quiet_on_failure():
-      if target is None:
-        tree = mngr.item_metadata(step)["state"]
-        tree = getattr(tree, "tree", tree)
-        dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=dev), tree)
-      out = mngr.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(target), metadata=ocp.args.JsonRestore()))
-      if not isinstance(out.metadata, dict):
-        raise ValueError("the metadata item is missing")
+    if target is None:
+      tree = mngr.item_metadata(step)["state"]
+      tree = getattr(tree, "tree", tree)
+      dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=dev), tree)
+    out = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target), metadata=ocp.args.JsonRestore()))
+    if not isinstance(out.metadata, dict):
+      raise ValueError("the metadata item is missing")
     return out.state, out.metadata
   except UserError:
     raise
@@ -278,10 +282,18 @@ def _open_latest(run_dir: str, kind: str):
 def restore(run_dir: str, kind: str, target: Any = None) -> tuple[Any, dict]:
   """(state tree, metadata) of ``<run_dir>/<kind>``'s newest checkpoint.
 
-  ``target``: a pytree of arrays (or ShapeDtypeStructs) with the saved structure,
-  whose shardings the restored arrays take; ``None`` restores every saved array
-  onto the first local device (any device count at save time).
-  Raises CorruptCheckpointError when that checkpoint cannot be read.
+  Args:
+    run_dir: the run's checkpoint folder.
+    kind: "best" or "latest".
+    target: a pytree of arrays (or ShapeDtypeStructs) with the saved structure,
+      whose shardings the restored arrays take; ``None`` restores every saved array
+      onto the first local device (any device count at save time).
+
+  Returns:
+    (state tree, metadata dict).
+
+  Raises:
+    CorruptCheckpointError: that checkpoint cannot be read.
   """
   path, mngr, step = _open_latest(run_dir, kind)
   try:
@@ -294,7 +306,18 @@ def restore_newest_good(run_dir: str, kind: str, target: Any = None) -> tuple[An
   """(state tree, metadata, step) of the newest *readable* checkpoint of ``<run_dir>/<kind>``.
 
   An unreadable newer checkpoint is skipped with a :class:`CheckpointFallbackWarning`
-  (also printed to stderr); CorruptCheckpointError when none can be read.
+  (also printed to stderr).
+
+  Args:
+    run_dir: the run's checkpoint folder.
+    kind: "best" or "latest".
+    target: as for :func:`restore`.
+
+  Returns:
+    (state tree, metadata dict, the step restored).
+
+  Raises:
+    CorruptCheckpointError: no checkpoint can be read; UserError: there is none.
   """
   path = os.path.join(run_dir, kind)
   mngr = _manager(path, create=False)

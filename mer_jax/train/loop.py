@@ -13,6 +13,7 @@ One epoch of a run (both functions, Tables 3-4):
    higher accuracy keeps the current weights as the best, otherwise the
    epochs-without-improvement counter grows; training stops when it reaches
    ``early_stopping_patience`` (0 disables early stopping) or after ``epochs``;
+   ``select_best=False`` keeps the last epoch's weights instead (no selection, no early stopping);
 6. checkpoints: ``latest`` every ``checkpoint_every`` epochs and at the end
    (train state + best weights + loop bookkeeping: a resumed run continues
    bit-identically), ``best`` once, when the run ends (until then the best
@@ -29,16 +30,22 @@ epoch runs ``max_f steps_f`` steps, a run with fewer steps (smaller training
 set) or that has stopped early is masked (its state is left unchanged), and
 validation sets are padded with masked rows. Every run sees exactly the batches
 it would see alone, so the results equal those of ``fit`` run by run.
+
+Both go through one epoch loop (:func:`_epoch_loop`); only the stepping differs
+(:class:`_Single`: the non-vmapped jitted step; :class:`_Stacked`: the vmapped one).
+Progress: clu's ``periodic_actions.ReportProgress`` once per epoch (steps/s, time in
+``eval`` and ``checkpoint``) and one printed line per epoch. Scalars: per-epoch ones at
+step = epoch, per-step ones at the optimiser step, which continues after a resume.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import functools
 import os
 import shutil
-import sys
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -47,6 +54,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
+from clu import periodic_actions
 
 from mer_jax.errors import DataError, UserError
 from mer_jax.train import checkpoint as ckpt
@@ -99,8 +108,10 @@ class _Book:
   stopped: bool = False
   history: list = dataclasses.field(default_factory=list)
 
-  def update(self, epoch: int, acc: float, loss: float, patience: int, max_epochs: int) -> bool:
-    improved = acc > self.best_accuracy
+  def update(self, epoch: int, acc: float, loss: float, patience: int, max_epochs: int, select: bool = True) -> bool:
+    # select=False (train_cfg.select_best=False): every epoch replaces the kept weights -> the last epoch's, and
+    # the counter never grows, so early stopping never fires (no model selection at all).
+    improved = acc > self.best_accuracy or not select
     if improved:
       self.best_accuracy, self.best_loss, self.best_epoch, self.wait = acc, loss, epoch, 0
     else:
@@ -116,7 +127,7 @@ class _Book:
 
 def _masked_plateau(state: TrainState, val_loss, active):
   new = plateau_step(state, val_loss)
-  return jax.tree_util.tree_map(lambda n, o: jnp.where(active, n, o), new, state)
+  return jax.tree.map(lambda n, o: jnp.where(active, n, o), new, state)
 
 
 def _select(mask, new, old):
@@ -124,7 +135,7 @@ def _select(mask, new, old):
   def pick(n, o):
     m = mask.reshape(mask.shape + (1,) * (n.ndim - 1))
     return jnp.where(m, n, o)
-  return jax.tree_util.tree_map(pick, new, old)
+  return jax.tree.map(pick, new, old)
 
 
 @functools.lru_cache(maxsize=None)
@@ -171,24 +182,6 @@ def _check_run(run: RunData, num_classes: int) -> None:
       raise DataError(f"run {run.name!r}: {what} labels outside [0, {num_classes}) (model.num_classes)")
 
 
-class Progress:
-  """One line per epoch with elapsed time and an ETA (upper bound: no early stop assumed)."""
-
-  def __init__(self, label: str, total_epochs: int, stream=None):
-    self.label, self.total, self.stream = label, total_epochs, stream or sys.stdout
-    self.t0 = time.time()
-    self.first_epoch: Optional[int] = None
-
-  def epoch(self, epoch: int, text: str) -> None:
-    if self.first_epoch is None:
-      self.first_epoch = epoch
-    done = epoch + 1 - self.first_epoch
-    elapsed = time.time() - self.t0
-    eta = elapsed / max(done, 1) * (self.total - epoch - 1)
-    print(f"[{self.label}] epoch {epoch + 1}/{self.total} {text} | {_fmt_time(elapsed)} elapsed, "
-          f"ETA <= {_fmt_time(eta)}", file=self.stream, flush=True)
-
-
 def _check_same_config(directory: str, saved: dict, current: dict) -> None:
   """A checkpoint to resume from must come from the same configuration (fingerprints in the metadata)."""
   want, got = current.get("fingerprint"), saved.get("fingerprint")
@@ -232,11 +225,6 @@ def _diverged(run: RunData, train_cfg: ml_collections.ConfigDict, epoch: int, wh
       "and rerun with a new --workdir")
 
 
-def _fmt_time(s: float) -> str:
-  s = int(round(s))
-  return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
-
-
 def _write(writer, step: int, scalars: dict) -> None:
   if writer is not None:
     writer.write_scalars(step, scalars)
@@ -258,13 +246,233 @@ def _logits_in_batches(logits_fn, variables, images: np.ndarray, batch: int, sha
   for a, b in _padded_chunks(len(images), batch):
     x = np.zeros((batch,) + images.shape[1:], np.float32)
     x[: b - a] = images[a:b]
-    out.append(np.asarray(logits_fn(variables, jax.device_put(x, sharding)))[: b - a])
+    out.append(np.asarray(jax.device_get(logits_fn(variables, jax.device_put(x, sharding))))[: b - a])
   return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# The epoch loop, shared by fit and fit_many (each keeps only its stepping: _Single / _Stacked)
+# ---------------------------------------------------------------------------------------------
+
+class _EpochProgress(periodic_actions.ReportProgress):
+  """clu's ReportProgress called at the start of training and after every epoch (``every_secs=0``: it reports at
+  each epoch end: the work-unit notes (absl INFO) and, given a writer, ``steps_per_sec`` / ``uptime`` scalars);
+  keeps the last epoch's rate for the console line."""
+
+  steps_per_sec: float = float("nan")
+
+  def _apply(self, step: int, t: float) -> None:
+    self.steps_per_sec = (step - self._previous_step) / (t - self._previous_time)
+    super()._apply(step, t)
+
+
+def _duration(seconds: float) -> str:
+  return str(datetime.timedelta(seconds=round(seconds)))
+
+
+def _discard_latest(directory: str, saved: Any, names: list) -> None:
+  logging.warning("%s holds the vmapped group %s, not %s (another grouping of folds, e.g. another "
+                  "finetune.parallel_folds): deleting it; this group trains from its first epoch",
+                  os.path.join(directory, "latest"), saved, names)
+  shutil.rmtree(os.path.join(directory, "latest"))
+
+
+def _restore_latest(directory: Optional[str], current: dict, template: dict,
+                    names: Optional[list]) -> Optional[tuple[dict, dict]]:
+  """(tree, metadata) of ``<directory>/latest`` to resume from, or None to start afresh.
+
+  Args:
+    directory: the checkpoint directory (None: no checkpoints).
+    current: the run's metadata (its ``fingerprint`` must equal the checkpoint's).
+    template: the state tree to restore into (structure and shardings).
+    names: a vmapped group's run names; a checkpoint of another grouping is deleted (with a logged warning) and
+      None returned. None for a single run.
+
+  Returns:
+    (tree, metadata) of the newest readable checkpoint, or None.
+
+  Raises:
+    UserError: the checkpoint was written with another configuration.
+  """
+  if not directory or ckpt.latest_epoch(directory, "latest") is None:
+    return None
+  meta = _check_resumable(directory, current)
+  if names is not None and meta is not None and meta.get("runs") != names:
+    _discard_latest(directory, meta.get("runs"), names)
+    return None
+  tree, meta, _ = ckpt.restore_newest_good(directory, "latest", template)   # falls back past a damaged one
+  _check_same_config(directory, meta, current)
+  if names is not None and meta.get("runs") != names:      # the readable (older) checkpoint holds another grouping
+    _discard_latest(directory, meta.get("runs"), names)
+    return None
+  return tree, meta
+
+
+def _epoch_loop(st, train_cfg: ml_collections.ConfigDict, ckpts: Optional[ckpt.RunCheckpoints], *, num_classes: int,
+                mesh: jax.sharding.Mesh, writer, checkpoint_every: int, progress: bool, log_every_steps: int,
+                on_epoch_end: Optional[Callable[[int], None]]) -> list[FitResult]:
+  """Trains the F runs of the stepper ``st`` (:class:`_Single`: F = 1, or :class:`_Stacked`) epoch by epoch.
+
+  Restore-or-init, the NaN/Inf checks, history and scalars, the plateau schedule, model selection, early
+  stopping, checkpoints and progress are the same for both; ``st`` only runs the steps and evaluations.
+  Per-epoch scalars are written at step = epoch, per-step ones (``log_every_steps``, clu's ``steps_per_sec``)
+  at the optimiser step, which continues from the restored one after a resume.
+  """
+  t0 = time.time()
+  runs = st.runs
+  f_runs = len(runs)
+  parallel.check_batch_size(int(train_cfg.batch_size), mesh)
+  for r in runs:
+    _check_run(r, num_classes)
+  state, best = st.initial()
+  books = [_Book() for _ in runs]
+  step = 0
+  restored = _restore_latest(st.ckpt_dir, runs[0].metadata, st.template(state, best), st.names)
+  if restored is not None:
+    state, best, books, step = st.adopt(state, *restored)
+  resumed = epoch = max(b.epochs_done for b in books)
+  patience = int(train_cfg.early_stopping_patience)
+  max_epochs = int(train_cfg.epochs)
+  select = bool(train_cfg.get("select_best", True))
+  report = _EpochProgress(writer=writer, every_secs=0.0)
+  report(step)                   # starts clu's clock (a first call never reports)
+  t_loop = time.monotonic()
+
+  def after_step(loss, step_active: np.ndarray) -> None:
+    nonlocal step
+    step += 1
+    if writer is not None and log_every_steps > 0 and step % log_every_steps == 0:
+      now = np.asarray(jax.device_get(loss)).reshape(-1)
+      writer.write_scalars(step, {f"{r.name}/step_train_loss": float(now[f])
+                                  for f, r in enumerate(runs) if step_active[f]})
+
+  while not all(b.stopped for b in books) and epoch < max_epochs:
+    active = np.array([not b.stopped for b in books])
+    first_step = step
+    state, losses, masks, n_steps = st.train_epoch(state, epoch, active, after_step)
+    step_losses = np.asarray(jax.device_get(losses), np.float64).reshape(len(losses), f_runs)   # one transfer
+    bad = np.argwhere(np.asarray(masks) & ~np.isfinite(step_losses))
+    if bad.size:
+      s, f = (int(v) for v in bad[0])
+      _flush(ckpts)
+      raise _diverged(runs[f], train_cfg, epoch, st.train_where(first_step, s), "training loss", step_losses[s, f],
+                      ckpt_dir=st.ckpt_dir)
+    with report.timed("eval", wait_jax_async_dispatch=False):
+      scores = st.val_scores(state)      # [(loss, accuracy)] per run
+    for f, (sc, r) in enumerate(zip(scores, runs)):
+      if active[f] and not np.isfinite(sc[0]):
+        _flush(ckpts)
+        raise _diverged(r, train_cfg, epoch, st.val_where, "validation loss", sc[0], ckpt_dir=st.ckpt_dir)
+    state = st.plateau(state, np.array([sc[0] for sc in scores], np.float32), active)
+    scale = np.asarray(jax.device_get(state.plateau.scale)).reshape(-1)
+    improved = np.zeros(f_runs, bool)
+    for f, (b, r) in enumerate(zip(books, runs)):
+      if not active[f]:
+        continue
+      val_loss, val_acc = scores[f]
+      improved[f] = b.update(epoch, val_acc, val_loss, patience, max_epochs, select)
+      lr = float(train_cfg.learning_rate) * float(scale[f])
+      train_loss = float(np.mean(step_losses[: n_steps[f], f]))
+      b.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                        "val_accuracy": val_acc, "lr": lr})
+      _write(writer, epoch, {f"{r.name}/train_loss": train_loss, f"{r.name}/val_loss": val_loss,
+                             f"{r.name}/val_accuracy": val_acc, f"{r.name}/lr": lr})
+    if improved.any():
+      best = st.keep(best, state, improved)
+    if ckpts and (all(b.stopped for b in books) or (epoch + 1) % max(checkpoint_every, 1) == 0):
+      with report.timed("checkpoint", wait_jax_async_dispatch=False):
+        ckpts.save("latest", epoch + 1, {"state": flax.serialization.to_state_dict(state), "best": best},
+                   st.latest_metadata(books, epoch, scores, step))
+    report(step)
+    if progress:
+      if f_runs == 1:
+        h = books[0].history[-1]
+        text = (f"loss {h['train_loss']:.4f} val_loss {h['val_loss']:.4f} val_acc {h['val_accuracy']:.3f} "
+                f"lr {h['lr']:.2g}" + (" *" if improved[0] else ""))
+      else:
+        text = f"active {int(active.sum())}/{f_runs} val_acc [{' '.join(f'{sc[1]:.2f}' for sc in scores)}]"
+      eta = (max_epochs - epoch - 1) * max(n for n, a in zip(n_steps, active) if a) / report.steps_per_sec
+      print(f"[{st.label}] epoch {epoch + 1}/{max_epochs} {text} | {report.steps_per_sec:.3g} steps/s, "
+            f"{_duration(time.monotonic() - t_loop)} elapsed, ETA <= {_duration(eta)}", flush=True)
+    if on_epoch_end is not None:
+      on_epoch_end(epoch)
+    epoch += 1
+
+  variables = st.finish(best, books, ckpts)
+  wall = (time.time() - t0) / f_runs
+  return [FitResult(variables=v, best_epoch=b.best_epoch, best_val_accuracy=b.best_accuracy,
+                    best_val_loss=b.best_loss, epochs_trained=b.epochs_done, history=b.history,
+                    resumed_from_epoch=resumed, wall_time_s=wall) for v, b in zip(variables, books)]
 
 
 # ---------------------------------------------------------------------------------------------
 # One run
 # ---------------------------------------------------------------------------------------------
+
+class _Single:
+  """The stepping of one run: the non-vmapped jitted step, F = 1 for :func:`_epoch_loop`."""
+
+  names = None                 # no grouping to check on resume
+  val_where = "validation"
+
+  def __init__(self, apply_fn: Callable, init_variables: dict, run: RunData, train_cfg, mesh, ckpt_dir):
+    self.run, self.runs, self.label, self.ckpt_dir = run, [run], run.name, ckpt_dir
+    self.apply_fn, self.init_variables, self.train_cfg = apply_fn, init_variables, train_cfg
+    self.fns = _compiled(mesh, False, apply_fn)
+    self.rep, self.data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    self.batch = int(train_cfg.batch_size)
+    self.active = np.ones(1, bool)
+
+  def initial(self):
+    # may_alias=False: the state owns its buffers (they are donated to every step; the caller keeps its variables)
+    state = jax.device_put(create_state(self.apply_fn, self.init_variables, self.train_cfg), self.rep,
+                           may_alias=False)
+    return state, ckpt.host_copy(variables_of(state))
+
+  def template(self, state, best):
+    return {"state": flax.serialization.to_state_dict(state), "best": variables_of(state)}
+
+  def adopt(self, state, tree, meta):
+    state = flax.serialization.from_state_dict(state, tree["state"])
+    return state, ckpt.host_copy(tree["best"]), [_Book(**meta["loop"])], int(jax.device_get(state.step))
+
+  def train_epoch(self, state, epoch, active, after_step):
+    run = self.run         # (the crash tests find the RunData as the local ``run`` of epoch_plan's caller)
+    plan = epoch_plan(run.train_y, self.batch, epoch_rng(run.seed, epoch), bool(self.train_cfg.balanced_sampling))
+    losses = []
+    for idx in plan:
+      x = jax.device_put(np.asarray(run.train_x[idx], np.float32), self.data)
+      y = jax.device_put(np.asarray(run.train_y[idx], np.int32), self.data)
+      state, loss = self.fns["train"](state, x, y)
+      losses.append(loss)
+      after_step(loss, self.active)
+    return state, losses, [self.active] * len(plan), [len(plan)]
+
+  def train_where(self, first_step: int, s: int) -> str:
+    return f"optimiser step {first_step + s + 1} (batch {s + 1} of the epoch)"
+
+  def val_scores(self, state):
+    logits = _logits_in_batches(self.fns["logits"], variables_of(state), self.run.val_x, self.batch, self.data)
+    return [_val_scores(logits, self.run.val_y)]
+
+  def plateau(self, state, val_loss, active):
+    return self.fns["plateau"](state, jax.device_put(val_loss[0], self.rep))
+
+  def keep(self, best, state, improved):
+    return ckpt.host_copy(variables_of(state))
+
+  def latest_metadata(self, books, epoch, scores, step):
+    loss, acc = scores[0]
+    return dict(self.run.metadata, epoch=epoch, metrics={"val_accuracy": acc, "val_loss": loss},
+                loop=dataclasses.asdict(books[0]))
+
+  def finish(self, best, books, ckpts):
+    b = books[0]
+    if ckpts and b.best_epoch >= 0:
+      ckpts.save("best", b.best_epoch, best, dict(
+          self.run.metadata, epoch=b.best_epoch, metrics={"val_accuracy": b.best_accuracy, "val_loss": b.best_loss}))
+    return [best]
+
 
 def fit(apply_fn: Callable, init_variables: dict, run: RunData, train_cfg: ml_collections.ConfigDict, *,
         num_classes: int, mesh: Optional[jax.sharding.Mesh] = None, writer=None,
@@ -272,107 +480,42 @@ def fit(apply_fn: Callable, init_variables: dict, run: RunData, train_cfg: ml_co
         on_epoch_end: Optional[Callable[[int], None]] = None, checkpoint_async: bool = True) -> FitResult:
   """Trains one run from ``init_variables`` and returns its best-validation weights.
 
-  writer: a clu MetricWriter (per-epoch scalars; the training loss every
-  ``log_every_steps`` optimiser steps when > 0).
-
   Resumes from ``<run_dir>/latest`` when present (its metadata must carry the
-  same ``fingerprint`` as ``run.metadata``, else UserError). ``on_epoch_end(epoch)``
-  is called after each epoch's checkpoints were issued (tests use it to simulate a crash).
-  checkpoint_async: write checkpoints in the background (single-process runs only; see
-  :class:`checkpoint.RunCheckpoints`).
+  same ``fingerprint`` as ``run.metadata``, else UserError).
+
+  Args:
+    apply_fn: the model's apply (``mer_jax.train.state.model_apply(model)``).
+    init_variables: initial ``{'params','batch_stats'}``.
+    run: the training and validation arrays, seed, checkpoint directory and metadata (:class:`RunData`).
+    train_cfg: the ``config.pretrain`` or ``config.finetune`` section (batch size, epochs, optimiser, plateau,
+      early stopping, model selection).
+    num_classes: K, the classes of ``run``'s labels.
+    mesh: device mesh for data parallelism (default: ``parallel.make_mesh()``).
+    writer: a clu MetricWriter (per-epoch scalars; the training loss every
+      ``log_every_steps`` optimiser steps when > 0).
+    checkpoint_every: write ``latest`` every this many epochs.
+    progress: print one line per epoch.
+    log_every_steps: > 0 writes the training loss every that many optimiser steps.
+    on_epoch_end: ``on_epoch_end(epoch)`` is called after each epoch's checkpoints were issued (tests use it
+      to simulate a crash).
+    checkpoint_async: write checkpoints in the background (single-process runs only; see
+      :class:`checkpoint.RunCheckpoints`).
+
+  Returns:
+    A :class:`FitResult`: the selected weights, best epoch and validation scores, history, epochs trained.
+
+  Raises:
+    TrainingDivergedError: the loss became NaN or infinite.
+    UserError: ``<run_dir>/latest`` belongs to another config.
   """
   ckpt_ctx = (ckpt.RunCheckpoints(run.run_dir, asynchronous=None if checkpoint_async else False)
                 if run.run_dir else contextlib.nullcontext())
   with ckpt_ctx as ckpts:
-    return _fit(apply_fn, init_variables, run, train_cfg, ckpts, num_classes=num_classes, mesh=mesh,
-                writer=writer, checkpoint_every=checkpoint_every, progress=progress,
-                log_every_steps=log_every_steps, on_epoch_end=on_epoch_end)
-
-
-def _fit(apply_fn, init_variables, run, train_cfg, ckpts: Optional[ckpt.RunCheckpoints], *, num_classes, mesh,
-         writer, checkpoint_every, progress, log_every_steps, on_epoch_end) -> FitResult:
-  t0 = time.time()
-  mesh = mesh or parallel.make_mesh()
-  batch = int(train_cfg.batch_size)
-  parallel.check_batch_size(batch, mesh)
-  _check_run(run, num_classes)
-  fns = _compiled(mesh, False, apply_fn)
-  rep = parallel.replicated(mesh)
-  data = parallel.batch_sharding(mesh)
-  # may_alias=False: the state owns its buffers (they are donated to every step; the caller keeps its variables)
-  state = jax.device_put(create_state(apply_fn, init_variables, train_cfg), rep, may_alias=False)
-  best = ckpt.host_copy(variables_of(state))
-  book = _Book()
-  resumed = 0
-  if run.run_dir and ckpt.latest_epoch(run.run_dir, "latest") is not None:
-    template = {"state": flax.serialization.to_state_dict(state), "best": variables_of(state)}
-    _check_resumable(run.run_dir, run.metadata)
-    tree, meta, _ = ckpt.restore_newest_good(run.run_dir, "latest", template)   # falls back past a damaged one
-    _check_same_config(run.run_dir, meta, run.metadata)
-    state = flax.serialization.from_state_dict(state, tree["state"])
-    best = ckpt.host_copy(tree["best"])
-    book = _Book(**meta["loop"])
-    resumed = book.epochs_done
-  patience = int(train_cfg.early_stopping_patience)
-  max_epochs = int(train_cfg.epochs)
-  prog = Progress(run.name, max_epochs) if progress else None
-
-  def val_logits(variables):
-    return _logits_in_batches(fns["logits"], variables, run.val_x, batch, data)
-
-  epoch = book.epochs_done
-  host_step = int(state.step)
-  while not book.stopped and epoch < max_epochs:
-    plan = epoch_plan(run.train_y, batch, epoch_rng(run.seed, epoch), bool(train_cfg.balanced_sampling))
-    losses = []
-    for idx in plan:
-      x = jax.device_put(np.asarray(run.train_x[idx], np.float32), data)
-      y = jax.device_put(np.asarray(run.train_y[idx], np.int32), data)
-      state, loss = fns["train"](state, x, y)
-      losses.append(loss)
-      host_step += 1
-      if writer is not None and log_every_steps > 0 and host_step % log_every_steps == 0:
-        writer.write_scalars(host_step, {f"{run.name}/step_train_loss": float(loss)})
-    step_losses = np.asarray(jax.device_get(losses), np.float64)
-    nonfinite = np.flatnonzero(~np.isfinite(step_losses))
-    if nonfinite.size:
-      i = int(nonfinite[0])
-      _flush(ckpts)
-      raise _diverged(run, train_cfg, epoch, f"optimiser step {host_step - len(losses) + i + 1} "
-                      f"(batch {i + 1} of the epoch)", "training loss", step_losses[i])
-    train_loss = float(np.mean(step_losses))
-    val_loss, val_acc = _val_scores(val_logits(variables_of(state)), run.val_y)
-    if not np.isfinite(val_loss):
-      _flush(ckpts)
-      raise _diverged(run, train_cfg, epoch, "validation", "validation loss", val_loss)
-    state = fns["plateau"](state, jnp.asarray(val_loss, jnp.float32))
-    improved = book.update(epoch, val_acc, val_loss, patience, max_epochs)
-    lr = float(train_cfg.learning_rate) * float(state.plateau.scale)
-    book.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                         "val_accuracy": val_acc, "lr": lr})
-    _write(writer, epoch, {f"{run.name}/train_loss": train_loss, f"{run.name}/val_loss": val_loss,
-                           f"{run.name}/val_accuracy": val_acc, f"{run.name}/lr": lr})
-    if improved:
-      best = ckpt.host_copy(variables_of(state))
-    if ckpts and (book.stopped or (epoch + 1) % max(checkpoint_every, 1) == 0):
-      ckpts.save("latest", epoch + 1,
-                {"state": flax.serialization.to_state_dict(state), "best": best},
-                dict(run.metadata, epoch=epoch, metrics={"val_accuracy": val_acc, "val_loss": val_loss},
-                     loop=dataclasses.asdict(book)))
-    if prog:
-      prog.epoch(epoch, f"loss {train_loss:.4f} val_loss {val_loss:.4f} val_acc {val_acc:.3f} lr {lr:.2g}"
-                 + (" *" if improved else ""))
-    if on_epoch_end is not None:
-      on_epoch_end(epoch)
-    epoch += 1
-  if ckpts and book.best_epoch >= 0:
-    ckpts.save("best", book.best_epoch, best, dict(
-        run.metadata, epoch=book.best_epoch, metrics={"val_accuracy": book.best_accuracy,
-                                                      "val_loss": book.best_loss}))
-  return FitResult(variables=best, best_epoch=book.best_epoch,
-                   best_val_accuracy=book.best_accuracy, best_val_loss=book.best_loss,
-                   epochs_trained=book.epochs_done, history=book.history, resumed_from_epoch=resumed,
-                   wall_time_s=time.time() - t0)
+    mesh = mesh or parallel.make_mesh()
+    st = _Single(apply_fn, init_variables, run, train_cfg, mesh, ckpts.run_dir if ckpts else None)
+    return _epoch_loop(st, train_cfg, ckpts, num_classes=num_classes, mesh=mesh, writer=writer,
+                       checkpoint_every=checkpoint_every, progress=progress, log_every_steps=log_every_steps,
+                       on_epoch_end=on_epoch_end)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,11 +523,108 @@ def _fit(apply_fn, init_variables, run, train_cfg, ckpts: Optional[ckpt.RunCheck
 # ---------------------------------------------------------------------------------------------
 
 def _stack(trees: Sequence[Any]) -> Any:
-  return jax.tree_util.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
+  return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
 
 
 def _unstack(tree: Any, i: int) -> Any:
-  return jax.tree_util.tree_map(lambda x: np.asarray(x[i]), tree)
+  return jax.tree.map(lambda x: np.asarray(x[i]), tree)
+
+
+class _Stacked:
+  """The stepping of F runs as one vmapped program (for :func:`_epoch_loop`): every epoch runs ``max_f steps_f``
+  steps; a run with fewer batches, or that has stopped, is masked; validation sets are padded with masked rows."""
+
+  val_where = "validation (vmapped group)"
+
+  def __init__(self, apply_fn: Callable, init_variables: Sequence[dict], runs: Sequence[RunData], train_cfg, mesh,
+               ckpt_dir, asynchronous):
+    self.runs, self.names, self.ckpt_dir, self.asynchronous = list(runs), [r.name for r in runs], ckpt_dir, asynchronous
+    self.label = f"{runs[0].name}..{runs[-1].name} ({len(runs)} vmapped)"
+    self.apply_fn, self.init_variables, self.train_cfg = apply_fn, init_variables, train_cfg
+    self.fns = _compiled(mesh, True, apply_fn)
+    self.rep, self.data = parallel.replicated(mesh), parallel.batch_sharding(mesh, fold_axis=True)
+    self.batch = int(train_cfg.batch_size)
+    self.shape = runs[0].train_x.shape[1:]
+
+  def initial(self):
+    states = [create_state(self.apply_fn, v, self.train_cfg) for v in self.init_variables]
+    state = jax.device_put(states[0].replace(**{
+        k: _stack([getattr(s, k) for s in states])
+        for k in ("step", "params", "opt_state", "batch_stats", "epoch", "plateau")}), self.rep, may_alias=False)
+    best = jax.device_put(ckpt.host_copy(variables_of(state)), self.rep)   # own buffers: the state is donated
+    return state, best
+
+  def template(self, state, best):
+    return {"state": flax.serialization.to_state_dict(state), "best": best}
+
+  def adopt(self, state, tree, meta):
+    state = flax.serialization.from_state_dict(state, tree["state"])
+    # the group's step counter (a checkpoint without it: the most steps any run made, exact unless the largest
+    # run stopped before the others)
+    step = meta.get("step", np.max(jax.device_get(state.step)))
+    return state, tree["best"], [_Book(**b) for b in meta["loop"]], int(step)
+
+  def train_epoch(self, state, epoch, active, after_step):
+    f_runs = len(self.runs)
+    plans = [epoch_plan(r.train_y, self.batch, epoch_rng(r.seed, epoch), bool(self.train_cfg.balanced_sampling))
+             for r in self.runs]
+    losses, masks = [], []
+    for s in range(max(len(p) for p, a in zip(plans, active) if a)):
+      step_active = np.array([a and s < len(p) for p, a in zip(plans, active)])
+      x = np.empty((f_runs, self.batch) + self.shape, np.float32)
+      y = np.empty((f_runs, self.batch), np.int32)
+      for f, (r, p) in enumerate(zip(self.runs, plans)):
+        idx = p[s] if s < len(p) else p[0]
+        x[f], y[f] = r.train_x[idx], r.train_y[idx]
+      state, loss = self.fns["train"](state, jax.device_put(x, self.data), jax.device_put(y, self.data),
+                                      jax.device_put(step_active, self.rep))
+      losses.append(loss)
+      masks.append(step_active)
+      after_step(loss, step_active)
+    return state, losses, masks, [len(p) for p in plans]
+
+  def train_where(self, first_step: int, s: int) -> str:
+    return f"batch {s + 1} of the epoch (vmapped group {self.names[0]}..{self.names[-1]})"
+
+  def val_scores(self, state):
+    n_val = max(len(r.val_y) for r in self.runs)
+    out = []
+    for a, b in _padded_chunks(n_val, self.batch):
+      x = np.zeros((len(self.runs), self.batch) + self.shape, np.float32)
+      for f, r in enumerate(self.runs):
+        part = r.val_x[a:b]
+        x[f, : len(part)] = part
+      out.append(np.asarray(jax.device_get(self.fns["logits"](variables_of(state), jax.device_put(x, self.data))))
+                 [:, : b - a])
+    logits = np.concatenate(out, axis=1)   # [F, n_val, K]
+    return [_val_scores(logits[f, : len(r.val_y)], r.val_y) for f, r in enumerate(self.runs)]
+
+  def plateau(self, state, val_loss, active):
+    return self.fns["plateau"](state, jax.device_put(val_loss, self.rep), jax.device_put(active, self.rep))
+
+  def keep(self, best, state, improved):
+    return self.fns["select"](jax.device_put(improved, self.rep), variables_of(state), best)
+
+  def latest_metadata(self, books, epoch, scores, step):
+    return {"runs": self.names, "epoch": epoch, "loop": [dataclasses.asdict(b) for b in books],
+            "fingerprint": self.runs[0].metadata.get("fingerprint"), "step": step}
+
+  def finish(self, best, books, ckpts):
+    """Each run's weights [unstacked]; each run_dir gets its ``best`` checkpoint (written in the background, all
+    awaited here)."""
+    best_host = jax.device_get(best)
+    variables, writers = [], []
+    try:
+      for f, (b, r) in enumerate(zip(books, self.runs)):
+        variables.append(_unstack(best_host, f))
+        if r.run_dir and b.best_epoch >= 0:
+          writers.append(ckpt.RunCheckpoints(r.run_dir, asynchronous=self.asynchronous))
+          writers[-1].save("best", b.best_epoch, variables[-1], dict(
+              r.metadata, epoch=b.best_epoch, metrics={"val_accuracy": b.best_accuracy, "val_loss": b.best_loss}))
+    finally:
+      for w in writers:
+        w.close()
+    return variables
 
 
 def fit_many(apply_fn: Callable, init_variables: Sequence[dict], runs: Sequence[RunData],
@@ -394,160 +634,39 @@ def fit_many(apply_fn: Callable, init_variables: Sequence[dict], runs: Sequence[
              log_every_steps: int = 0, checkpoint_async: bool = True) -> list[FitResult]:
   """``fit`` for F runs at once (one jitted, vmapped program; results equal to ``fit`` run by run).
 
-  group_dir: ``<group_dir>/latest`` holds the stacked states (resume); each run's
-  ``run_dir`` gets its ``best`` checkpoint when the group finishes.
-  log_every_steps: > 0 writes each active run's training loss every that many group steps.
+  Args:
+    apply_fn: the model's apply, shared by every run.
+    init_variables: F initial ``{'params','batch_stats'}``, one per run.
+    runs: F :class:`RunData` (same image shape; sizes may differ).
+    train_cfg: the ``config.finetune`` (or ``config.pretrain``) section, shared by every run.
+    num_classes: K, the classes of the runs' labels.
+    group_dir: ``<group_dir>/latest`` holds the stacked states (resume); each run's
+      ``run_dir`` gets its ``best`` checkpoint when the group finishes.
+    mesh: device mesh for data parallelism (default: ``parallel.make_mesh()``).
+    writer: a clu MetricWriter (per-run, per-epoch scalars).
+    checkpoint_every: write ``latest`` every this many epochs.
+    progress: print one line per epoch.
+    on_epoch_end: ``on_epoch_end(epoch)`` after each epoch's checkpoints were issued (test hook).
+    log_every_steps: > 0 writes each active run's training loss every that many group steps.
+    checkpoint_async: write checkpoints in the background (single-process runs only).
+
+  Returns:
+    F :class:`FitResult`, in the order of ``runs``.
+
+  Raises:
+    TrainingDivergedError: a run's loss became NaN or infinite.
+    UserError: ``<group_dir>/latest`` belongs to other settings.
   """
+  if not runs:
+    return []
   asynchronous = None if checkpoint_async else False
   ckpt_ctx = ckpt.RunCheckpoints(group_dir, asynchronous=asynchronous) if group_dir else contextlib.nullcontext()
   with ckpt_ctx as ckpts:
-    return _fit_many(apply_fn, init_variables, runs, train_cfg, ckpts, asynchronous, num_classes=num_classes,
-                     mesh=mesh, writer=writer, checkpoint_every=checkpoint_every, progress=progress,
-                     on_epoch_end=on_epoch_end, log_every_steps=log_every_steps)
-
-
-def _fit_many(apply_fn, init_variables, runs, train_cfg, ckpts: Optional[ckpt.RunCheckpoints], asynchronous, *,
-              num_classes, mesh, writer, checkpoint_every, progress, on_epoch_end,
-              log_every_steps) -> list[FitResult]:
-  group_dir = ckpts.run_dir if ckpts else None
-  t0 = time.time()
-  f_runs = len(runs)
-  if f_runs == 0:
-    return []
-  mesh = mesh or parallel.make_mesh()
-  batch = int(train_cfg.batch_size)
-  parallel.check_batch_size(batch, mesh)
-  for r in runs:
-    _check_run(r, num_classes)
-  fns = _compiled(mesh, True, apply_fn)
-  rep = parallel.replicated(mesh)
-  data = parallel.batch_sharding(mesh, fold_axis=True)
-  states = [create_state(apply_fn, v, train_cfg) for v in init_variables]
-  state = jax.device_put(states[0].replace(**{
-      k: _stack([getattr(s, k) for s in states])
-      for k in ("step", "params", "opt_state", "batch_stats", "epoch", "plateau")}), rep, may_alias=False)
-  best = jax.device_put(ckpt.host_copy(variables_of(state)), rep)   # own buffers: the state is donated
-  books = [_Book() for _ in runs]
-  names = [r.name for r in runs]
-  resumed = 0
-  if group_dir and ckpt.latest_epoch(group_dir, "latest") is not None:
-    meta = _check_resumable(group_dir, runs[0].metadata)
-    if meta is not None and meta.get("runs") != names:   # another grouping of folds (not resumable): start afresh
-      shutil.rmtree(os.path.join(group_dir, "latest"))
-    else:
-      template = {"state": flax.serialization.to_state_dict(state), "best": best}
-      tree, meta, _ = ckpt.restore_newest_good(group_dir, "latest", template)   # falls back past a damaged one
-      _check_same_config(group_dir, meta, runs[0].metadata)
-      if meta.get("runs") != names:     # the readable (older) checkpoint holds another grouping: start afresh
-        shutil.rmtree(os.path.join(group_dir, "latest"))
-      else:
-        state = flax.serialization.from_state_dict(state, tree["state"])
-        best = tree["best"]
-        books = [_Book(**b) for b in meta["loop"]]
-        resumed = max(b.epochs_done for b in books)
-  patience = int(train_cfg.early_stopping_patience)
-  max_epochs = int(train_cfg.epochs)
-  prog = Progress(f"{names[0]}..{names[-1]} ({f_runs} vmapped)", max_epochs) if progress else None
-  n_val = max(len(r.val_y) for r in runs)
-  shape = runs[0].train_x.shape[1:]
-
-  def val_logits(variables):
-    out = []
-    for a, b in _padded_chunks(n_val, batch):
-      x = np.zeros((f_runs, batch) + shape, np.float32)
-      for f, r in enumerate(runs):
-        part = r.val_x[a:b]
-        x[f, : len(part)] = part
-      out.append(np.asarray(fns["logits"](variables, jax.device_put(x, data)))[:, : b - a])
-    return np.concatenate(out, axis=1)   # [F, n_val, K]
-
-  epoch = max(b.epochs_done for b in books)
-  host_step = 0
-  while not all(b.stopped for b in books) and epoch < max_epochs:
-    active = np.array([not b.stopped for b in books])
-    plans = [epoch_plan(r.train_y, batch, epoch_rng(r.seed, epoch), bool(train_cfg.balanced_sampling))
-             for r in runs]
-    n_steps = max(len(p) for p, a in zip(plans, active) if a)
-    step_losses, step_masks = [], []
-    for s in range(n_steps):
-      step_active = np.array([a and s < len(p) for p, a in zip(plans, active)])
-      x = np.empty((f_runs, batch) + shape, np.float32)
-      y = np.empty((f_runs, batch), np.int32)
-      for f, (r, p) in enumerate(zip(runs, plans)):
-        idx = p[s] if s < len(p) else p[0]
-        x[f], y[f] = r.train_x[idx], r.train_y[idx]
-      state, loss = fns["train"](state, jax.device_put(x, data), jax.device_put(y, data),
-                                 jax.device_put(step_active, rep))
-      step_losses.append(loss)
-      step_masks.append(step_active)
-      host_step += 1
-      if writer is not None and log_every_steps > 0 and host_step % log_every_steps == 0:
-        now = np.asarray(loss)
-        writer.write_scalars(host_step, {f"{r.name}/step_train_loss": float(now[f])
-                                         for f, r in enumerate(runs) if step_active[f]})
-    step_losses = np.asarray(jax.device_get(step_losses), np.float64)   # [steps, F]: one transfer per epoch
-    bad = np.argwhere(np.asarray(step_masks) & ~np.isfinite(step_losses))
-    if bad.size:
-      s, f = (int(v) for v in bad[0])
-      _flush(ckpts)
-      raise _diverged(runs[f], train_cfg, epoch, f"batch {s + 1} of the epoch (vmapped group {names[0]}.."
-                      f"{names[-1]})", "training loss", step_losses[s, f], ckpt_dir=group_dir)
-    losses = step_losses.sum(axis=0)
-    logits = val_logits(variables_of(state))
-    scores = [_val_scores(logits[f, : len(r.val_y)], r.val_y) for f, r in enumerate(runs)]
-    for f, (sc, r) in enumerate(zip(scores, runs)):
-      if active[f] and not np.isfinite(sc[0]):
-        _flush(ckpts)
-        raise _diverged(r, train_cfg, epoch, "validation (vmapped group)", "validation loss", sc[0],
-                        ckpt_dir=group_dir)
-    val_loss = np.array([s[0] for s in scores], np.float32)
-    state = fns["plateau"](state, jax.device_put(val_loss, rep), jax.device_put(active, rep))
-    improved = np.zeros(f_runs, bool)
-    scale = np.asarray(state.plateau.scale)
-    for f, (b, r, p) in enumerate(zip(books, runs, plans)):
-      if not active[f]:
-        continue
-      improved[f] = b.update(epoch, scores[f][1], scores[f][0], patience, max_epochs)
-      lr = float(train_cfg.learning_rate) * float(scale[f])
-      tl = float(losses[f] / len(p))
-      b.history.append({"epoch": epoch, "train_loss": tl, "val_loss": scores[f][0],
-                        "val_accuracy": scores[f][1], "lr": lr})
-      _write(writer, epoch, {f"{r.name}/train_loss": tl, f"{r.name}/val_loss": scores[f][0],
-                             f"{r.name}/val_accuracy": scores[f][1], f"{r.name}/lr": lr})
-    if improved.any():
-      best = fns["select"](jax.device_put(improved, rep), variables_of(state), best)
-    done = all(b.stopped for b in books)
-    if ckpts and (done or (epoch + 1) % max(checkpoint_every, 1) == 0):
-      ckpts.save("latest", epoch + 1,
-                {"state": flax.serialization.to_state_dict(state), "best": best},
-                {"runs": names, "epoch": epoch, "loop": [dataclasses.asdict(b) for b in books],
-                 "fingerprint": runs[0].metadata.get("fingerprint")})
-    if prog:
-      accs = " ".join(f"{s[1]:.2f}" for s in scores)
-      prog.epoch(epoch, f"active {int(active.sum())}/{f_runs} val_acc [{accs}]")
-    if on_epoch_end is not None:
-      on_epoch_end(epoch)
-    epoch += 1
-
-  best_host = jax.device_get(best)
-  results = []
-  writers = []          # every run's best checkpoint written in the background, all awaited below
-  try:
-    for f, (b, r) in enumerate(zip(books, runs)):
-      variables = _unstack(best_host, f)
-      if r.run_dir and b.best_epoch >= 0:
-        writers.append(ckpt.RunCheckpoints(r.run_dir, asynchronous=asynchronous))
-        writers[-1].save("best", b.best_epoch, variables, dict(
-            r.metadata, epoch=b.best_epoch,
-            metrics={"val_accuracy": b.best_accuracy, "val_loss": b.best_loss}))
-      results.append(FitResult(
-          variables=variables, best_epoch=b.best_epoch, best_val_accuracy=b.best_accuracy,
-          best_val_loss=b.best_loss, epochs_trained=b.epochs_done, history=b.history,
-          resumed_from_epoch=resumed, wall_time_s=(time.time() - t0) / f_runs))
-  finally:
-    for w in writers:
-      w.close()
-  return results
+    mesh = mesh or parallel.make_mesh()
+    st = _Stacked(apply_fn, init_variables, runs, train_cfg, mesh, ckpts.run_dir if ckpts else None, asynchronous)
+    return _epoch_loop(st, train_cfg, ckpts, num_classes=num_classes, mesh=mesh, writer=writer,
+                       checkpoint_every=checkpoint_every, progress=progress, log_every_steps=log_every_steps,
+                       on_epoch_end=on_epoch_end)
 
 
 def predict_probs(apply_fn: Callable, variables: dict, images: np.ndarray, batch_size: int,

@@ -28,8 +28,7 @@ import os
 from typing import Optional, Sequence
 
 import jax
-import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
 
 from mer_jax.errors import ConfigError
 
@@ -37,16 +36,17 @@ from mer_jax.errors import ConfigError
 def make_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
   """A 1-D mesh with axis ``'data'`` over ``devices`` (default: all local devices)."""
   devices = list(devices) if devices is not None else jax.local_devices()
-  return Mesh(np.asarray(devices), ("data",))
+  # Auto axes: XLA partitions the jitted steps from their in/out shardings (no sharding in the types)
+  return jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P())
+  return NamedSharding(mesh, jax.P())
 
 
 def batch_sharding(mesh: Mesh, fold_axis: bool = False) -> NamedSharding:
   """Sharding of a batch ``[B, ...]`` (or ``[F, B, ...]`` with ``fold_axis``) along B."""
-  return NamedSharding(mesh, P(None, "data") if fold_axis else P("data"))
+  return NamedSharding(mesh, jax.P(None, "data") if fold_axis else jax.P("data"))
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch_size") -> None:
