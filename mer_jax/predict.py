@@ -144,17 +144,19 @@ def check_weights_match_config(config: Any, variables: dict, where: str) -> None
       "came from, or retrain")
 
 
-def inference_config(config: Any, apex: str = "spot", on_no_face: str = "fallback") -> Any:
+def inference_config(config: Any, apex: str = "spot", on_no_face: Optional[str] = None) -> Any:
   """A copy of a checkpoint's config for new clips: no apex annotation, so spot (or middle); what to do with a
-  clip in which no face is found (``fallback``: centre crop, marked in the output; ``error``: stop)."""
+  clip in which no face is found (``fallback``: centre crop, marked in the output; ``error``: stop; None: the
+  checkpoint's own ``data.on_no_face``)."""
   import ml_collections
   if apex not in APEX_CHOICES:
     raise UserError(f"--apex {apex!r}: use one of {APEX_CHOICES}")
-  if on_no_face not in NO_FACE_CHOICES:
+  if on_no_face is not None and on_no_face not in NO_FACE_CHOICES:
     raise UserError(f"--on-no-face {on_no_face!r}: use one of {NO_FACE_CHOICES}")
   cfg = ml_collections.ConfigDict(config.to_dict())
   cfg.data.apex = apex
-  cfg.data.on_no_face = on_no_face
+  if on_no_face is not None:
+    cfg.data.on_no_face = on_no_face
   return cfg
 
 
@@ -180,7 +182,7 @@ def prepare_input(kind: str, path: str, config: Any, fps: Optional[float]) -> tu
 
 
 def predict(checkpoint_dir: str, input_path: str, *, fps: Optional[float] = None, apex: str = "spot",
-            batch_size: int = 32, progress: bool = False, on_no_face: str = "fallback") -> dict:
+            batch_size: int = 32, progress: bool = False, on_no_face: Optional[str] = None) -> dict:
   """Classifies every clip ``input_path`` names; see the module docstring.
 
   Args:
@@ -191,7 +193,7 @@ def predict(checkpoint_dir: str, input_path: str, *, fps: Optional[float] = None
     batch_size: images per jitted inference call.
     progress: print preprocessing progress to stderr.
     on_no_face: ``fallback`` classifies a centre crop and marks the prediction (``face_found: false``);
-      ``error`` raises a DataError naming the clip.
+      ``error`` raises a DataError naming the clip; None keeps the checkpoint's ``data.on_no_face``.
 
   Returns:
     {"checkpoint", "class_names", "predictions": [{"input", "label", "index", "probabilities": {class: p},
@@ -249,9 +251,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   ap.add_argument("--fps", type=float, default=None,
                   help="frame rate (overrides the video's; needed for frame folders with EVM)")
   ap.add_argument("--apex", default="spot", choices=APEX_CHOICES, help="how to pick the apex frame (default: spot)")
-  ap.add_argument("--on-no-face", default="fallback", choices=NO_FACE_CHOICES,
+  ap.add_argument("--on-no-face", default=None, choices=NO_FACE_CHOICES,
                   help="a clip without a detected face: classify a centre crop, marked NO FACE FOUND in the output "
-                  "and face_found=false in the JSON (fallback, default), or stop with an error (error)")
+                  "and face_found=false in the JSON (fallback), or stop with an error (error); default: the "
+                  "checkpoint's data.on_no_face (fallback unless it was trained with error)")
   ap.add_argument("--batch-size", type=int, default=32)
   ap.add_argument("--json", action="store_true", help="print JSON instead of text")
   return ap.parse_args(argv)
