@@ -47,7 +47,7 @@ def opencv_evm(video: np.ndarray, fps: float, band, alpha=ALPHA, lambda_c=LAMBDA
   n = pyramids.max_levels(h, w)
   shapes = pyramids.level_shapes(h, w, n)
   to_yiq, to_rgb = color.RGB_TO_YIQ.astype(np.float32), color.YIQ_TO_RGB.astype(np.float32)
-  yiq = cv2.transform(video.reshape(-1, 1, 3), to_yiq).reshape(video.shape)   # ~15x faster than numpy (N,3)@(3,3)
+  yiq = cv2.transform(video.reshape(-1, 1, 3), to_yiq).reshape(video.shape)  # ~15x faster than numpy (N,3)@(3,3)
   stacks = [np.empty((t, sh[0], sh[1], 3), np.float32) for sh in shapes]
   for i in range(t):
     g = yiq[i]
@@ -102,19 +102,27 @@ def main():
   ap.add_argument("--check", action="store_true", help="also check both implementations agree")
   args = ap.parse_args()
   dev = jax.devices()[0]
-  print(f"# EVM benchmark {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC | jax {jax.__version__} "
-        f"on {dev.platform}:{dev.device_kind} | cv2 {cv2.__version__} ({cv2.getNumThreads()} threads) | "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
-        f"{os.getloadavg()[0]:.1f} | T={args.frames} frames at {FPS:g} fps, alpha {ALPHA:g} | "
-        f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}")
+  print(
+    f"# EVM benchmark {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC | jax {jax.__version__} "
+    f"on {dev.platform}:{dev.device_kind} | cv2 {cv2.__version__} ({cv2.getNumThreads()} threads) | "
+    f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
+    f"{os.getloadavg()[0]:.1f} | T={args.frames} frames at {FPS:g} fps, alpha {ALPHA:g} | "
+    f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}"
+  )
   print("fps = frames / wall-clock s; cpu-fps = frames / process CPU s (all threads; steadier on a shared machine)")
-  print(f"{'case':<24}{'band':<12}{'opencv fps':>11}{'jax fps':>9}{'ratio':>7}"
-        f"{'opencv cpu-fps':>16}{'jax cpu-fps':>13}{'ratio':>7}{'compile s':>11}")
+  print(
+    f"{'case':<24}{'band':<12}{'opencv fps':>11}{'jax fps':>9}{'ratio':>7}"
+    f"{'opencv cpu-fps':>16}{'jax cpu-fps':>13}{'ratio':>7}{'compile s':>11}"
+  )
   t = args.frames
-  traffic = []     # (case, band, bytes accessed per call (XLA cost analysis), best seconds) of single clips
-  cases = [("112x112", 112, 112, None, False), ("256x256", 256, 256, None, False),
-           ("640x480", 480, 640, None, False), (f"batch {args.batch} x 112x112", 112, 112, args.batch, False),
-           (f"donated {args.batch} x 112x112", 112, 112, args.batch, True)]
+  traffic = []  # (case, band, bytes accessed per call (XLA cost analysis), best seconds) of single clips
+  cases = [
+    ("112x112", 112, 112, None, False),
+    ("256x256", 256, 256, None, False),
+    ("640x480", 480, 640, None, False),
+    (f"batch {args.batch} x 112x112", 112, 112, args.batch, False),
+    (f"donated {args.batch} x 112x112", 112, 112, args.batch, True),
+  ]
   for name, h, w, batch, donate in cases:
     video = clip(t, h, w, batch=batch)
     nframes = video.shape[0] * (t if batch else 1) if batch else t
@@ -144,31 +152,37 @@ def main():
       if kind == "ideal":
         frames_in = list(video) if batch else [video]
         ct, cc = best_time(lambda: [opencv_evm(v, FPS, band) for v in frames_in], max(1, args.repeats - 1))  # noqa: B023
-        cv = (f"{nframes / ct:11.0f}{nframes / jt:9.0f}{ct / jt:7.1f}"
-              f"{nframes / cc:16.0f}{nframes / jc:13.0f}{cc / jc:7.1f}")
+        cv = (
+          f"{nframes / ct:11.0f}{nframes / jt:9.0f}{ct / jt:7.1f}{nframes / cc:16.0f}{nframes / jc:13.0f}{cc / jc:7.1f}"
+        )
         if args.check:
           ref = np.stack([opencv_evm(v, FPS, band) for v in frames_in])
           got = np.asarray(out).reshape(ref.shape)
-          inner = (Ellipsis, slice(8, -8), slice(8, -8), slice(None))   # interior rows and columns
-          print(f"    max |jax - opencv| interior {np.abs(got - ref)[inner].max():.2e}, "
-                f"mean all {np.abs(got - ref).mean():.2e}")
+          inner = (Ellipsis, slice(8, -8), slice(8, -8), slice(None))  # interior rows and columns
+          print(
+            f"    max |jax - opencv| interior {np.abs(got - ref)[inner].max():.2e}, "
+            f"mean all {np.abs(got - ref).mean():.2e}"
+          )
       else:
         cv = f"{'-':>11}{nframes / jt:9.0f}{'-':>7}{'-':>16}{nframes / jc:13.0f}{'-':>7}"
       print(f"{name:<24}{band_name:<12}{cv}{compile_s:11.1f}", flush=True)
   if traffic:
     peak = peaks.bandwidth_gbs()
     sheet = (peaks.datasheet(dev) or {}).get("bandwidth")
-    print("\nmemory traffic of one clip (XLA cost analysis: bytes accessed) / time, against a large jitted "
-          "elementwise pass measured in this run:")
+    print(
+      "\nmemory traffic of one clip (XLA cost analysis: bytes accessed) / time, against a large jitted "
+      "elementwise pass measured in this run:"
+    )
     for name, band_name, nbytes, sec in traffic:
-      print(f"  {name:<10}{band_name:<12}{nbytes / 2**20:8.0f} MiB per call: "
-            + peaks.describe(nbytes / sec / 1e9, peak, sheet, "GB/s"))
+      print(
+        f"  {name:<10}{band_name:<12}{nbytes / 2**20:8.0f} MiB per call: "
+        + peaks.describe(nbytes / sec / 1e9, peak, sheet, "GB/s")
+      )
   if args.memory:
     video = clip(300, 480, 640)
     for kind in ("ideal", "butterworth"):
       t0 = time.perf_counter()
-      magnify(jnp.asarray(video), FPS, alpha=ALPHA, freq_band=BANDS["narrow"],
-              temporal_filter=kind).block_until_ready()
+      magnify(jnp.asarray(video), FPS, alpha=ALPHA, freq_band=BANDS["narrow"], temporal_filter=kind).block_until_ready()
       rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
       print(f"300 x 640x480 {kind}: {time.perf_counter() - t0:.1f} s incl. compile, peak RSS so far {rss:.2f} GiB")
 

@@ -45,8 +45,9 @@ from mer_jax.train.steps import train_step  # noqa: E402
 
 
 def build_cache(workdir: str, size: int, subjects: int, clips: int) -> tuple:
-  root = synth.generate("casme2", os.path.join(workdir, "casme2"), seed=0, subjects=subjects,
-                        clips_per_subject=clips, clip_frames=16)
+  root = synth.generate(
+    "casme2", os.path.join(workdir, "casme2"), seed=0, subjects=subjects, clips_per_subject=clips, clip_frames=16
+  )
   c = config_defaults.get_base_config()
   c.image_size = size
   c.evm.enabled = False
@@ -54,12 +55,12 @@ def build_cache(workdir: str, size: int, subjects: int, clips: int) -> tuple:
   c.data.roots.casme2 = root
   quiet = lambda _msg: None
   t = time.perf_counter()
-  pipeline.load_arrays(c, workdir, "micro", log=quiet)      # builds the cache
+  pipeline.load_arrays(c, workdir, "micro", log=quiet)  # builds the cache
   build_s = time.perf_counter() - t
   times, ds = [], None
   for _ in range(3):
     t = time.perf_counter()
-    ds = pipeline.load_arrays(c, workdir, "micro", log=quiet)   # cache hit
+    ds = pipeline.load_arrays(c, workdir, "micro", log=quiet)  # cache hit
     times.append(time.perf_counter() - t)
   return ds, build_s, statistics.median(times)
 
@@ -78,8 +79,10 @@ def main() -> None:
 
   dev = jax.devices()[0]
   print(f"# input-pipeline benchmark {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}")
-  print(f"# device: jax {jax.__version__} {dev.platform} ({dev.device_kind}), {os.cpu_count()} CPU cores, "
-        f"{platform.machine()}")
+  print(
+    f"# device: jax {jax.__version__} {dev.platform} ({dev.device_kind}), {os.cpu_count()} CPU cores, "
+    f"{platform.machine()}"
+  )
   workdir = tempfile.mkdtemp(prefix="input_bench_")
   try:
     ds, build_s, load_s = build_cache(workdir, args.size, args.subjects, args.clips)
@@ -89,16 +92,17 @@ def main() -> None:
   reps = -(-args.samples // n_cache)
   train_x = np.concatenate([ds.images] * reps)[: args.samples]
   train_y = np.concatenate([ds.labels] * reps)[: args.samples]
-  print(f"# cache: {n_cache} SynthME CASME II clips at {args.size}x{args.size} (build {build_s:.1f} s, once); "
-        f"training arrays {train_x.shape} float32 ({train_x.nbytes / 2**20:.0f} MiB); batch {args.batch}")
+  print(
+    f"# cache: {n_cache} SynthME CASME II clips at {args.size}x{args.size} (build {build_s:.1f} s, once); "
+    f"training arrays {train_x.shape} float32 ({train_x.nbytes / 2**20:.0f} MiB); batch {args.batch}"
+  )
 
   # 2. batch assembly as loop.fit does it.
   def batches(epoch):
     for idx in epoch_plan(train_y, args.batch, epoch_rng(0, epoch), True):
-      yield (jax.device_put(np.asarray(train_x[idx], np.float32)),
-             jax.device_put(np.asarray(train_y[idx], np.int32)))
+      yield (jax.device_put(np.asarray(train_x[idx], np.float32)), jax.device_put(np.asarray(train_y[idx], np.int32)))
 
-  for x, _ in batches(99):          # warm-up
+  for x, _ in batches(99):  # warm-up
     x.block_until_ready()
   t, n = time.perf_counter(), 0
   for e in range(3):
@@ -113,11 +117,12 @@ def main() -> None:
   if args.model == "tiny":
     mcfg.stem_features, mcfg.growth_rate, mcfg.block_layers, mcfg.reduction, mcfg.head_pool = 8, 8, (2, 2), 2, 2
   model = build_model(mcfg)
-  state = create_state(model.apply, init_variables(model, jax.random.key(0), args.size, 3),
-                       config_defaults.get_train_config(args.batch, 1))
+  state = create_state(
+    model.apply, init_variables(model, jax.random.key(0), args.size, 3), config_defaults.get_train_config(args.batch, 1)
+  )
   step = jax.jit(train_step)
   x0, y0 = next(batches(0))
-  state, loss = step(state, x0, y0)       # compile
+  state, loss = step(state, x0, y0)  # compile
   loss.block_until_ready()
 
   def on_device(state, n):
@@ -140,7 +145,7 @@ def main() -> None:
     return state
 
   times = {"on device": [], "real input": []}
-  for _ in range(args.repeats):          # interleaved, so that machine load hits both alike
+  for _ in range(args.repeats):  # interleaved, so that machine load hits both alike
     for name, fn in (("on device", on_device), ("real input", real_input)):
       t = time.perf_counter()
       state = fn(state, args.steps)
@@ -149,15 +154,21 @@ def main() -> None:
   pair_ratio = statistics.median(r / d for r, d in zip(times["real input"], times["on device"]))
 
   print(f"\n{'stage':<46} {'samples/s':>10} {'ms/batch':>9}")
-  print(f"{'1. load_arrays (cache -> float32 arrays, once)':<46} {n_cache / load_s:10.0f} "
-        f"{load_s / n_cache * args.batch * 1e3:9.2f}")
-  print(f"{'2. batch assembly (plan, gather, device_put)':<46} {assembly_rate:10.0f} "
-        f"{args.batch / assembly_rate * 1e3:9.2f}")
+  print(
+    f"{'1. load_arrays (cache -> float32 arrays, once)':<46} {n_cache / load_s:10.0f} "
+    f"{load_s / n_cache * args.batch * 1e3:9.2f}"
+  )
+  print(
+    f"{'2. batch assembly (plan, gather, device_put)':<46} {assembly_rate:10.0f} "
+    f"{args.batch / assembly_rate * 1e3:9.2f}"
+  )
   print(f"{'3a. train step, batch already on device':<46} {args.batch / dev_s:10.1f} {dev_s * 1e3:9.1f}")
   print(f"{'3b. train step, real input (loop.fit path)':<46} {args.batch / real_s:10.1f} {real_s * 1e3:9.1f}")
-  print(f"\nstep time real input / on device: {pair_ratio:.3f} (median over {args.repeats} adjacent block pairs; "
-        f"{args.model} network); "
-        f"input can feed {assembly_rate / (args.batch / dev_s):.0f}x the training rate")
+  print(
+    f"\nstep time real input / on device: {pair_ratio:.3f} (median over {args.repeats} adjacent block pairs; "
+    f"{args.model} network); "
+    f"input can feed {assembly_rate / (args.batch / dev_s):.0f}x the training rate"
+  )
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ import tempfile
 import time
 
 PIN_ENV = "MER_JAX_BENCH_CORE"
-if os.environ.get(PIN_ENV):     # a sharded-mode worker: one core, set before JAX sizes its thread pool
+if os.environ.get(PIN_ENV):  # a sharded-mode worker: one core, set before JAX sizes its thread pool
   os.sched_setaffinity(0, {int(os.environ[PIN_ENV])})
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,9 +57,12 @@ from mer_jax.models import build_model, count_params, init_variables  # noqa: E4
 from mer_jax.train import checkpoint as ckpt  # noqa: E402
 from mer_jax.train import loso  # noqa: E402
 
-CDE = (("casme2", 24, 145), ("samm", 28, 133), ("smic", 16, 164))   # (source, subjects, clips)
-COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
-                  "/jax/core/compile/backend_compile_duration")
+CDE = (("casme2", 24, 145), ("samm", 28, 133), ("smic", 16, 164))  # (source, subjects, clips)
+COMPILE_EVENTS = (
+  "/jax/core/compile/jaxpr_trace_duration",
+  "/jax/core/compile/jaxpr_to_mlir_module_duration",
+  "/jax/core/compile/backend_compile_duration",
+)
 
 
 def synthetic_cde(size: int, seed: int = 0, scale: float = 1.0) -> ArrayDataset:
@@ -76,15 +79,20 @@ def synthetic_cde(size: int, seed: int = 0, scale: float = 1.0) -> ArrayDataset:
         y = int(rng.integers(0, 3))
         x = rng.uniform(0.0, 0.4, (size, size, 3)).astype(np.float32)
         r, c = divmod(y, 2)
-        x[r * h:(r + 1) * h, c * h:(c + 1) * h] += 0.5
+        x[r * h : (r + 1) * h, c * h : (c + 1) * h] += 0.5
         images.append(x)
         labels.append(y)
         subjects.append(f"{source}/s{s:02d}")
         sources.append(source)
         clips.append(f"{source}_s{s:02d}_{j:02d}")
-  return ArrayDataset(images=np.stack(images), labels=np.asarray(labels, np.int32),
-                      subjects=np.asarray(subjects), sources=np.asarray(sources), clip_ids=np.asarray(clips),
-                      class_names=("negative", "positive", "surprise"))
+  return ArrayDataset(
+    images=np.stack(images),
+    labels=np.asarray(labels, np.int32),
+    subjects=np.asarray(subjects),
+    sources=np.asarray(sources),
+    clip_ids=np.asarray(clips),
+    class_names=("negative", "positive", "surprise"),
+  )
 
 
 def make_config(args):
@@ -126,6 +134,7 @@ class Meter:
         if meter.active:
           meter.ckpt_s += time.perf_counter() - t
           meter.ckpt_n += name == "save"
+
     setattr(ckpt.RunCheckpoints, name, timed)
 
   def _on_event(self, event, duration, **_):
@@ -136,24 +145,30 @@ class Meter:
     self.compile_s, self.ckpt_s, self.ckpt_n = 0.0, 0.0, 0
 
 
-def run_mode(config, ds, model, init, group: int, subjects, meter: Meter, workroot: str,
-             sync: bool = False) -> dict:
+def run_mode(config, ds, model, init, group: int, subjects, meter: Meter, workroot: str, sync: bool = False) -> dict:
   config = config.copy_and_resolve_references()
   config.finetune.parallel_folds = group
   if sync:
     config.checkpoint_async = False
   workdir = tempfile.mkdtemp(prefix=f"loso_{'vmap' if group else 'seq'}_", dir=workroot)
-  jax.clear_caches()            # each mode pays its own compilation
+  jax.clear_caches()  # each mode pays its own compilation
   meter.reset()
   meter.active = True
   t = time.perf_counter()
-  records = loso.run_loso(config, ds, workdir, apply_fn=model.apply, init_fn=lambda i: init, progress=False,
-                          subjects=subjects)
+  records = loso.run_loso(
+    config, ds, workdir, apply_fn=model.apply, init_fn=lambda i: init, progress=False, subjects=subjects
+  )
   wall = time.perf_counter() - t
   meter.active = False
   shutil.rmtree(workdir, ignore_errors=True)
-  return dict(wall=wall, compile=meter.compile_s, ckpt=meter.ckpt_s, ckpt_n=meter.ckpt_n, records=records,
-              epochs=[r["epochs_trained"] for r in records])
+  return dict(
+    wall=wall,
+    compile=meter.compile_s,
+    ckpt=meter.ckpt_s,
+    ckpt_n=meter.ckpt_n,
+    records=records,
+    epochs=[r["epochs_trained"] for r in records],
+  )
 
 
 def _worker_argv(argv: list) -> list:
@@ -192,32 +207,57 @@ def run_sharded(argv: list, n: int, subjects, workroot: str) -> dict:
       parts.append(json.load(f))
   by_subject = {r["subject"]: r for p in parts for r in p["records"]}
   records = [by_subject[s] for s in subjects]
-  return dict(wall=wall, compile=max(p["compile"] for p in parts), ckpt=max(p["ckpt"] for p in parts),
-              ckpt_n=sum(p["ckpt_n"] for p in parts), records=records,
-              epochs=[r["epochs_trained"] for r in records])
+  return dict(
+    wall=wall,
+    compile=max(p["compile"] for p in parts),
+    ckpt=max(p["ckpt"] for p in parts),
+    ckpt_n=sum(p["ckpt_n"] for p in parts),
+    records=records,
+    epochs=[r["epochs_trained"] for r in records],
+  )
 
 
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--model", choices=("tiny", "paper"), default="tiny",
-                  help="tiny: stem 8, growth 8, blocks (2, 2); paper: the 3.14M-parameter network")
+  ap.add_argument(
+    "--model",
+    choices=("tiny", "paper"),
+    default="tiny",
+    help="tiny: stem 8, growth 8, blocks (2, 2); paper: the 3.14M-parameter network",
+  )
   ap.add_argument("--size", type=int, default=32, help="image side (the paper uses 112)")
   ap.add_argument("--epochs", type=int, default=1, help="epochs per fold (same for both modes)")
-  ap.add_argument("--early-stopping", type=int, default=0, help="patience in epochs (0: off, every fold "
-                  "trains exactly --epochs)")
+  ap.add_argument(
+    "--early-stopping", type=int, default=0, help="patience in epochs (0: off, every fold trains exactly --epochs)"
+  )
   ap.add_argument("--batch", type=int, default=32)
-  ap.add_argument("--folds", type=int, default=32, help="first N subjects as held-out folds (68: the full CDE "
-                  "LOSO; 32 keeps the default run ~3 min on 2 busy cores)")
+  ap.add_argument(
+    "--folds",
+    type=int,
+    default=32,
+    help="first N subjects as held-out folds (68: the full CDE LOSO; 32 keeps the default run ~3 min on 2 busy cores)",
+  )
   ap.add_argument("--parallel-folds", type=int, default=0, help="folds per vmapped group (0: all in one)")
   ap.add_argument("--checkpoint-every", type=int, default=1, help="config.checkpoint_every_epochs")
-  ap.add_argument("--sync-checkpoints", action="store_true", help="config.checkpoint_async=False: every "
-                  "checkpoint is on disk before training goes on")
+  ap.add_argument(
+    "--sync-checkpoints",
+    action="store_true",
+    help="config.checkpoint_async=False: every checkpoint is on disk before training goes on",
+  )
   ap.add_argument("--clip-scale", type=float, default=1.0, help="multiply the CDE clip counts")
-  ap.add_argument("--mode", choices=("both", "sequential", "vmapped", "sharded", "all"), default="both",
-                  help="both: sequential and vmapped; all: also 'sequential-sync' (synchronous checkpoints) and "
-                  "'sharded' (folds spread over --shards processes, one CPU core each)")
-  ap.add_argument("--shards", type=int, default=len(os.sched_getaffinity(0)),
-                  help="processes of the sharded mode (default: the usable CPU cores)")
+  ap.add_argument(
+    "--mode",
+    choices=("both", "sequential", "vmapped", "sharded", "all"),
+    default="both",
+    help="both: sequential and vmapped; all: also 'sequential-sync' (synchronous checkpoints) and "
+    "'sharded' (folds spread over --shards processes, one CPU core each)",
+  )
+  ap.add_argument(
+    "--shards",
+    type=int,
+    default=len(os.sched_getaffinity(0)),
+    help="processes of the sharded mode (default: the usable CPU cores)",
+  )
   ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
   ap.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
   ap.add_argument("--workdir", default=None, help="where the runs write (default: a temporary folder)")
@@ -233,7 +273,7 @@ def main() -> None:
   meter = Meter()
   workroot = args.workdir or tempfile.mkdtemp(prefix="loso_bench_")
   os.makedirs(workroot, exist_ok=True)
-  if args.worker:               # one shard of the sharded mode (started by run_sharded)
+  if args.worker:  # one shard of the sharded mode (started by run_sharded)
     k, n = (int(v) for v in args.worker.split("/"))
     r = run_mode(config, ds, model, init, 0, subjects[k::n], meter, workroot)
     keep = ("subject", "y_true", "y_pred", "probs", "epochs_trained")
@@ -244,52 +284,73 @@ def main() -> None:
 
   dev = jax.devices()[0]
   print(f"# LOSO benchmark {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}")
-  print(f"# device: jax {jax.__version__} {dev.platform} ({dev.device_kind}) x{jax.device_count()}, "
-        f"{os.cpu_count()} CPU cores, {platform.machine()}")
-  print(f"# synthetic CDE: {len(ds)} clips, {len(all_subjects)} subjects, {len(subjects)} folds run; "
-        f"model {args.model} ({count_params(init['params']):,} params) at {args.size}x{args.size}; "
-        f"{args.epochs} epochs, early stopping {'off' if not args.early_stopping else args.early_stopping}, "
-        f"batch {args.batch}, vmapped groups of {group}; checkpoints every {args.checkpoint_every} epoch(s), "
-        f"{'synchronous' if args.sync_checkpoints else 'asynchronous'}")
+  print(
+    f"# device: jax {jax.__version__} {dev.platform} ({dev.device_kind}) x{jax.device_count()}, "
+    f"{os.cpu_count()} CPU cores, {platform.machine()}"
+  )
+  print(
+    f"# synthetic CDE: {len(ds)} clips, {len(all_subjects)} subjects, {len(subjects)} folds run; "
+    f"model {args.model} ({count_params(init['params']):,} params) at {args.size}x{args.size}; "
+    f"{args.epochs} epochs, early stopping {'off' if not args.early_stopping else args.early_stopping}, "
+    f"batch {args.batch}, vmapped groups of {group}; checkpoints every {args.checkpoint_every} epoch(s), "
+    f"{'synchronous' if args.sync_checkpoints else 'asynchronous'}"
+  )
   results = {}
   modes = {"both": ["sequential", "vmapped"], "all": ["sequential-sync", "sequential", "vmapped", "sharded"]}.get(
-      args.mode, [args.mode])
+    args.mode, [args.mode]
+  )
   for mode in modes:
     print(f"  running {mode} ...", file=sys.stderr, flush=True)
     if mode == "sharded":
-      results[mode] = run_sharded(_worker_argv(sys.argv[1:]) + [f"--workdir={workroot}"], args.shards, subjects,
-                                  workroot)
+      results[mode] = run_sharded(
+        _worker_argv(sys.argv[1:]) + [f"--workdir={workroot}"], args.shards, subjects, workroot
+      )
     else:
-      results[mode] = run_mode(config, ds, model, init, group if mode == "vmapped" else 0, subjects, meter,
-                               workroot, sync=mode == "sequential-sync")
+      results[mode] = run_mode(
+        config,
+        ds,
+        model,
+        init,
+        group if mode == "vmapped" else 0,
+        subjects,
+        meter,
+        workroot,
+        sync=mode == "sequential-sync",
+      )
   if not args.workdir:
     shutil.rmtree(workroot, ignore_errors=True)
 
   n = len(subjects)
   base = results.get("sequential")
-  print(f"\n{'mode':<16} {'wall s':>8} {'compile s':>10} {'ckpt s':>8} {'per-fold s':>11} {'speed-up':>9} "
-        f"{'excl. compile':>14} {'excl. compile+ckpt':>19}")
+  print(
+    f"\n{'mode':<16} {'wall s':>8} {'compile s':>10} {'ckpt s':>8} {'per-fold s':>11} {'speed-up':>9} "
+    f"{'excl. compile':>14} {'excl. compile+ckpt':>19}"
+  )
   for mode, r in results.items():
     per_fold = (r["wall"] - r["compile"]) / n
     up = f"{base['wall'] / r['wall']:.2f}x" if base else "-"
     up_nc = f"{(base['wall'] - base['compile']) / (r['wall'] - r['compile']):.2f}x" if base else "-"
     pure = lambda q: q["wall"] - q["compile"] - q["ckpt"]
     up_pure = f"{pure(base) / pure(r):.2f}x" if base else "-"
-    if mode == "sharded":         # compile / checkpoint: the slowest shard's, overlapping with the others' work
+    if mode == "sharded":  # compile / checkpoint: the slowest shard's, overlapping with the others' work
       per_fold, up_nc, up_pure = r["wall"] / n, "-", "-"
-    print(f"{mode:<16} {r['wall']:8.1f} {r['compile']:10.1f} {r['ckpt']:8.1f} {per_fold:11.2f} {up:>9} {up_nc:>14} "
-          f"{up_pure:>19}")
+    print(
+      f"{mode:<16} {r['wall']:8.1f} {r['compile']:10.1f} {r['ckpt']:8.1f} {per_fold:11.2f} {up:>9} {up_nc:>14} "
+      f"{up_pure:>19}"
+    )
   for mode, r in results.items():
     acc = np.mean([np.mean(np.asarray(x["y_true"]) == np.asarray(x["y_pred"])) for x in r["records"]])
-    print(f"{mode}: mean fold test accuracy {acc:.3f}, epochs trained {min(r['epochs'])}-{max(r['epochs'])}, "
-          f"{r['ckpt_n']} checkpoint saves")
+    print(
+      f"{mode}: mean fold test accuracy {acc:.3f}, epochs trained {min(r['epochs'])}-{max(r['epochs'])}, "
+      f"{r['ckpt_n']} checkpoint saves"
+    )
   for other in ("vmapped", "sharded"):
     if "sequential" in results and other in results:
       a, b = (np.concatenate([np.asarray(x["probs"]) for x in results[m]["records"]]) for m in ("sequential", other))
-      same = all(x["y_pred"] == y["y_pred"] for x, y in zip(results["sequential"]["records"],
-                                                          results[other]["records"]))
-      print(f"{other} vs sequential: predictions identical: {same} (max |prob difference| "
-            f"{np.max(np.abs(a - b)):.2e})")
+      same = all(
+        x["y_pred"] == y["y_pred"] for x, y in zip(results["sequential"]["records"], results[other]["records"])
+      )
+      print(f"{other} vs sequential: predictions identical: {same} (max |prob difference| {np.max(np.abs(a - b)):.2e})")
 
 
 if __name__ == "__main__":

@@ -18,9 +18,9 @@ import jax.numpy as jnp
 # NVIDIA datasheet figures (dense, no sparsity): memory bandwidth in GB/s; matmul throughput in GFLOP/s for
 # float32 inputs as XLA runs them by default on these GPUs (TF32 tensor cores) and for bfloat16.
 DATASHEET = {
-    "H100 SXM": {"bandwidth": 3350.0, "float32": 494_700.0, "bfloat16": 989_400.0},
-    "H100 PCIe": {"bandwidth": 2000.0, "float32": 378_000.0, "bfloat16": 756_000.0},
-    "H200": {"bandwidth": 4800.0, "float32": 494_700.0, "bfloat16": 989_400.0},
+  "H100 SXM": {"bandwidth": 3350.0, "float32": 494_700.0, "bfloat16": 989_400.0},
+  "H100 PCIe": {"bandwidth": 2000.0, "float32": 378_000.0, "bfloat16": 756_000.0},
+  "H200": {"bandwidth": 4800.0, "float32": 494_700.0, "bfloat16": 989_400.0},
 }
 
 
@@ -35,7 +35,7 @@ def datasheet(device: Optional[jax.Device] = None) -> Optional[dict]:
 
 
 def _best_seconds(fn, *args, repeats: int) -> float:
-  jax.block_until_ready(fn(*args))                  # compile + warm up
+  jax.block_until_ready(fn(*args))  # compile + warm up
   best = float("inf")
   for _ in range(repeats):
     t = time.perf_counter()
@@ -49,7 +49,7 @@ def matmul_gflops(dtype=jnp.float32, n: Optional[int] = None, repeats: int = 5) 
   n = n or (2048 if jax.default_backend() == "cpu" else 8192)
   a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   b = jax.random.normal(jax.random.key(1), (n, n), dtype)
-  return 2.0 * n ** 3 / _best_seconds(jax.jit(jnp.matmul), a, b, repeats=repeats) / 1e9
+  return 2.0 * n**3 / _best_seconds(jax.jit(jnp.matmul), a, b, repeats=repeats) / 1e9
 
 
 def bandwidth_gbs(mbytes: Optional[int] = None, repeats: int = 5) -> float:
@@ -59,7 +59,7 @@ def bandwidth_gbs(mbytes: Optional[int] = None, repeats: int = 5) -> float:
   mbytes = mbytes or (256 if jax.default_backend() == "cpu" else 2048)
   # donated, so the output reuses the input's buffer (a fresh output would add first-touch page faults on CPU)
   step = jax.jit(lambda v: 2.0 * v + 1.0, donate_argnums=0)
-  x = step(jnp.ones((mbytes * 2 ** 20 // 4,), jnp.float32))
+  x = step(jnp.ones((mbytes * 2**20 // 4,), jnp.float32))
   n_bytes = 2.0 * x.size * 4
   best = float("inf")
   for _ in range(repeats):
@@ -86,12 +86,15 @@ def main() -> None:
   for dtype in (jnp.float32, jnp.bfloat16):
     g = matmul_gflops(dtype)
     ref = sheet.get(jnp.dtype(dtype).name)
-    print(f"matmul {jnp.dtype(dtype).name}: {g:,.1f} GFLOP/s" + (f" ({100 * g / ref:.1f}% of the datasheet's "
-                                                                  f"{ref:,.0f})" if ref else ""))
+    print(
+      f"matmul {jnp.dtype(dtype).name}: {g:,.1f} GFLOP/s"
+      + (f" ({100 * g / ref:.1f}% of the datasheet's {ref:,.0f})" if ref else "")
+    )
   bw = bandwidth_gbs()
   ref = sheet.get("bandwidth")
-  print(f"memory bandwidth: {bw:,.1f} GB/s" + (f" ({100 * bw / ref:.1f}% of the datasheet's {ref:,.0f})"
-                                              if ref else ""))
+  print(
+    f"memory bandwidth: {bw:,.1f} GB/s" + (f" ({100 * bw / ref:.1f}% of the datasheet's {ref:,.0f})" if ref else "")
+  )
 
 
 if __name__ == "__main__":

@@ -35,9 +35,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mer_jax.data import preprocess, readers, synth  # noqa: E402
 
-FULL_SET = 255                      # CASME II clips
+FULL_SET = 255  # CASME II clips
 LENGTHS = (46, 56, 66, 76, 86, 96)  # onset..offset frames (mean 71); CASME II clips are 0.2-0.5 s at 200 fps
-FRAME = (480, 640)                  # CASME II frame size (H, W)
+FRAME = (480, 640)  # CASME II frame size (H, W)
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
 
@@ -61,11 +61,12 @@ def make_set(out: str, clips: int, seed: int) -> list:
     if n == 0:
       continue
     root = os.path.join(out, f"len{length}")
-    if os.path.isdir(root):                           # --keep: a set written by an earlier run
+    if os.path.isdir(root):  # --keep: a set written by an earlier run
       samples += readers.read_casme2(root).samples
       continue
-    synth.generate("casme2", root, seed=seed + i, subjects=1, clips_per_subject=n, clip_frames=length,
-                   frame_size=FRAME[0])
+    synth.generate(
+      "casme2", root, seed=seed + i, subjects=1, clips_per_subject=n, clip_frames=length, frame_size=FRAME[0]
+    )
     _widen(root, FRAME[1])
     samples += readers.read_casme2(root).samples
   return samples
@@ -76,6 +77,7 @@ def time_order(samples: list, order: str) -> dict:
   import jax
 
   from configs import cde
+
   config = cde.get_config()
   config.evm.order = order
   compiles = []
@@ -99,16 +101,22 @@ def time_order(samples: list, order: str) -> dict:
       total = time.perf_counter() - start
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
-  return {"total": total, "per_clip": total / len(samples), "median": float(np.median(per_clip)),
-          "compiles": len(compiles), "compile_s": float(sum(compiles))}
+  return {
+    "total": total,
+    "per_clip": total / len(samples),
+    "median": float(np.median(per_clip)),
+    "compiles": len(compiles),
+    "compile_s": float(sum(compiles)),
+  }
 
 
 def main() -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--sample", type=int, default=0, help="time this many clips (0: the full 255-clip set)")
   ap.add_argument("--seed", type=int, default=0)
-  ap.add_argument("--keep", default="", help="write the set here (or reuse it) and keep it (default: a temporary "
-                  "folder)")
+  ap.add_argument(
+    "--keep", default="", help="write the set here (or reuse it) and keep it (default: a temporary folder)"
+  )
   args = ap.parse_args()
   n = args.sample or FULL_SET
   out = args.keep or tempfile.mkdtemp(prefix="preprocess_bench_")
@@ -116,44 +124,62 @@ def main() -> int:
     t0 = time.perf_counter()
     samples = make_set(out, n, args.seed)
     gen = time.perf_counter() - t0
-    for s in samples:                               # warm the page cache for both orders alike
-      preprocess.read_frames(s.frame_paths[s.onset:s.offset + 1])
+    for s in samples:  # warm the page cache for both orders alike
+      preprocess.read_frames(s.frame_paths[s.onset : s.offset + 1])
     import jax
 
     from configs import cde
     from mer_jax.data import face as face_lib
+
     cfg = cde.get_config()
     lengths = [s.offset - s.onset + 1 for s in samples]
-    boxes = [face_lib.clip_face_box(preprocess.read_frames(s.frame_paths[s.onset:s.onset + 1])).size
-             for s in samples[:: max(1, len(samples) // 8)]]
+    boxes = [
+      face_lib.clip_face_box(preprocess.read_frames(s.frame_paths[s.onset : s.onset + 1])).size
+      for s in samples[:: max(1, len(samples) // 8)]
+    ]
     try:
-      head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+      head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        cwd=os.path.dirname(os.path.abspath(__file__)),
+      ).stdout.strip()
     except OSError:
       head = "?"
-    print(f"# preprocess benchmark {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC | "
-          f"git {head} | jax {jax.__version__} on {jax.default_backend()} | {platform.machine()}, "
-          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} | "
-          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')}")
-    print(f"# {len(samples)} SynthME CASME II clips ({'sample of ' + str(FULL_SET) if args.sample else 'full set'})"
-          f", {FRAME[1]}x{FRAME[0]} at 200 fps, onset..offset {min(lengths)}-{max(lengths)} frames "
-          f"(mean {np.mean(lengths):.0f}), face boxes ~{min(boxes)}-{max(boxes)} px (paper working sizes "
-          f"{sorted({preprocess.work_size(b, cfg.evm) for b in boxes})}); configs/cde.py EVM "
-          f"(temporal_filter={cfg.evm.temporal_filter}); set generated in {gen:.0f} s")
+    print(
+      f"# preprocess benchmark {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC | "
+      f"git {head} | jax {jax.__version__} on {jax.default_backend()} | {platform.machine()}, "
+      f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} | "
+      f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')}"
+    )
+    print(
+      f"# {len(samples)} SynthME CASME II clips ({'sample of ' + str(FULL_SET) if args.sample else 'full set'})"
+      f", {FRAME[1]}x{FRAME[0]} at 200 fps, onset..offset {min(lengths)}-{max(lengths)} frames "
+      f"(mean {np.mean(lengths):.0f}), face boxes ~{min(boxes)}-{max(boxes)} px (paper working sizes "
+      f"{sorted({preprocess.work_size(b, cfg.evm) for b in boxes})}); configs/cde.py EVM "
+      f"(temporal_filter={cfg.evm.temporal_filter}); set generated in {gen:.0f} s"
+    )
     res = {order: time_order(samples, order) for order in ("fast", "paper")}
-    print(f"{'order':6} {'total s':>8} {'s/clip':>7} {'median':>7} {'compiles':>8} {'compile s':>9} "
-          f"{'projected 255 s':>15}")
+    print(
+      f"{'order':6} {'total s':>8} {'s/clip':>7} {'median':>7} {'compiles':>8} {'compile s':>9} {'projected 255 s':>15}"
+    )
     for order, r in res.items():
       proj = r["per_clip"] * FULL_SET
-      print(f"{order:6} {r['total']:8.1f} {r['per_clip']:7.3f} {r['median']:7.3f} {r['compiles']:8d} "
-            f"{r['compile_s']:9.1f} {proj:15.0f}")
+      print(
+        f"{order:6} {r['total']:8.1f} {r['per_clip']:7.3f} {r['median']:7.3f} {r['compiles']:8d} "
+        f"{r['compile_s']:9.1f} {proj:15.0f}"
+      )
     f, p = res["fast"], res["paper"]
     steady = ((p["total"] - p["compile_s"]) / len(samples)) / ((f["total"] - f["compile_s"]) / len(samples))
-    print(f"paper / fast: {p['total'] / f['total']:.2f}x total, {p['median'] / f['median']:.2f}x median clip, "
-          f"{steady:.2f}x without backend compile time")
+    print(
+      f"paper / fast: {p['total'] / f['total']:.2f}x total, {p['median'] / f['median']:.2f}x median clip, "
+      f"{steady:.2f}x without backend compile time"
+    )
     if args.sample:
-      print(f"projection to {FULL_SET} clips = time per clip x {FULL_SET} (an upper bound: the number of "
-            "compilations is bounded by the working sizes and lengths, not by the clip count)")
+      print(
+        f"projection to {FULL_SET} clips = time per clip x {FULL_SET} (an upper bound: the number of "
+        "compilations is bounded by the working sizes and lengths, not by the clip count)"
+      )
   finally:
     if not args.keep:
       shutil.rmtree(out, ignore_errors=True)

@@ -44,12 +44,13 @@ def _pad_same(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
 class ConvReluBN(nn.Module):
   """``BN(ReLU(Conv(x)))`` with 'SAME' padding. [N, C_in, H, W] -> [N, features, H', W']."""
 
-  def __init__(self, c_in: int, features: int, kernel: int, stride: int = 1, bn_momentum: float = 0.99,
-               bn_epsilon: float = 1e-3):
+  def __init__(
+    self, c_in: int, features: int, kernel: int, stride: int = 1, bn_momentum: float = 0.99, bn_epsilon: float = 1e-3
+  ):
     super().__init__()
     self.kernel, self.stride = kernel, stride
     symmetric = stride == 1 and kernel % 2 == 1
-    self.pad_in_conv = symmetric   # stride-1 odd kernels: 'SAME' == symmetric padding (kernel // 2)
+    self.pad_in_conv = symmetric  # stride-1 odd kernels: 'SAME' == symmetric padding (kernel // 2)
     self.conv = nn.Conv2d(c_in, features, kernel, stride=stride, padding=kernel // 2 if symmetric else 0)
     self.bn = nn.BatchNorm2d(features, eps=bn_epsilon, momentum=1.0 - bn_momentum)
 
@@ -113,11 +114,25 @@ def _adaptive_matrix(in_size: int, out_size: int) -> np.ndarray:
 class DenseTwin(nn.Module):
   """The dense mixed-attention MER network. forward(x [N, C, H, W] float32) -> logits [N, num_classes]."""
 
-  def __init__(self, image_size: int = 112, channels: int = 3, num_classes: int = 3, stem_features: int = 32,
-               growth_rate: int = 24, block_layers: Sequence[int] = (5, 10, 10), compression: float = 0.5,
-               kernel_size: int = 5, attention: str = "mixed", attention_placement: str = "block",
-               reduction: int = 8, attention_kernel: int = 5, leaky_slope: float = 0.01, head_pool: int = 7,
-               bn_momentum: float = 0.99, bn_epsilon: float = 1e-3):
+  def __init__(
+    self,
+    image_size: int = 112,
+    channels: int = 3,
+    num_classes: int = 3,
+    stem_features: int = 32,
+    growth_rate: int = 24,
+    block_layers: Sequence[int] = (5, 10, 10),
+    compression: float = 0.5,
+    kernel_size: int = 5,
+    attention: str = "mixed",
+    attention_placement: str = "block",
+    reduction: int = 8,
+    attention_kernel: int = 5,
+    leaky_slope: float = 0.01,
+    head_pool: int = 7,
+    bn_momentum: float = 0.99,
+    bn_epsilon: float = 1e-3,
+  ):
     super().__init__()
     conv = lambda cin, cout, k, s=1: ConvReluBN(cin, cout, k, s, bn_momentum, bn_epsilon)
     attend = lambda c: MixedAttention(attention, c, reduction, leaky_slope, attention_kernel)
@@ -175,13 +190,24 @@ def from_model_config(cfg, image_size: int = 112, channels: int = 3) -> DenseTwi
   """The twin of ``mer_jax.models.build_model(cfg)`` (``cfg`` = config.model; dense backbone only)."""
   if cfg.backbone != "dense":
     raise ValueError(f"the PyTorch twin covers backbone='dense' only, got {cfg.backbone!r}")
-  return DenseTwin(image_size=image_size, channels=channels, num_classes=cfg.num_classes,
-                   stem_features=cfg.stem_features, growth_rate=cfg.growth_rate,
-                   block_layers=tuple(cfg.block_layers), compression=cfg.compression,
-                   kernel_size=cfg.kernel_size, attention=cfg.attention,
-                   attention_placement=cfg.attention_placement, reduction=cfg.reduction,
-                   attention_kernel=cfg.attention_kernel, leaky_slope=cfg.leaky_slope,
-                   head_pool=cfg.head_pool, bn_momentum=cfg.bn_momentum, bn_epsilon=cfg.bn_epsilon)
+  return DenseTwin(
+    image_size=image_size,
+    channels=channels,
+    num_classes=cfg.num_classes,
+    stem_features=cfg.stem_features,
+    growth_rate=cfg.growth_rate,
+    block_layers=tuple(cfg.block_layers),
+    compression=cfg.compression,
+    kernel_size=cfg.kernel_size,
+    attention=cfg.attention,
+    attention_placement=cfg.attention_placement,
+    reduction=cfg.reduction,
+    attention_kernel=cfg.attention_kernel,
+    leaky_slope=cfg.leaky_slope,
+    head_pool=cfg.head_pool,
+    bn_momentum=cfg.bn_momentum,
+    bn_epsilon=cfg.bn_epsilon,
+  )
 
 
 def count_params(model: nn.Module) -> int:
@@ -192,12 +218,13 @@ def count_params(model: nn.Module) -> int:
 # Weight transfer flax -> torch (tests)
 # ------------------------------------------------------------------------------------------------
 
+
 def _t(a) -> torch.Tensor:
   return torch.from_numpy(np.array(a, np.float32))
 
 
 def _conv(dst: nn.Conv2d, src: dict) -> None:
-  dst.weight.data.copy_(_t(src["kernel"]).permute(3, 2, 0, 1))   # HWIO -> OIHW
+  dst.weight.data.copy_(_t(src["kernel"]).permute(3, 2, 0, 1))  # HWIO -> OIHW
   dst.bias.data.copy_(_t(src["bias"]))
 
 
@@ -237,9 +264,9 @@ def load_flax_variables(twin: DenseTwin, variables: dict) -> DenseTwin:
     if b < len(twin.transitions):
       _unit(twin.transitions[b], p[f"transition{b}"], s[f"transition{b}"])
   head = variables["params"]["head"]
-  k = np.array(head["kernel"], np.float32)                 # [(h, w, c), K] in flax's NHWC flattening
+  k = np.array(head["kernel"], np.float32)  # [(h, w, c), K] in flax's NHWC flattening
   hp, c = twin.head_pool, twin.out_channels
-  k = k.reshape(hp, hp, c, -1).transpose(2, 0, 1, 3).reshape(c * hp * hp, -1)   # -> (c, h, w) rows
+  k = k.reshape(hp, hp, c, -1).transpose(2, 0, 1, 3).reshape(c * hp * hp, -1)  # -> (c, h, w) rows
   twin.head.weight.copy_(torch.from_numpy(np.ascontiguousarray(k.T)))
   twin.head.bias.copy_(_t(head["bias"]))
   return twin
@@ -247,6 +274,9 @@ def load_flax_variables(twin: DenseTwin, variables: dict) -> DenseTwin:
 
 if __name__ == "__main__":
   from mer_jax import config_defaults
+
   twin = from_model_config(config_defaults.get_model_config())
-  print(f"PyTorch twin of the paper config: {count_params(twin):,} parameters, "
-        f"features {twin.out_channels}x{twin.feature_size}x{twin.feature_size}")
+  print(
+    f"PyTorch twin of the paper config: {count_params(twin):,} parameters, "
+    f"features {twin.out_channels}x{twin.feature_size}x{twin.feature_size}"
+  )

@@ -97,6 +97,7 @@ def torch_variant(args, mode: str) -> dict:
   import torch
 
   from benchmarks import torch_twin
+
   torch.manual_seed(0)
   twin = torch_twin.from_model_config(config_defaults.get_model_config(num_classes=3), image_size=args.size)
   device = torch.device(args.torch_device)
@@ -122,13 +123,13 @@ def torch_variant(args, mode: str) -> dict:
   if mode == "compile":
     step_model = torch.compile(twin)
     t = time.perf_counter()
-    one_step(step_model)              # compiles forward + backward
+    one_step(step_model)  # compiles forward + backward
     compile_s = time.perf_counter() - t
 
   def block(n):
     for _ in range(n):
       loss = one_step(step_model)
-    return float(loss.detach())        # .item() waits for the device
+    return float(loss.detach())  # .item() waits for the device
 
   block(args.warmup)
   return dict(block=block, compile_s=compile_s, threads=torch.get_num_threads())
@@ -141,14 +142,20 @@ def main() -> None:
   ap.add_argument("--steps", type=int, default=2, help="steps per timed block")
   ap.add_argument("--repeats", type=int, default=3, help="timed blocks (the median is reported)")
   ap.add_argument("--warmup", type=int, default=1)
-  ap.add_argument("--torch-compile", action="store_true",
-                  help="add torch.compile (inductor; its compile took ~400 s on this 2-core machine)")
+  ap.add_argument(
+    "--torch-compile",
+    action="store_true",
+    help="add torch.compile (inductor; its compile took ~400 s on this 2-core machine)",
+  )
   ap.add_argument("--no-torch", action="store_true", help="JAX variants only")
-  ap.add_argument("--torch-device", default=None,
-                  help="cpu | cuda (default: cuda when this torch build sees a GPU, else cpu)")
-  ap.add_argument("--variants", default="jax,jax main,torch eager",
-                  help="comma-separated list from: jax, jax+donate, jax main, jax bf16, torch eager, "
-                  "torch eager CL, torch.compile")
+  ap.add_argument(
+    "--torch-device", default=None, help="cpu | cuda (default: cuda when this torch build sees a GPU, else cpu)"
+  )
+  ap.add_argument(
+    "--variants",
+    default="jax,jax main,torch eager",
+    help="comma-separated list from: jax, jax+donate, jax main, jax bf16, torch eager, torch eager CL, torch.compile",
+  )
   args = ap.parse_args()
   # "jax main": the step as mer_jax.main runs it by default, data parallel over the XLA devices that
   # mer_jax.train.parallel.use_host_cores lays the host's cores out as (set before JAX starts its backends).
@@ -159,6 +166,7 @@ def main() -> None:
     wanted.append("torch.compile")
   try:
     import torch
+
     torch_version = torch.__version__
   except ImportError:
     torch, torch_version = None, None
@@ -171,24 +179,32 @@ def main() -> None:
 
   dev = jax.devices()[0]
   print(f"# train-step benchmark {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}")
-  print(f"# device: jax {jax.__version__} {dev.platform} ({dev.device_kind}), {os.cpu_count()} CPU cores, "
-        f"{platform.processor() or platform.machine()}; torch {torch_version}"
-        + (f" on {args.torch_device} ({torch.get_num_threads()} CPU threads)" if torch is not None else ""))
+  print(
+    f"# device: jax {jax.__version__} {dev.platform} ({dev.device_kind}), {os.cpu_count()} CPU cores, "
+    f"{platform.processor() or platform.machine()}; torch {torch_version}"
+    + (f" on {args.torch_device} ({torch.get_num_threads()} CPU threads)" if torch is not None else "")
+  )
   if torch is not None and dev.platform != "cpu" and args.torch_device == "cpu":
-    print("# WARNING: JAX runs on an accelerator but torch on the CPU (install a CUDA torch build for a fair "
-          "baseline); ratios against torch are not like for like")
-  print(f"# 'jax main' = data parallel over {len(jax.local_devices())} {dev.platform} device(s), as mer_jax.main "
-        "runs by default; 'jax' = one device")
-  print(f"# batch {args.batch} x {args.size}x{args.size}x3, Adam lr 0.01, paper config (3,135,541 params); "
-        f"median of {args.repeats} blocks of {args.steps} steps after {args.warmup} warm-up")
+    print(
+      "# WARNING: JAX runs on an accelerator but torch on the CPU (install a CUDA torch build for a fair "
+      "baseline); ratios against torch are not like for like"
+    )
+  print(
+    f"# 'jax main' = data parallel over {len(jax.local_devices())} {dev.platform} device(s), as mer_jax.main "
+    "runs by default; 'jax' = one device"
+  )
+  print(
+    f"# batch {args.batch} x {args.size}x{args.size}x3, Adam lr 0.01, paper config (3,135,541 params); "
+    f"median of {args.repeats} blocks of {args.steps} steps after {args.warmup} warm-up"
+  )
   runners = {
-      "jax": lambda: jax_variant(args),
-      "jax+donate": lambda: jax_variant(args, donate=True),
-      "jax main": lambda: jax_variant(args, mesh=parallel.make_mesh()),
-      "jax bf16": lambda: jax_variant(args, dtype="bfloat16"),
-      "torch eager": lambda: torch_variant(args, "eager"),
-      "torch eager CL": lambda: torch_variant(args, "channels_last"),
-      "torch.compile": lambda: torch_variant(args, "compile"),
+    "jax": lambda: jax_variant(args),
+    "jax+donate": lambda: jax_variant(args, donate=True),
+    "jax main": lambda: jax_variant(args, mesh=parallel.make_mesh()),
+    "jax bf16": lambda: jax_variant(args, dtype="bfloat16"),
+    "torch eager": lambda: torch_variant(args, "eager"),
+    "torch eager CL": lambda: torch_variant(args, "channels_last"),
+    "torch.compile": lambda: torch_variant(args, "compile"),
   }
   results, flops = {}, float("nan")
   for name in wanted:
@@ -215,8 +231,9 @@ def main() -> None:
     r["sec"] = statistics.median(r["times"])
 
   base = results.get("torch eager", {}).get("sec")
-  print(f"\n{'variant':<16} {'ms/step':>9} {'images/s':>9} {'GFLOP/s':>8} {'vs eager':>9} {'compile s':>10} "
-        f"{'loss@end':>9}")
+  print(
+    f"\n{'variant':<16} {'ms/step':>9} {'images/s':>9} {'GFLOP/s':>8} {'vs eager':>9} {'compile s':>10} {'loss@end':>9}"
+  )
   for name, r in results.items():
     if "error" in r:
       print(f"{name:<16} failed: {r['error']}")
@@ -224,17 +241,21 @@ def main() -> None:
     ips = args.batch / r["sec"]
     gf = flops / r["sec"] / 1e9 if flops == flops else float("nan")
     ratio = f"{base / r['sec']:.2f}x" if base else "-"
-    print(f"{name:<16} {r['sec'] * 1e3:9.1f} {ips:9.1f} {gf:8.1f} {ratio:>9} {r['compile_s']:10.1f} "
-          f"{r['loss']:9.4f}")
+    print(f"{name:<16} {r['sec'] * 1e3:9.1f} {ips:9.1f} {gf:8.1f} {ratio:>9} {r['compile_s']:10.1f} {r['loss']:9.4f}")
   if flops == flops:
-    print(f"\nwork per step (XLA cost analysis of the f32 train step): {flops / 1e9:.1f} GFLOP "
-          f"({flops / args.batch / 1e9:.2f} GFLOP per image, forward + backward + Adam)")
+    print(
+      f"\nwork per step (XLA cost analysis of the f32 train step): {flops / 1e9:.1f} GFLOP "
+      f"({flops / args.batch / 1e9:.2f} GFLOP per image, forward + backward + Adam)"
+    )
     peak = peaks.matmul_gflops(jnp.float32)
     sheet = (peaks.datasheet(dev) or {}).get("float32")
     for name, r in ready.items():
       if name.startswith("jax") and not name.endswith("bf16"):
-        print(f"matrix throughput, {name}: " + peaks.describe(flops / r["sec"] / 1e9, peak, sheet, "GFLOP/s")
-              + " (peak: a jitted float32 matmul measured in this run)")
+        print(
+          f"matrix throughput, {name}: "
+          + peaks.describe(flops / r["sec"] / 1e9, peak, sheet, "GFLOP/s")
+          + " (peak: a jitted float32 matmul measured in this run)"
+        )
 
 
 if __name__ == "__main__":

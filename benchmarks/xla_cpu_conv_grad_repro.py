@@ -46,17 +46,22 @@ def make_inputs(seed: int, n: int) -> dict:
     return (rng.standard_normal((k, k, cin, cout)) / np.sqrt(k * k * cin)).astype(np.float32)
 
   s4 = SIZE // 4
-  return dict(w0=kernel(5, 3, STEM), b0=np.zeros(STEM, np.float32), w1=kernel(5, STEM, GROWTH),
-              b1=np.zeros(GROWTH, np.float32),
-              wh=(rng.standard_normal((s4 * s4 * (STEM + GROWTH), 3)) / np.sqrt(s4 * s4 * (STEM + GROWTH))
-                  ).astype(np.float32),
-              x=rng.uniform(size=(n, SIZE, SIZE, 3)).astype(np.float32), y=rng.integers(0, 3, n).astype(np.int32))
+  return dict(
+    w0=kernel(5, 3, STEM),
+    b0=np.zeros(STEM, np.float32),
+    w1=kernel(5, STEM, GROWTH),
+    b1=np.zeros(GROWTH, np.float32),
+    wh=(rng.standard_normal((s4 * s4 * (STEM + GROWTH), 3)) / np.sqrt(s4 * s4 * (STEM + GROWTH))).astype(np.float32),
+    x=rng.uniform(size=(n, SIZE, SIZE, 3)).astype(np.float32),
+    y=rng.integers(0, 3, n).astype(np.int32),
+  )
 
 
 def child(dtype: str, seeds: int, n: int, out_dir: str) -> None:
   """Gradients and ReLU inputs of every seed in this process's compilation; written as .npz files."""
   import jax
   import jax.numpy as jnp
+
   if dtype == "float64":
     jax.config.update("jax_enable_x64", True)
 
@@ -86,8 +91,12 @@ def child(dtype: str, seeds: int, n: int, out_dir: str) -> None:
     x = jnp.asarray(d["x"], dtype)
     g = grad(p, x, jnp.asarray(d["y"]))
     c0, c1 = pre(p, x)
-    np.savez(os.path.join(out_dir, f"{seed}.npz"), c0=np.asarray(c0), c1=np.asarray(c1),
-             **{k: np.asarray(v) for k, v in g.items()})
+    np.savez(
+      os.path.join(out_dir, f"{seed}.npz"),
+      c0=np.asarray(c0),
+      c1=np.asarray(c1),
+      **{k: np.asarray(v) for k, v in g.items()},
+    )
 
 
 REDUCTION = """
@@ -117,7 +126,7 @@ def torch_reference(seed: int, n: int) -> dict | None:
   p = {k: torch.tensor(d[k].astype(np.float64), requires_grad=True) for k in ("w0", "b0", "w1", "b1", "wh")}
   x = torch.tensor(d["x"].astype(np.float64)).permute(0, 3, 1, 2)
 
-  def conv(x, w, b, s, pad):   # XLA 'SAME': the odd padding pixel goes after (bottom/right)
+  def conv(x, w, b, s, pad):  # XLA 'SAME': the odd padding pixel goes after (bottom/right)
     return F.conv2d(F.pad(x, pad), w.permute(3, 2, 0, 1), b, stride=s)
 
   def bn(x):
@@ -148,20 +157,35 @@ def main() -> None:
     return
   import jax
   import jaxlib
+
   print(f"jax {jax.__version__}, jaxlib {jaxlib.__version__}, {os.uname().machine}, {os.cpu_count()} cores")
   # The root of the extra rounding: a float32 mean over N x H x W (what BatchNorm computes).
-  print(json.dumps({"jnp.mean of 602,112 float32 values ~100.5, abs error vs float64": {
-      "XLA defaults": reduction_error(""), f"XLA_FLAGS={NO_YNN}": reduction_error(NO_YNN)}}), flush=True)
-  runs = {"float64 (x64)": ("float64", ""), "float32 default": ("float32", ""),
-          f"float32 XLA_FLAGS={NO_YNN}": ("float32", NO_YNN)}
+  print(
+    json.dumps(
+      {
+        "jnp.mean of 602,112 float32 values ~100.5, abs error vs float64": {
+          "XLA defaults": reduction_error(""),
+          f"XLA_FLAGS={NO_YNN}": reduction_error(NO_YNN),
+        }
+      }
+    ),
+    flush=True,
+  )
+  runs = {
+    "float64 (x64)": ("float64", ""),
+    "float32 default": ("float32", ""),
+    f"float32 XLA_FLAGS={NO_YNN}": ("float32", NO_YNN),
+  }
   with tempfile.TemporaryDirectory() as tmp:
     for i, (dtype, flags) in enumerate(runs.values()):
       out = os.path.join(tmp, str(i))
       os.makedirs(out)
       env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
-      subprocess.run([sys.executable, __file__, "--seeds", str(args.seeds), "--batch", str(args.batch), "--child",
-                      dtype, out], env=env,
-                     check=True)
+      subprocess.run(
+        [sys.executable, __file__, "--seeds", str(args.seeds), "--batch", str(args.batch), "--child", dtype, out],
+        env=env,
+        check=True,
+      )
     rows = []
     for seed in range(args.seeds):
       res = [dict(np.load(os.path.join(tmp, str(i), f"{seed}.npz"))) for i in range(len(runs))]

@@ -6,10 +6,11 @@ gives Table 2's mapping over every clip instead), LOSO over all subjects of all 
 on CK+ + RAF-DB + FER-2013.
 Point ``data.roots.*`` at your licensed copies.
 """
+
 from mer_jax import config_defaults
 
 
 def get_config():
   c = config_defaults.get_benchmark_config("cde", task="3class", micro=("casme2", "samm", "smic"), num_classes=3)
-  c.data.protocol = "megc2019"    # the official 442-clip composite list the paper evaluates on (docs/data.md)
+  c.data.protocol = "megc2019"  # the official 442-clip composite list the paper evaluates on (docs/data.md)
   return c

@@ -1,4 +1,5 @@
 """Pretraining alone on CK+ + RAF-DB + FER-2013 merged to 3 classes (Section 4.1.3, Table 3)."""
+
 from mer_jax import config_defaults
 
 

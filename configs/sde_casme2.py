@@ -1,4 +1,5 @@
 """SDE on CASME II: 5 classes (disgust, happiness, repression, surprise, others), LOSO (Table 7)."""
+
 from mer_jax import config_defaults
 
 

@@ -1,4 +1,5 @@
 """SDE on SAMM: 5 classes (anger, contempt, happiness, surprise, others), LOSO (Table 8)."""
+
 from mer_jax import config_defaults
 
 

@@ -10,19 +10,19 @@ path as configs/cde.py; only sizes differ (a narrower, shallower network at
 48x48, fewer epochs and shorter patience). Numbers on SynthME say that the
 pipeline works, not how the paper's model performs on real data.
 """
+
 from mer_jax import config_defaults
 
 
 def get_config():
   # SynthME clips last 0.3 s like real ones: the shared EVM reading applies as in configs/cde.py.
-  c = config_defaults.get_benchmark_config("synth_demo", task="3class", micro=("casme2", "samm", "smic"),
-                                           num_classes=3)
+  c = config_defaults.get_benchmark_config("synth_demo", task="3class", micro=("casme2", "samm", "smic"), num_classes=3)
   c.data.synthetic = True
   c.image_size = 48
   m = c.model
   m.stem_features = 8
   m.growth_rate = 8
-  m.block_layers = (2, 2, 2)       # blocks at 12x12, 6x6, 3x3 for a 48x48 input
+  m.block_layers = (2, 2, 2)  # blocks at 12x12, 6x6, 3x3 for a 48x48 input
   m.head_pool = 3
   m.reduction = 4
   c.pretrain.epochs = 15
@@ -32,7 +32,7 @@ def get_config():
   c.finetune.epochs = 20
   c.finetune.plateau_patience = 4
   c.finetune.early_stopping_patience = 6
-  c.finetune.parallel_folds = 0    # folds one by one: faster than vmapped folds on a CPU (benchmarks/RESULTS.md)
+  c.finetune.parallel_folds = 0  # folds one by one: faster than vmapped folds on a CPU (benchmarks/RESULTS.md)
   c.checkpoint_every_epochs = 5
   c.bootstrap_samples = 200
   return c

@@ -28,35 +28,46 @@ from typing import Any, Mapping, Optional, Sequence
 
 # Variant -> config overrides {dotted field: value} (mer_jax/config_defaults.py names every field).
 VARIANTS: dict[str, dict[str, Any]] = {
-    "proposed": {},
-    "attention-none": {"model.attention": "none"},
-    "attention-channel": {"model.attention": "channel"},
-    "attention-spatial": {"model.attention": "spatial"},
-    "backbone-residual": {"model.backbone": "residual"},
-    "evm-off": {"evm.enabled": False},
-    "pretrain-off": {"pretrain.enabled": False},
+  "proposed": {},
+  "attention-none": {"model.attention": "none"},
+  "attention-channel": {"model.attention": "channel"},
+  "attention-spatial": {"model.attention": "spatial"},
+  "backbone-residual": {"model.backbone": "residual"},
+  "evm-off": {"evm.enabled": False},
+  "pretrain-off": {"pretrain.enabled": False},
 }
 
 # Table -> (title, [(row label, variant)]), rows in the paper's order.
 TABLES: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
-    "table10_attention": ("Table 10: results of the attention ablation (CDE)", (
-        ("Ours", "proposed"), ("w/o Attention", "attention-none"))),
-    "table11_attention_kinds": ("Table 11: comparison of attention mechanisms (CDE)", (
-        ("No attention", "attention-none"), ("Channel attention only", "attention-channel"),
-        ("Spatial attention only", "attention-spatial"), ("Mixed attention (proposed)", "proposed"))),
-    "table12_backbone": ("Table 12: densely connected vs residual feature extractor (CDE)", (
-        ("Residual", "backbone-residual"), ("Densely connected (proposed)", "proposed"))),
-    "evm": ("EVM on/off (not in the paper)", (
-        ("Without EVM", "evm-off"), ("With EVM (proposed)", "proposed"))),
-    "pretraining": ("Macro-expression pretraining on/off (not in the paper)", (
-        ("Without pretraining", "pretrain-off"), ("With pretraining (proposed)", "proposed"))),
+  "table10_attention": (
+    "Table 10: results of the attention ablation (CDE)",
+    (("Ours", "proposed"), ("w/o Attention", "attention-none")),
+  ),
+  "table11_attention_kinds": (
+    "Table 11: comparison of attention mechanisms (CDE)",
+    (
+      ("No attention", "attention-none"),
+      ("Channel attention only", "attention-channel"),
+      ("Spatial attention only", "attention-spatial"),
+      ("Mixed attention (proposed)", "proposed"),
+    ),
+  ),
+  "table12_backbone": (
+    "Table 12: densely connected vs residual feature extractor (CDE)",
+    (("Residual", "backbone-residual"), ("Densely connected (proposed)", "proposed")),
+  ),
+  "evm": ("EVM on/off (not in the paper)", (("Without EVM", "evm-off"), ("With EVM (proposed)", "proposed"))),
+  "pretraining": (
+    "Macro-expression pretraining on/off (not in the paper)",
+    (("Without pretraining", "pretrain-off"), ("With pretraining (proposed)", "proposed")),
+  ),
 }
 
 SETS: dict[str, tuple[str, ...]] = {
-    "attention": ("table10_attention", "table11_attention_kinds"),
-    "backbone": ("table12_backbone",),
-    "evm": ("evm",),
-    "pretraining": ("pretraining",),
+  "attention": ("table10_attention", "table11_attention_kinds"),
+  "backbone": ("table12_backbone",),
+  "evm": ("evm",),
+  "pretraining": ("pretraining",),
 }
 
 
@@ -89,8 +100,9 @@ def check_variants(config: str, variants: Sequence[str], extra: Sequence[str]) -
   """
   from mer_jax import configuration
   from mer_jax.errors import ConfigError
+
   base = configuration.load_config_file(config)
-  configuration.apply_overrides(base, extra)      # the extra overrides' keys and types, named without a variant
+  configuration.apply_overrides(base, extra)  # the extra overrides' keys and types, named without a variant
   for v in variants:
     try:
       configuration.validate(configuration.apply_overrides(configuration.apply_overrides(base, VARIANTS[v]), extra))
@@ -98,8 +110,15 @@ def check_variants(config: str, variants: Sequence[str], extra: Sequence[str]) -
       raise ConfigError(f"variant {v!r}: {e}") from None
 
 
-def command(python: str, config: str, workdir: str, variant: str, extra: Sequence[str],
-            share_pretraining: bool, overrides: Optional[Sequence[str]] = None) -> list[str]:
+def command(
+  python: str,
+  config: str,
+  workdir: str,
+  variant: str,
+  extra: Sequence[str],
+  share_pretraining: bool,
+  overrides: Optional[Sequence[str]] = None,
+) -> list[str]:
   """The ``mer_jax.main`` command of one variant; ``overrides`` (flags) replaces ``VARIANTS[variant]``
   (other experiments)."""
   cmd = [python, "-m", "mer_jax.main", f"--config={config}", f"--workdir={os.path.join(workdir, variant)}"]
@@ -110,14 +129,21 @@ def command(python: str, config: str, workdir: str, variant: str, extra: Sequenc
   return cmd + list(extra)
 
 
-def run_plan(plan: Sequence[tuple[str, list[str]]], workdir: str, *, rerun: bool = False,
-             keep_going: bool = False, tag: str = "ablation") -> tuple[list[str], bool]:
+def run_plan(
+  plan: Sequence[tuple[str, list[str]]],
+  workdir: str,
+  *,
+  rerun: bool = False,
+  keep_going: bool = False,
+  tag: str = "ablation",
+) -> tuple[list[str], bool]:
   """Runs each ``(variant, command)`` in order, skipping variants whose ``<workdir>/<variant>/results.json`` exists.
 
   Returns (failed variants, stopped): ``stopped`` is True when a run failed and ``keep_going`` is off (the
   error is printed; later runs were not started).
   """
   from mer_jax import reporting
+
   failed: list[str] = []
   t0 = time.time()
   for i, (v, cmd) in enumerate(plan):
@@ -132,8 +158,11 @@ def run_plan(plan: Sequence[tuple[str, list[str]]], workdir: str, *, rerun: bool
     if rc != 0:
       failed.append(v)
       if not keep_going:
-        print(f"error: the run for variant {v!r} failed (exit code {rc}); fix it and re-run this command "
-              "(finished runs are skipped), or pass --keep-going", file=sys.stderr)
+        print(
+          f"error: the run for variant {v!r} failed (exit code {rc}); fix it and re-run this command "
+          "(finished runs are skipped), or pass --keep-going",
+          file=sys.stderr,
+        )
         return failed, True
   return failed, False
 
@@ -147,8 +176,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[argparse.Namespace
   ap.add_argument("--assemble-only", action="store_true", help="only build the tables from finished runs")
   ap.add_argument("--rerun", action="store_true", help="start runs again even if results.json exists")
   ap.add_argument("--keep-going", action="store_true", help="go on after a failed run; tables list it as missing")
-  ap.add_argument("--no-share-pretraining", action="store_true",
-                  help="let the EVM-off run pretrain on its own instead of reusing the proposed run's")
+  ap.add_argument(
+    "--no-share-pretraining",
+    action="store_true",
+    help="let the EVM-off run pretrain on its own instead of reusing the proposed run's",
+  )
   ap.add_argument("--python", default=sys.executable, help="interpreter for the runs (default: this one)")
   args, extra = ap.parse_known_args(argv)
   bad = [a for a in extra if not a.startswith("--config.")]
@@ -180,8 +212,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       print(shlex.join(cmd))
     for t in tables:
       title, rows = TABLES[t]
-      print(f"# {os.path.join(args.workdir, t, 'table.md')}: {title}: "
-            + ", ".join(f"{lab} <- {os.path.join(args.workdir, v)}" for lab, v in rows))
+      print(
+        f"# {os.path.join(args.workdir, t, 'table.md')}: {title}: "
+        + ", ".join(f"{lab} <- {os.path.join(args.workdir, v)}" for lab, v in rows)
+      )
     return 0
 
   failed: list[str] = []
@@ -195,8 +229,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     title, rows = TABLES[t]
     runs = [(lab, os.path.join(args.workdir, v)) for lab, v in rows]
     try:
-      paths = reporting.write_ablation_table(os.path.join(args.workdir, t), runs, title=title,
-                                             missing_ok=args.keep_going or args.assemble_only)
+      paths = reporting.write_ablation_table(
+        os.path.join(args.workdir, t), runs, title=title, missing_ok=args.keep_going or args.assemble_only
+      )
     except UserError as e:
       print(f"error: {e}", file=sys.stderr)
       return 2

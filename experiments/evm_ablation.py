@@ -35,7 +35,7 @@ import sys
 import time
 from typing import Any, Optional, Sequence
 
-if __package__ in (None, ""):    # `python experiments/evm_ablation.py`: make `mer_jax` importable from a checkout
+if __package__ in (None, ""):  # `python experiments/evm_ablation.py`: make `mer_jax` importable from a checkout
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mer_jax import config_defaults  # noqa: E402
@@ -45,32 +45,33 @@ HZ = {f"evm.{k}": v for k, v in config_defaults.EVM_READINGS["hz"].items()}
 MIT_RATES = {f"evm.{k}": v for k, v in config_defaults.EVM_READINGS["mit_rates"].items()}
 # The variants, as data: (name, {config field: value}). Fields are mer_jax/config_defaults.py names.
 VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("no-evm", {"evm.enabled": False}),
-    ("hz", HZ),
-    ("mit-rates", MIT_RATES),
-    ("hz-paper", {**HZ, "evm.order": "paper"}),
-    ("hz-fast", {**HZ, "evm.order": "fast"}),
-    ("mit-rates-paper", {**MIT_RATES, "evm.order": "paper"}),
-    ("mit-rates-fast", {**MIT_RATES, "evm.order": "fast"}),
+  ("no-evm", {"evm.enabled": False}),
+  ("hz", HZ),
+  ("mit-rates", MIT_RATES),
+  ("hz-paper", {**HZ, "evm.order": "paper"}),
+  ("hz-fast", {**HZ, "evm.order": "fast"}),
+  ("mit-rates-paper", {**MIT_RATES, "evm.order": "paper"}),
+  ("mit-rates-fast", {**MIT_RATES, "evm.order": "fast"}),
 )
 _BENCHMARK = " (the benchmark configs' reading)"
 DESCRIPTIONS = {
-    "no-evm": "no magnification",
-    "hz": "band 0.1-0.4 Hz, first-order Butterworth from the onset"
-          + (_BENCHMARK if config_defaults.BENCHMARK_EVM_READING == "hz" else ""),
-    "mit-rates": "MIT IIR, per-frame rates r2 = 0.1, r1 = 0.4"
-                 + (_BENCHMARK if config_defaults.BENCHMARK_EVM_READING == "mit_rates" else ""),
+  "no-evm": "no magnification",
+  "hz": "band 0.1-0.4 Hz, first-order Butterworth from the onset"
+  + (_BENCHMARK if config_defaults.BENCHMARK_EVM_READING == "hz" else ""),
+  "mit-rates": "MIT IIR, per-frame rates r2 = 0.1, r1 = 0.4"
+  + (_BENCHMARK if config_defaults.BENCHMARK_EVM_READING == "mit_rates" else ""),
 }
 MICRO = ("casme2", "samm", "smic")
 MACRO = ("ck", "rafdb", "fer2013")
 METRICS = ("uf1", "uar", "accuracy")
-DEFAULT_AMPLITUDE = (0.25, 0.75)   # px at a 112-px face; SynthME's default is (0.5, 1.5)
+DEFAULT_AMPLITUDE = (0.25, 0.75)  # px at a 112-px face; SynthME's default is (0.5, 1.5)
 
 
 def load_config(path: str):
   """``get_config()`` of a config file (an ml_collections.ConfigDict); SystemExit with the error otherwise."""
   from mer_jax import configuration
   from mer_jax.errors import ConfigError
+
   try:
     return configuration.load_config_file(path)
   except ConfigError as e:
@@ -85,6 +86,7 @@ def check_variants(config, run: Sequence[tuple[str, dict]], extra: Sequence[str]
   """
   from mer_jax import configuration
   from mer_jax.errors import ConfigError
+
   try:
     configuration.apply_overrides(config, extra)
   except ConfigError as e:
@@ -127,11 +129,12 @@ def plan_variants(config, variants=VARIANTS, only: Optional[Sequence[str]] = Non
       continue
     missing = [k for k in ov if not has_field(config, k)]
     if missing:
-      skipped[name] = (f"config field(s) {', '.join(missing)} do not exist in this checkout "
-                       "(mer_jax/config_defaults.py); variant not run")
+      skipped[name] = (
+        f"config field(s) {', '.join(missing)} do not exist in this checkout "
+        "(mer_jax/config_defaults.py); variant not run"
+      )
       continue
-    eff = tuple((k, repr(ov[k] if k in ov else get_field(config, k) if has_field(config, k) else None))
-                for k in keys)
+    eff = tuple((k, repr(ov[k] if k in ov else get_field(config, k) if has_field(config, k) else None)) for k in keys)
     if eff in seen:
       alias[name] = seen[eff]
       continue
@@ -152,12 +155,27 @@ def synth_dir(workdir: str, seed: int) -> str:
   return os.path.join(seed_dir(workdir, seed), "synthme")
 
 
-def command(python: str, config_path: str, workdir: str, seed: int, name: str, overrides: dict,
-            pretrain_from: Optional[str], extra: Sequence[str]) -> list[str]:
+def command(
+  python: str,
+  config_path: str,
+  workdir: str,
+  seed: int,
+  name: str,
+  overrides: dict,
+  pretrain_from: Optional[str],
+  extra: Sequence[str],
+) -> list[str]:
   """The mer_jax.main command line of one (seed, variant) run."""
   sd = seed_dir(workdir, seed)
-  cmd = [python, "-m", "mer_jax.main", f"--config={config_path}", f"--workdir={os.path.join(sd, name)}",
-         _flag("seed", seed), _flag("data.cache_dir", os.path.join(sd, "tfds"))]
+  cmd = [
+    python,
+    "-m",
+    "mer_jax.main",
+    f"--config={config_path}",
+    f"--workdir={os.path.join(sd, name)}",
+    _flag("seed", seed),
+    _flag("data.cache_dir", os.path.join(sd, "tfds")),
+  ]
   cmd += [_flag(f"data.roots.{d}", os.path.join(synth_dir(workdir, seed), d)) for d in MICRO + MACRO]
   cmd += [_flag(k, v) for k, v in overrides.items()]
   if pretrain_from:
@@ -165,30 +183,39 @@ def command(python: str, config_path: str, workdir: str, seed: int, name: str, o
   return cmd + list(extra)
 
 
-def ensure_synthme(workdir: str, seed: int, amplitude: tuple[float, float], subjects: int, clips: int,
-                   images: int) -> None:
+def ensure_synthme(
+  workdir: str, seed: int, amplitude: tuple[float, float], subjects: int, clips: int, images: int
+) -> None:
   """Writes SynthME (all six layouts) for ``seed`` unless a complete copy with the same settings is there."""
   import shutil
 
   from mer_jax.data import synth
+
   out = synth_dir(workdir, seed)
   stamp_path = os.path.join(out, ".evm_ablation_settings.json")
-  stamp = json.dumps({"seed": seed, "amplitude": list(amplitude), "subjects": subjects, "clips": clips,
-                      "images": images}, sort_keys=True)
+  stamp = json.dumps(
+    {"seed": seed, "amplitude": list(amplitude), "subjects": subjects, "clips": clips, "images": images}, sort_keys=True
+  )
   if os.path.isfile(stamp_path):
     with open(stamp_path, encoding="utf-8") as f:
       if f.read() == stamp:
         return
   if os.path.exists(out):
     shutil.rmtree(out)
-  print(f"[evm_ablation] seed {seed}: writing SynthME to {out} (amplitude {amplitude[0]:g}-{amplitude[1]:g} px)",
-        flush=True)
+  print(
+    f"[evm_ablation] seed {seed}: writing SynthME to {out} (amplitude {amplitude[0]:g}-{amplitude[1]:g} px)", flush=True
+  )
   for layout in MICRO + MACRO:
     micro = layout in MICRO
-    synth.generate(layout, os.path.join(out, layout), seed=seed,
-                   subjects=(subjects or None) if micro else None,
-                   clips_per_subject=(clips or None) if micro else None,
-                   images=None if micro else (images or None), amplitude=amplitude)
+    synth.generate(
+      layout,
+      os.path.join(out, layout),
+      seed=seed,
+      subjects=(subjects or None) if micro else None,
+      clips_per_subject=(clips or None) if micro else None,
+      images=None if micro else (images or None),
+      amplitude=amplitude,
+    )
   with open(stamp_path, "w", encoding="utf-8") as f:
     f.write(stamp)
 
@@ -197,6 +224,7 @@ def read_metrics(run_dir: str) -> Optional[dict]:
   """{uf1, uar, accuracy} of the whole set (CDE "Mixed") from a finished run, or None."""
   from mer_jax import reporting
   from mer_jax.errors import UserError
+
   try:
     res = reporting.load_results(run_dir)
   except UserError:
@@ -208,23 +236,29 @@ def read_metrics(run_dir: str) -> Optional[dict]:
 def summarise(per_seed: dict[str, dict[str, Optional[dict]]]) -> dict[str, dict]:
   """{variant: {metric: (mean, sample std, n)}} over the seeds with results."""
   import numpy as np
+
   out = {}
   for name, seeds in per_seed.items():
     done = [m for m in seeds.values() if m]
     out[name] = {}
     for metric in METRICS:
       vals = np.array([m[metric] for m in done], np.float64)
-      out[name][metric] = (float(vals.mean()) if vals.size else float("nan"),
-                           float(vals.std(ddof=1)) if vals.size > 1 else float("nan"), int(vals.size))
+      out[name][metric] = (
+        float(vals.mean()) if vals.size else float("nan"),
+        float(vals.std(ddof=1)) if vals.size > 1 else float("nan"),
+        int(vals.size),
+      )
   return out
 
 
-def table_markdown(order: Sequence[str], summary: dict, alias: dict, skipped: dict, settings: dict,
-                   per_seed: dict) -> str:
+def table_markdown(
+  order: Sequence[str], summary: dict, alias: dict, skipped: dict, settings: dict, per_seed: dict
+) -> str:
   def cell(mean, std, n):
     if n == 0:
       return "-"
     return f"{mean:.4f} +- {std:.4f}" if n > 1 else f"{mean:.4f}"
+
   lines = ["| variant | settings | UF1 | UAR | accuracy | seeds |", "|---|---|---|---|---|---|"]
   for name in order:
     if name in skipped:
@@ -233,22 +267,33 @@ def table_markdown(order: Sequence[str], summary: dict, alias: dict, skipped: di
     src = alias.get(name, name)
     s = summary[src]
     note = f" (same settings as {src}: its runs)" if src != name else ""
-    lines.append(f"| {name} | {settings[name]}{note} | {cell(*s['uf1'])} | {cell(*s['uar'])} | "
-                 f"{cell(*s['accuracy'])} | {s['uf1'][2]} |")
+    lines.append(
+      f"| {name} | {settings[name]}{note} | {cell(*s['uf1'])} | {cell(*s['uar'])} | "
+      f"{cell(*s['accuracy'])} | {s['uf1'][2]} |"
+    )
   lines += ["", "Per seed (UF1 / UAR / accuracy):", ""]
   for name in order:
     if name in skipped or name in alias:
       continue
-    parts = [f"seed {sd}: " + (" / ".join(f"{m[k]:.4f}" for k in METRICS) if m else "missing")
-             for sd, m in per_seed[name].items()]
+    parts = [
+      f"seed {sd}: " + (" / ".join(f"{m[k]:.4f}" for k in METRICS) if m else "missing")
+      for sd, m in per_seed[name].items()
+    ]
     lines.append(f"* {name}: " + "; ".join(parts))
   return "\n".join(lines)
 
 
 def _git_commit() -> str:
   try:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                          cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
+    return (
+      subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        cwd=os.path.dirname(os.path.abspath(__file__)),
+      ).stdout.strip()
+      or "unknown"
+    )
   except OSError:
     return "unknown"
 
@@ -259,8 +304,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[argparse.Namespace
   ap.add_argument("--config", default="configs/synth_demo.py", help="base config (default configs/synth_demo.py)")
   ap.add_argument("--seeds", default="0,1,2", help="comma list of seeds (default 0,1,2)")
   ap.add_argument("--variants", default="", help=f"comma list (default all: {', '.join(n for n, _ in VARIANTS)})")
-  ap.add_argument("--amplitude", type=float, nargs=2, default=DEFAULT_AMPLITUDE, metavar=("LO", "HI"),
-                  help="SynthME peak motion range, px at a 112-px face (default 0.25 0.75)")
+  ap.add_argument(
+    "--amplitude",
+    type=float,
+    nargs=2,
+    default=DEFAULT_AMPLITUDE,
+    metavar=("LO", "HI"),
+    help="SynthME peak motion range, px at a 112-px face (default 0.25 0.75)",
+  )
   ap.add_argument("--subjects", type=int, default=0, help="SynthME subjects per micro set (0: generator default 3)")
   ap.add_argument("--clips", type=int, default=0, help="SynthME clips per subject (0: generator default 9)")
   ap.add_argument("--macro-images", type=int, default=0, help="SynthME RAF-DB/FER-2013 images (0: default)")
@@ -281,13 +332,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[argparse.Namespace
     ap.error("--seeds is empty")
   if not 0 < args.amplitude[0] <= args.amplitude[1]:
     ap.error(f"--amplitude must satisfy 0 < LO <= HI, got {args.amplitude}")
-  args.workdir = os.path.abspath(args.workdir)     # the runs' paths (data roots, pretraining) do not depend on cwd
+  args.workdir = os.path.abspath(args.workdir)  # the runs' paths (data roots, pretraining) do not depend on cwd
   return args, extra
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args, extra = parse_args(argv)
   from mer_jax import reporting
+
   config = load_config(args.config)
   only = [v.strip() for v in args.variants.split(",") if v.strip()] or None
   run, alias, skipped = plan_variants(config, VARIANTS, only)
@@ -303,12 +355,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if not args.assemble_only:
     check_variants(config, run, extra)
   first = run[0][0]
-  plan = [(seed, name, command(args.python, args.config, args.workdir, seed, name, ov,
-                               None if name == first else first, extra))
-          for seed in args.seed_list for name, ov in run]
+  plan = [
+    (
+      seed,
+      name,
+      command(args.python, args.config, args.workdir, seed, name, ov, None if name == first else first, extra),
+    )
+    for seed in args.seed_list
+    for name, ov in run
+  ]
   if args.dry_run:
-    print(f"# {len(plan)} runs ({len(run)} variants x {len(args.seed_list)} seeds); SynthME amplitude "
-          f"{args.amplitude[0]:g}-{args.amplitude[1]:g} px, written per seed to {synth_dir(args.workdir, 0)} ...")
+    print(
+      f"# {len(plan)} runs ({len(run)} variants x {len(args.seed_list)} seeds); SynthME amplitude "
+      f"{args.amplitude[0]:g}-{args.amplitude[1]:g} px, written per seed to {synth_dir(args.workdir, 0)} ..."
+    )
     for _, _, cmd in plan:
       print(shlex.join(cmd))
     return 0
@@ -322,40 +382,58 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"[evm_ablation] {i + 1}/{len(plan)} seed {seed} {name}: finished earlier, skipping", flush=True)
         continue
       if name != first and not os.path.isdir(os.path.join(seed_dir(args.workdir, seed), first, "pretrain")):
-        print(f"[evm_ablation] seed {seed} {name}: no pretraining in {first} (that run failed); skipping",
-              file=sys.stderr, flush=True)
+        print(
+          f"[evm_ablation] seed {seed} {name}: no pretraining in {first} (that run failed); skipping",
+          file=sys.stderr,
+          flush=True,
+        )
         failed.append((seed, name))
         continue
       ensure_synthme(args.workdir, seed, tuple(args.amplitude), args.subjects, args.clips, args.macro_images)
       print(f"[evm_ablation] {i + 1}/{len(plan)} seed {seed} {name}: {shlex.join(cmd)}", flush=True)
       rc = subprocess.call(cmd)
-      print(f"[evm_ablation] seed {seed} {name} finished with exit code {rc} ({time.time() - t0:.0f} s elapsed)",
-            flush=True)
+      print(
+        f"[evm_ablation] seed {seed} {name} finished with exit code {rc} ({time.time() - t0:.0f} s elapsed)", flush=True
+      )
       if rc != 0:
         failed.append((seed, name))
         if not args.keep_going:
-          print(f"error: the run for seed {seed}, variant {name!r} failed (exit code {rc}); fix it and re-run "
-                "this command (finished runs are skipped), or pass --keep-going", file=sys.stderr)
+          print(
+            f"error: the run for seed {seed}, variant {name!r} failed (exit code {rc}); fix it and re-run "
+            "this command (finished runs are skipped), or pass --keep-going",
+            file=sys.stderr,
+          )
           return 1
 
-  per_seed = {name: {seed: read_metrics(os.path.join(seed_dir(args.workdir, seed), name))
-                     for seed in args.seed_list} for name, _ in run}
+  per_seed = {
+    name: {seed: read_metrics(os.path.join(seed_dir(args.workdir, seed), name)) for seed in args.seed_list}
+    for name, _ in run
+  }
   summary = summarise(per_seed)
-  header = (f"# EVM ablation on SynthME (CDE LOSO, {args.config}, seeds {args.seeds}, motion amplitude "
-            f"{args.amplitude[0]:g}-{args.amplitude[1]:g} px at 112 px)\n\n"
-            f"UF1 / UAR / accuracy of the whole set, mean +- sample std over seeds. "
-            f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, git {_git_commit()}.\n\n")
+  header = (
+    f"# EVM ablation on SynthME (CDE LOSO, {args.config}, seeds {args.seeds}, motion amplitude "
+    f"{args.amplitude[0]:g}-{args.amplitude[1]:g} px at 112 px)\n\n"
+    f"UF1 / UAR / accuracy of the whole set, mean +- sample std over seeds. "
+    f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, git {_git_commit()}.\n\n"
+  )
   md = header + table_markdown(order, summary, alias, skipped, settings, per_seed) + "\n"
   os.makedirs(args.workdir, exist_ok=True)
   reporting.atomic_write_text(os.path.join(args.workdir, "evm_ablation.md"), md)
-  payload = {"config": args.config, "seeds": args.seed_list, "amplitude_px_at_112": list(args.amplitude),
-             "extra_overrides": extra, "git_commit": _git_commit(),
-             "variants": {n: ov for n, ov in VARIANTS if n in order}, "aliases": alias, "skipped": skipped,
-             "per_seed": {n: {str(s): m for s, m in seeds.items()} for n, seeds in per_seed.items()},
-             "summary": {n: {m: {"mean": v[0], "std": v[1], "n": v[2]} for m, v in s.items()}
-                         for n, s in summary.items()}}
-  reporting.atomic_write_text(os.path.join(args.workdir, "evm_ablation.json"),
-                              json.dumps(payload, indent=1, default=str) + "\n")
+  payload = {
+    "config": args.config,
+    "seeds": args.seed_list,
+    "amplitude_px_at_112": list(args.amplitude),
+    "extra_overrides": extra,
+    "git_commit": _git_commit(),
+    "variants": {n: ov for n, ov in VARIANTS if n in order},
+    "aliases": alias,
+    "skipped": skipped,
+    "per_seed": {n: {str(s): m for s, m in seeds.items()} for n, seeds in per_seed.items()},
+    "summary": {n: {m: {"mean": v[0], "std": v[1], "n": v[2]} for m, v in s.items()} for n, s in summary.items()},
+  }
+  reporting.atomic_write_text(
+    os.path.join(args.workdir, "evm_ablation.json"), json.dumps(payload, indent=1, default=str) + "\n"
+  )
   print(md)
   print(f"[evm_ablation] wrote {os.path.join(args.workdir, 'evm_ablation.md')} and evm_ablation.json")
   if failed:

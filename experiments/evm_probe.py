@@ -32,8 +32,9 @@ from mer_jax import metrics
 from mer_jax.errors import UserError, run_cli
 
 
-def ridge_loso(images: np.ndarray, labels: np.ndarray, subjects: np.ndarray, num_classes: int,
-               ridge: float = 1.0) -> np.ndarray:
+def ridge_loso(
+  images: np.ndarray, labels: np.ndarray, subjects: np.ndarray, num_classes: int, ridge: float = 1.0
+) -> np.ndarray:
   """LOSO predictions of a ridge classifier on flattened images.
 
   Args:
@@ -55,7 +56,7 @@ def ridge_loso(images: np.ndarray, labels: np.ndarray, subjects: np.ndarray, num
     targets = np.eye(num_classes)[y] - np.eye(num_classes)[y].mean(0)
     gram = xs @ xs.T
     lam = ridge * np.trace(gram) / len(xs)
-    dual = np.linalg.solve(gram + lam * np.eye(len(xs)), targets)     # [n_train, K]
+    dual = np.linalg.solve(gram + lam * np.eye(len(xs)), targets)  # [n_train, K]
     pred[test] = np.argmax((xt @ xs.T) @ dual, axis=1)
   return pred
 
@@ -63,6 +64,7 @@ def ridge_loso(images: np.ndarray, labels: np.ndarray, subjects: np.ndarray, num
 def probe_run(run_dir: str, ridge: float) -> dict:
   """Scores of the probe on one finished run's micro arrays (read from its cache)."""
   from mer_jax.data import pipeline
+
   with open(os.path.join(run_dir, "config.json")) as fh:
     config = ml_collections.ConfigDict(json.load(fh))
   data = pipeline.load_arrays(config, run_dir, "micro", log=lambda _msg: None)
@@ -92,12 +94,19 @@ def main(argv: Optional[list[str]] = None) -> int:
   lines = ["| variant | seeds | UF1 | UAR | Acc |", "|---|---|---|---|---|"]
   for variant, runs in per_seed.items():
     vals = {k: np.array([r[k] for r in runs.values()]) for k in ("uf1", "uar", "accuracy")}
-    lines.append(f"| {variant} | {len(runs)} | " + " | ".join(
+    lines.append(
+      f"| {variant} | {len(runs)} | "
+      + " | ".join(
         f"{vals[k].mean():.3f} +- {vals[k].std(ddof=1) if len(runs) > 1 else 0.0:.3f}"
-        for k in ("uf1", "uar", "accuracy")) + " |")
+        for k in ("uf1", "uar", "accuracy")
+      )
+      + " |"
+    )
   table = "\n".join(lines)
-  head = (f"LOSO ridge probe (penalty {a.ridge:g}) on each run's preprocessed apex faces; mean +- std over "
-          "seeds. SynthME: evidence about amplifying sub-pixel motion, not about real MER.\n\n")
+  head = (
+    f"LOSO ridge probe (penalty {a.ridge:g}) on each run's preprocessed apex faces; mean +- std over "
+    "seeds. SynthME: evidence about amplifying sub-pixel motion, not about real MER.\n\n"
+  )
   with open(os.path.join(a.workdir, "evm_probe.md"), "w") as fh:
     fh.write(head + table + "\n")
   with open(os.path.join(a.workdir, "evm_probe.json"), "w") as fh:

@@ -35,9 +35,9 @@ def xla_flops(model, variables, image_size: int, channels: int) -> float:
   x = jax.ShapeDtypeStruct((1, image_size, image_size, channels), jnp.float32)
   lowered = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, x)
   cost = lowered.cost_analysis()
-  if not cost:                            # some backends only analyse compiled executables
+  if not cost:  # some backends only analyse compiled executables
     cost = lowered.compile().cost_analysis()
-  if isinstance(cost, (list, tuple)):     # older jax returns one dict per computation
+  if isinstance(cost, (list, tuple)):  # older jax returns one dict per computation
     cost = cost[0]
   return float(cost["flops"])
 
@@ -46,19 +46,18 @@ def complexity_row(model_cfg: ml_collections.ConfigDict, image_size: int, channe
   model = build_model(model_cfg)
   variables = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), image_size, channels))
   return {
-      "variant": variant,
-      "input_size": f"{image_size}x{image_size}x{channels}",
-      "params": count_params(variables["params"]),
-      "batch_stats": count_params(variables["batch_stats"]),
-      "flops": xla_flops(model, variables, image_size, channels),
+    "variant": variant,
+    "input_size": f"{image_size}x{image_size}x{channels}",
+    "params": count_params(variables["params"]),
+    "batch_stats": count_params(variables["batch_stats"]),
+    "flops": xla_flops(model, variables, image_size, channels),
   }
 
 
 def report_rows(config: ml_collections.ConfigDict) -> list[dict]:
   """The configured model, then each (backbone, attention) ablation variant."""
   base = config.model
-  rows = [complexity_row(base, config.image_size, config.channels,
-                         f"configured ({base.backbone}, {base.attention})")]
+  rows = [complexity_row(base, config.image_size, config.channels, f"configured ({base.backbone}, {base.attention})")]
   for backbone, attention in itertools.product(BACKBONES, ATTENTION_KINDS):
     cfg = ml_collections.ConfigDict(base.to_dict())
     cfg.backbone, cfg.attention = backbone, attention
@@ -67,13 +66,15 @@ def report_rows(config: ml_collections.ConfigDict) -> list[dict]:
 
 
 def format_table(rows: list[dict]) -> str:
-  lines = [f"{'Variant':<34} {'Input size':>12} {'FLOPs (x10^6)':>14} {'Param (M)':>10} {'BN stats':>9}",
-           "-" * 83]
+  lines = [f"{'Variant':<34} {'Input size':>12} {'FLOPs (x10^6)':>14} {'Param (M)':>10} {'BN stats':>9}", "-" * 83]
   for r in rows:
-    lines.append(f"{r['variant']:<34} {r['input_size']:>12} {r['flops'] / 1e6:>14.1f} "
-                 f"{r['params'] / 1e6:>10.3f} {r['batch_stats']:>9d}")
-  lines.append("Paper (Table 13): 112x112, 6.26 x10^6 FLOPs, 3.115 M params "
-               "(6.26e6 ~ 2 x params: see README 'Complexity').")
+    lines.append(
+      f"{r['variant']:<34} {r['input_size']:>12} {r['flops'] / 1e6:>14.1f} "
+      f"{r['params'] / 1e6:>10.3f} {r['batch_stats']:>9d}"
+    )
+  lines.append(
+    "Paper (Table 13): 112x112, 6.26 x10^6 FLOPs, 3.115 M params (6.26e6 ~ 2 x params: see README 'Complexity')."
+  )
   return "\n".join(lines)
 
 

@@ -20,23 +20,23 @@ def get_model_config(num_classes: int = 3) -> ml_collections.ConfigDict:
   :mod:`mer_jax.models.backbones` (3.14M parameters at 112x112x3, 3 classes)."""
   m = ml_collections.ConfigDict()
   m.num_classes = num_classes
-  m.backbone = "dense"              # dense | residual   (Table 12)
-  m.attention = "mixed"             # none | channel | spatial | mixed   (Table 11)
-  m.attention_placement = "block"   # block: on each dense block's skip-path output; layer: on every layer's new maps
-  m.stem_features = 32              # 5x5/2 stem conv width
-  m.growth_rate = 24                # k: feature maps each dense layer adds
-  m.block_layers = (5, 10, 10)      # dense layers per block
-  m.compression = 0.5               # transition keeps this fraction of channels
-  m.kernel_size = 5                 # every backbone conv is 5x5 (Section 3.3.1)
-  m.reduction = 8                   # r of the channel-attention MLP, eq. (5)
-  m.attention_kernel = 5            # spatial-attention conv, eq. (7)
-  m.leaky_slope = 0.01              # LeakyReLU slope inside the channel MLP (flax's default; not in the paper:
-                                    # README "Choices not in the paper")
-  m.head_pool = 7                   # adaptive average pooling to head_pool x head_pool (Section 3.4)
-  m.residual_bottleneck = 81        # residual variant: 1x1 -> 5x5 -> 1x1 bottleneck width (3.09M params)
-  m.bn_momentum = 0.99              # Keras BatchNormalization defaults
+  m.backbone = "dense"  # dense | residual   (Table 12)
+  m.attention = "mixed"  # none | channel | spatial | mixed   (Table 11)
+  m.attention_placement = "block"  # block: on each dense block's skip-path output; layer: on every layer's new maps
+  m.stem_features = 32  # 5x5/2 stem conv width
+  m.growth_rate = 24  # k: feature maps each dense layer adds
+  m.block_layers = (5, 10, 10)  # dense layers per block
+  m.compression = 0.5  # transition keeps this fraction of channels
+  m.kernel_size = 5  # every backbone conv is 5x5 (Section 3.3.1)
+  m.reduction = 8  # r of the channel-attention MLP, eq. (5)
+  m.attention_kernel = 5  # spatial-attention conv, eq. (7)
+  m.leaky_slope = 0.01  # LeakyReLU slope inside the channel MLP (flax's default; not in the paper:
+  # README "Choices not in the paper")
+  m.head_pool = 7  # adaptive average pooling to head_pool x head_pool (Section 3.4)
+  m.residual_bottleneck = 81  # residual variant: 1x1 -> 5x5 -> 1x1 bottleneck width (3.09M params)
+  m.bn_momentum = 0.99  # Keras BatchNormalization defaults
   m.bn_epsilon = 1e-3
-  m.dtype = "float32"               # compute dtype: float32 | bfloat16 (params float32) | float64 (needs JAX x64)
+  m.dtype = "float32"  # compute dtype: float32 | bfloat16 (params float32) | float64 (needs JAX x64)
   return m
 
 
@@ -44,17 +44,17 @@ def get_evm_config() -> ml_collections.ConfigDict:
   """Eulerian Video Magnification settings (Section 3.2, 4.1.2)."""
   e = ml_collections.ConfigDict()
   e.enabled = True
-  e.order = "paper"                 # paper: magnify at native size, then apex, resize | fast: resize first (approx.)
+  e.order = "paper"  # paper: magnify at native size, then apex, resize | fast: resize first (approx.)
   e.alpha = 15.0
-  e.freq_band = (0.1, 0.4)          # the paper's "0.1-0.4": Hz (band_units="hz") or per-frame rates (r2, r1)
-                                    # (band_units="mit_rates"); see EVM_READINGS and docs/evm.md
-  e.pyramid = "laplacian"           # laplacian (motion) | gaussian (colour)
+  e.freq_band = (0.1, 0.4)  # the paper's "0.1-0.4": Hz (band_units="hz") or per-frame rates (r2, r1)
+  # (band_units="mit_rates"); see EVM_READINGS and docs/evm.md
+  e.pyramid = "laplacian"  # laplacian (motion) | gaussian (colour)
   e.levels = "auto"
   e.lambda_c = 16.0
   e.chrom_attenuation = 0.1
-  e.temporal_filter = "ideal"       # ideal | butterworth | iir
-  e.band_units = "hz"               # hz: freq_band in Hz | mit_rates: per-frame rates (r2, r1) of the MIT IIR
-  e.on_empty_band = "error"         # error | fallback (see mer_jax.evm: documented fallback)
+  e.temporal_filter = "ideal"  # ideal | butterworth | iir
+  e.band_units = "hz"  # hz: freq_band in Hz | mit_rates: per-frame rates (r2, r1) of the MIT IIR
+  e.on_empty_band = "error"  # error | fallback (see mer_jax.evm: documented fallback)
   return e
 
 
@@ -65,8 +65,8 @@ def get_evm_config() -> ml_collections.ConfigDict:
 #              started at the onset frame: the onset-referenced amplifier documented in README "EVM".
 #   mit_rates: the per-frame low-pass rates (r2, r1) of the MIT reference code's two-rate IIR filter.
 EVM_READINGS: dict[str, dict[str, str]] = {
-    "hz": {"band_units": "hz", "temporal_filter": "butterworth"},
-    "mit_rates": {"band_units": "mit_rates", "temporal_filter": "iir"},
+  "hz": {"band_units": "hz", "temporal_filter": "butterworth"},
+  "mit_rates": {"band_units": "mit_rates", "temporal_filter": "iir"},
 }
 # The reading every benchmark config (configs/*.py) uses. "mit_rates", chosen from the paper's text and the
 # SynthME ablation (README "Preprocessing and EVM", docs/evm.md "Which reading?"): the Hz reading cannot be
@@ -101,45 +101,52 @@ def get_base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.name = "base"
   c.seed = 0
-  c.image_size = 112                # apex frames are resized to image_size x image_size
-  c.channels = 3                    # grey sets (SAMM, FER-2013) are replicated to 3 channels
+  c.image_size = 112  # apex frames are resized to image_size x image_size
+  c.channels = 3  # grey sets (SAMM, FER-2013) are replicated to 3 channels
   c.model = get_model_config()
   c.evm = get_evm_config()
 
   d = ml_collections.ConfigDict()
-  d.task = "3class"                 # 3class | 5class
-  d.protocol = "paper"              # paper (Table 2) | megc2019
-  d.micro = ("casme2", "samm", "smic")   # datasets fine-tuned / tested with LOSO
-  d.macro = ("ck", "rafdb", "fer2013")   # datasets used for pretraining
-  d.roots = ml_collections.ConfigDict({
-      "casme2": "", "samm": "", "smic": "", "ck": "", "rafdb": "", "fer2013": "",
-  })
-  d.cache_dir = ""                  # TFDS data_dir; empty -> <workdir>/tfds
-  d.synthetic = False               # True: generate SynthME into <workdir>/synthme if the roots are empty
+  d.task = "3class"  # 3class | 5class
+  d.protocol = "paper"  # paper (Table 2) | megc2019
+  d.micro = ("casme2", "samm", "smic")  # datasets fine-tuned / tested with LOSO
+  d.macro = ("ck", "rafdb", "fer2013")  # datasets used for pretraining
+  d.roots = ml_collections.ConfigDict(
+    {
+      "casme2": "",
+      "samm": "",
+      "smic": "",
+      "ck": "",
+      "rafdb": "",
+      "fer2013": "",
+    }
+  )
+  d.cache_dir = ""  # TFDS data_dir; empty -> <workdir>/tfds
+  d.synthetic = False  # True: generate SynthME into <workdir>/synthme if the roots are empty
   d.synth_subjects_per_dataset = 0  # SynthME size knobs (0 = generator default)
   d.synth_clips_per_subject = 0
   d.synth_macro_images = 0
   d.face_crop = True
-  d.face_margin = 0.1               # face box grown by this fraction on each side (mer_jax.data.face)
-  d.on_no_face = "fallback"         # fallback (centre square, with a warning) | error
-  d.apex = "annotated"              # annotated | spot | middle (SMIC-HS has no annotation: spot)
-  d.skip_bad_samples = False        # True: count and report unreadable samples instead of failing
+  d.face_margin = 0.1  # face box grown by this fraction on each side (mer_jax.data.face)
+  d.on_no_face = "fallback"  # fallback (centre square, with a warning) | error
+  d.apex = "annotated"  # annotated | spot | middle (SMIC-HS has no annotation: spot)
+  d.skip_bad_samples = False  # True: count and report unreadable samples instead of failing
   c.data = d
 
   c.pretrain = get_train_config(batch_size=16, epochs=200)
   c.pretrain.enabled = True
-  c.pretrain.task = "3class"        # macro sets map to negative/positive/surprise only (Table 2), also for SDE 5-class
+  c.pretrain.task = "3class"  # macro sets map to negative/positive/surprise only (Table 2), also for SDE 5-class
   c.finetune = get_train_config(batch_size=32, epochs=200)
-  c.finetune.test_fold_early_stopping = False   # True reproduces test-fold model selection (labelled in reports)
-  c.finetune.select_best = True                # False: keep the last epoch's weights (no selection, no early stop)
-  c.finetune.parallel_folds = 0                 # >0: train this many LOSO folds as one vmapped program
-  c.pretrained_checkpoint = ""                  # optional path to reuse a pretraining run
+  c.finetune.test_fold_early_stopping = False  # True reproduces test-fold model selection (labelled in reports)
+  c.finetune.select_best = True  # False: keep the last epoch's weights (no selection, no early stop)
+  c.finetune.parallel_folds = 0  # >0: train this many LOSO folds as one vmapped program
+  c.pretrained_checkpoint = ""  # optional path to reuse a pretraining run
 
-  c.cpu_devices = 0                # CPU backend: split the host's cores into this many data-parallel XLA devices
-                                   # (0 = automatic, 1 = one device; mer_jax.train.parallel.use_host_cores)
+  c.cpu_devices = 0  # CPU backend: split the host's cores into this many data-parallel XLA devices
+  # (0 = automatic, 1 = one device; mer_jax.train.parallel.use_host_cores)
   c.log_every_steps = 50
   c.checkpoint_every_epochs = 1
-  c.checkpoint_async = True        # write checkpoints in the background (single-process runs; see train/checkpoint.py)
+  c.checkpoint_async = True  # write checkpoints in the background (single-process runs; see train/checkpoint.py)
   c.bootstrap_samples = 1000
   return c
 

@@ -34,9 +34,9 @@ from mer_jax.errors import ConfigError
 
 DEFAULTS_FILE = "mer_jax/config_defaults.py"
 SPELLING_HINT = f"check the key's spelling against {DEFAULTS_FILE} (every valid field is listed there)"
-ATTENTION_PLACEMENTS = ("block", "layer")   # model.attention_placement (mer_jax.models.backbones)
-OPTIMIZERS = ("adam",)                      # <section>.optimizer: Adam only (Section 4.2)
-MACRO_TASKS = ("3class",)                   # pretrain.task: the macro sets map to 3 classes only (Table 2)
+ATTENTION_PLACEMENTS = ("block", "layer")  # model.attention_placement (mer_jax.models.backbones)
+OPTIMIZERS = ("adam",)  # <section>.optimizer: Adam only (Section 4.2)
+MACRO_TASKS = ("3class",)  # pretrain.task: the macro sets map to 3 classes only (Table 2)
 TRAIN_SECTIONS = ("pretrain", "finetune")
 
 
@@ -51,19 +51,31 @@ def require_config(config: ml_collections.ConfigDict | None, flag: str = "--conf
 # The allowed values, as data
 # ---------------------------------------------------------------------------------------------------------
 
+
 def _model_choices() -> dict[str, tuple]:
   from mer_jax.models.attention import ATTENTION_KINDS
   from mer_jax.models.network import BACKBONES, DTYPES
-  return {"model.backbone": tuple(BACKBONES), "model.attention": tuple(ATTENTION_KINDS),
-          "model.attention_placement": ATTENTION_PLACEMENTS, "model.dtype": tuple(DTYPES)}
+
+  return {
+    "model.backbone": tuple(BACKBONES),
+    "model.attention": tuple(ATTENTION_KINDS),
+    "model.attention_placement": ATTENTION_PLACEMENTS,
+    "model.dtype": tuple(DTYPES),
+  }
 
 
 def _evm_choices() -> dict[str, tuple]:
   from mer_jax.data.preprocess import ORDERS
   from mer_jax.evm import filters
   from mer_jax.evm.magnify import BAND_UNITS, ON_EMPTY_BAND, PYRAMIDS
-  return {"evm.order": tuple(ORDERS), "evm.pyramid": tuple(PYRAMIDS), "evm.temporal_filter": tuple(filters.FILTERS),
-          "evm.band_units": tuple(BAND_UNITS), "evm.on_empty_band": tuple(ON_EMPTY_BAND)}
+
+  return {
+    "evm.order": tuple(ORDERS),
+    "evm.pyramid": tuple(PYRAMIDS),
+    "evm.temporal_filter": tuple(filters.FILTERS),
+    "evm.band_units": tuple(BAND_UNITS),
+    "evm.on_empty_band": tuple(ON_EMPTY_BAND),
+  }
 
 
 def _data_choices() -> dict[str, tuple]:
@@ -71,9 +83,15 @@ def _data_choices() -> dict[str, tuple]:
   from mer_jax.data.face import NO_FACE_POLICIES
   from mer_jax.data.mappings import PROTOCOLS, TASKS
   from mer_jax.data.types import MACRO_DATASETS, MICRO_DATASETS
-  return {"data.task": tuple(TASKS), "data.protocol": tuple(PROTOCOLS), "data.on_no_face": tuple(NO_FACE_POLICIES),
-          "data.apex": tuple(APEX_MODES), "data.micro[]": tuple(MICRO_DATASETS),
-          "data.macro[]": tuple(MACRO_DATASETS)}
+
+  return {
+    "data.task": tuple(TASKS),
+    "data.protocol": tuple(PROTOCOLS),
+    "data.on_no_face": tuple(NO_FACE_POLICIES),
+    "data.apex": tuple(APEX_MODES),
+    "data.micro[]": tuple(MICRO_DATASETS),
+    "data.macro[]": tuple(MACRO_DATASETS),
+  }
 
 
 def _train_choices() -> dict[str, tuple]:
@@ -84,8 +102,11 @@ def _train_choices() -> dict[str, tuple]:
 
 # Section -> its enumerated fields (loaded on use: the values come from the modules that implement them).
 _CHOICES: dict[str, Callable[[], dict[str, tuple]]] = {
-    "model": _model_choices, "evm": _evm_choices, "data": _data_choices,
-    "pretrain": _train_choices, "finetune": _train_choices,
+  "model": _model_choices,
+  "evm": _evm_choices,
+  "data": _data_choices,
+  "pretrain": _train_choices,
+  "finetune": _train_choices,
 }
 
 
@@ -105,33 +126,34 @@ def choices(prefix: str = "") -> dict[str, tuple]:
 # None: unbounded. Keys ending in "[]" apply to every item of a sequence.
 _INT, _NUM = "int", "number"
 RANGES: dict[str, tuple[str, Optional[float], Optional[float], bool, bool]] = {
-    "image_size": (_INT, 1, None, True, False),
-    "channels": (_INT, 1, None, True, False),
-    "cpu_devices": (_INT, 0, None, True, False),
-    "log_every_steps": (_INT, 0, None, True, False),
-    "checkpoint_every_epochs": (_INT, 1, None, True, False),
-    "bootstrap_samples": (_INT, 0, None, True, False),
-    "model.num_classes": (_INT, 2, None, True, False),
-    "model.stem_features": (_INT, 1, None, True, False),
-    "model.growth_rate": (_INT, 1, None, True, False),
-    "model.block_layers[]": (_INT, 1, None, True, False),
-    "model.compression": (_NUM, 0, 1, False, True),
-    "model.kernel_size": (_INT, 1, None, True, False),
-    "model.reduction": (_INT, 1, None, True, False),
-    "model.attention_kernel": (_INT, 1, None, True, False),
-    "model.leaky_slope": (_NUM, 0, None, True, False),
-    "model.head_pool": (_INT, 1, None, True, False),
-    "model.residual_bottleneck": (_INT, 1, None, True, False),
-    "model.bn_momentum": (_NUM, 0, 1, True, True),
-    "model.bn_epsilon": (_NUM, 0, None, False, False),
-    "data.face_margin": (_NUM, 0, None, True, False),
-    "data.synth_subjects_per_dataset": (_INT, 0, None, True, False),
-    "data.synth_clips_per_subject": (_INT, 0, None, True, False),
-    "data.synth_macro_images": (_INT, 0, None, True, False),
-    "finetune.parallel_folds": (_INT, 0, None, True, False),
+  "image_size": (_INT, 1, None, True, False),
+  "channels": (_INT, 1, None, True, False),
+  "cpu_devices": (_INT, 0, None, True, False),
+  "log_every_steps": (_INT, 0, None, True, False),
+  "checkpoint_every_epochs": (_INT, 1, None, True, False),
+  "bootstrap_samples": (_INT, 0, None, True, False),
+  "model.num_classes": (_INT, 2, None, True, False),
+  "model.stem_features": (_INT, 1, None, True, False),
+  "model.growth_rate": (_INT, 1, None, True, False),
+  "model.block_layers[]": (_INT, 1, None, True, False),
+  "model.compression": (_NUM, 0, 1, False, True),
+  "model.kernel_size": (_INT, 1, None, True, False),
+  "model.reduction": (_INT, 1, None, True, False),
+  "model.attention_kernel": (_INT, 1, None, True, False),
+  "model.leaky_slope": (_NUM, 0, None, True, False),
+  "model.head_pool": (_INT, 1, None, True, False),
+  "model.residual_bottleneck": (_INT, 1, None, True, False),
+  "model.bn_momentum": (_NUM, 0, 1, True, True),
+  "model.bn_epsilon": (_NUM, 0, None, False, False),
+  "data.face_margin": (_NUM, 0, None, True, False),
+  "data.synth_subjects_per_dataset": (_INT, 0, None, True, False),
+  "data.synth_clips_per_subject": (_INT, 0, None, True, False),
+  "data.synth_macro_images": (_INT, 0, None, True, False),
+  "finetune.parallel_folds": (_INT, 0, None, True, False),
 }
 for _s in TRAIN_SECTIONS:
-  RANGES.update({
+  RANGES.update(
+    {
       f"{_s}.batch_size": (_INT, 1, None, True, False),
       f"{_s}.epochs": (_INT, 1, None, True, False),
       f"{_s}.learning_rate": (_NUM, 0, None, False, False),
@@ -139,7 +161,8 @@ for _s in TRAIN_SECTIONS:
       f"{_s}.plateau_patience": (_INT, 0, None, True, False),
       f"{_s}.early_stopping_patience": (_INT, 0, None, True, False),
       f"{_s}.val_fraction": (_NUM, 0, 1, True, False),
-  })
+    }
+  )
 del _s
 
 
@@ -182,11 +205,14 @@ def _bad_value(key: str, value: Any, allowed: str, fix: str) -> ConfigError:
 def _fix(key: str, example: Any) -> str:
   """The fix: the override syntax with the field's default (``example`` for fields the defaults lack)."""
   from mer_jax import config_defaults
+
   found, default = _lookup(config_defaults.get_base_config(), key)
   if found:
     example = f'"{tuple(default)!r}"' if isinstance(default, (tuple, list)) else default
-  return (f"set it in the config file or override it, e.g. --config.{key}={example}"
-          f"{' (the default)' if found else ''}; the fields and their meaning: {DEFAULTS_FILE}")
+  return (
+    f"set it in the config file or override it, e.g. --config.{key}={example}"
+    f"{' (the default)' if found else ''}; the fields and their meaning: {DEFAULTS_FILE}"
+  )
 
 
 def check_section(section: Mapping, prefix: str, *, ranges: bool = True) -> None:
@@ -209,13 +235,14 @@ def check_section(section: Mapping, prefix: str, *, ranges: bool = True) -> None
       continue
     items = tuple(value) if seq and isinstance(value, (tuple, list)) else None
     if seq and items is None:
-      raise _bad_value(dotted, value, f"expected a tuple of names from {list(allowed)}",
-                       _fix(dotted, f'"({allowed[0]!r},)"'))
+      raise _bad_value(
+        dotted, value, f"expected a tuple of names from {list(allowed)}", _fix(dotted, f'"({allowed[0]!r},)"')
+      )
     bad = [v for v in items if v not in allowed] if seq else ([] if value in allowed else [value])
     if bad:
-      what = (f"{bad[0]!r} is not one of {list(allowed)}" if seq else f"use one of {list(allowed)}")
+      what = f"{bad[0]!r} is not one of {list(allowed)}" if seq else f"use one of {list(allowed)}"
       raise _bad_value(dotted, value, what, _fix(dotted, allowed[0]))
-  for key, (kind, lo, hi, lo_inc, hi_inc) in (RANGES.items() if ranges else ()):
+  for key, (kind, lo, hi, lo_inc, hi_inc) in RANGES.items() if ranges else ():
     if prefix and not key.startswith(f"{prefix}."):
       continue
     seq = key.endswith("[]")
@@ -226,14 +253,12 @@ def check_section(section: Mapping, prefix: str, *, ranges: bool = True) -> None
     values = tuple(value) if seq and isinstance(value, (tuple, list)) else (value,)
     if seq and (not isinstance(value, (tuple, list)) or not value):
       each = _range_text(kind, lo, hi, lo_inc, hi_inc)
-      raise _bad_value(dotted, value, f"expected a non-empty tuple, each item {each}",
-                       _fix(dotted, '"(5, 10, 10)"'))
+      raise _bad_value(dotted, value, f"expected a non-empty tuple, each item {each}", _fix(dotted, '"(5, 10, 10)"'))
     for v in values:
       if not _in_range(v, kind, lo, hi, lo_inc, hi_inc):
         what = _range_text(kind, lo, hi, lo_inc, hi_inc)
         example = lo if lo is not None and lo_inc else hi if hi is not None and hi_inc else 1
-        raise _bad_value(dotted, value, f"expected {what}" + (f" (item {v!r})" if seq else ""),
-                         _fix(dotted, example))
+        raise _bad_value(dotted, value, f"expected {what}" + (f" (item {v!r})" if seq else ""), _fix(dotted, example))
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -256,11 +281,14 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   check_section(config, "")
   if "evm" in config and config.evm.get("enabled", True):
     from mer_jax.evm import options_from_config
+
     try:
       options_from_config(config.evm)
     except ConfigError as e:
-      raise ConfigError(f"config.{e}\n  -> set it in the config file or override it (--config.evm.<field>=...); "
-                        f"the fields: {DEFAULTS_FILE}, the band readings: docs/evm.md") from None
+      raise ConfigError(
+        f"config.{e}\n  -> set it in the config file or override it (--config.evm.<field>=...); "
+        f"the fields: {DEFAULTS_FILE}, the band readings: docs/evm.md"
+      ) from None
   return config
 
 
@@ -270,10 +298,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 _BOOL = flags.BooleanParser()
 _PARSERS: dict[type, tuple[str, Callable[[str], Any]]] = {
-    bool: ("bool (true/false)", _BOOL.parse),
-    int: ("int", flags.IntegerParser().parse),
-    float: ("float", flags.FloatParser().parse),
-    tuple: ("tuple, e.g. '(1, 2)' or one --flag per item", tuple_parser.TupleParser().parse),
+  bool: ("bool (true/false)", _BOOL.parse),
+  int: ("int", flags.IntegerParser().parse),
+  float: ("float", flags.FloatParser().parse),
+  tuple: ("tuple, e.g. '(1, 2)' or one --flag per item", tuple_parser.TupleParser().parse),
 }
 
 
@@ -299,9 +327,10 @@ def load_config_file(spec: str, flag: str = "--config") -> ml_collections.Config
     module = importlib.util.module_from_spec(mod_spec)
     mod_spec.loader.exec_module(module)
     config = module.get_config(*arg)
-  except Exception as e:    # the file is the user's: any failure in it is a config error
-    raise ConfigError(f"the config file {path} failed to load ({type(e).__name__}: {e})\n  -> fix the file, "
-                      f"or {hint}") from None
+  except Exception as e:  # the file is the user's: any failure in it is a config error
+    raise ConfigError(
+      f"the config file {path} failed to load ({type(e).__name__}: {e})\n  -> fix the file, or {hint}"
+    ) from None
   if not isinstance(config, ml_collections.ConfigDict):
     raise ConfigError(f"the config file {path}: get_config() returned {type(config).__name__}, not a ConfigDict")
   return config
@@ -315,8 +344,7 @@ def _field_type(node: ml_collections.ConfigDict, key: str) -> Optional[type]:
   return None if t is type(None) else t
 
 
-def check_override(config: ml_collections.ConfigDict, path: str, value: Optional[str],
-                   flag: str = "--config") -> Any:
+def check_override(config: ml_collections.ConfigDict, path: str, value: Optional[str], flag: str = "--config") -> Any:
   """Checks one override ``<flag>.<path>=<value>`` against ``config``; returns the parsed value.
 
   Args:
@@ -348,8 +376,10 @@ def check_override(config: ml_collections.ConfigDict, path: str, value: Optional
   leaf = parts[-1]
   current = node[leaf]
   if isinstance(current, ml_collections.ConfigDict):
-    raise ConfigError(f"{shown} is a section, not a field: override one of its fields "
-                      f"({', '.join(f'{shown}.{k}' for k in list(current.keys())[:4])}, ...)")
+    raise ConfigError(
+      f"{shown} is a section, not a field: override one of its fields "
+      f"({', '.join(f'{shown}.{k}' for k in list(current.keys())[:4])}, ...)"
+    )
   ftype = _field_type(node, leaf)
   if value is None:
     if ftype is bool:
@@ -361,9 +391,10 @@ def check_override(config: ml_collections.ConfigDict, path: str, value: Optional
   try:
     return parse(value)
   except (ValueError, TypeError, SyntaxError, flags.Error):
-    raise ConfigError(f"wrong type for config key {shown!r}: {value!r} is not of type {name} (the field's "
-                      f"type; default {current!r})\n  -> give a value of the field's type (see {DEFAULTS_FILE})"
-                      ) from None
+    raise ConfigError(
+      f"wrong type for config key {shown!r}: {value!r} is not of type {name} (the field's "
+      f"type; default {current!r})\n  -> give a value of the field's type (see {DEFAULTS_FILE})"
+    ) from None
 
 
 def _type_name(t: Optional[type]) -> str:
@@ -410,8 +441,9 @@ def find_overrides(argv: Sequence[str], flag: str = "config") -> tuple[Optional[
   return spec, out
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str] | Mapping[str, Any],
-                    flag: str = "--config") -> ml_collections.ConfigDict:
+def apply_overrides(
+  config: ml_collections.ConfigDict, overrides: Iterable[str] | Mapping[str, Any], flag: str = "--config"
+) -> ml_collections.ConfigDict:
   """A copy of ``config`` with overrides applied, each checked by :func:`check_override`.
 
   Args:
@@ -440,7 +472,7 @@ def _apply(config: ml_collections.ConfigDict, items: Sequence[tuple[str, Any]], 
     for p in parents:
       node = node[p]
     if isinstance(node[leaf], tuple) and isinstance(value, str) and not value.lstrip().startswith(("(", "[")):
-      tuples.setdefault(path, []).extend(parsed)       # --config.data.micro=casme2 --config.data.micro=samm
+      tuples.setdefault(path, []).extend(parsed)  # --config.data.micro=casme2 --config.data.micro=samm
       parsed = tuple(tuples[path])
     node[leaf] = parsed
   return out
@@ -490,8 +522,11 @@ def run_app(main, config_flags_names: Sequence[str] = ("config",)) -> None:
   except (flags.Error, OSError, KeyError, AttributeError, TypeError, ValueError) as e:
     # Anything the checks above did not foresee: absl's own text, first line, with the general hint.
     text = str(e.args[0] if isinstance(e, KeyError) and e.args else e).strip().splitlines()
-    print(f"error: {text[0] if text else type(e).__name__}\n  -> see {DEFAULTS_FILE} for the valid fields and "
-          "their types, and configs/ for the config files", file=sys.stderr)
+    print(
+      f"error: {text[0] if text else type(e).__name__}\n  -> see {DEFAULTS_FILE} for the valid fields and "
+      "their types, and configs/ for the config files",
+      file=sys.stderr,
+    )
     sys.exit(2)
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.ERROR)

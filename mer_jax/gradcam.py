@@ -27,8 +27,12 @@ import numpy as np
 
 from mer_jax.errors import UserError, run_cli
 
-ATTENTION_TITLES = {"none": "No attention", "channel": "Channel attention", "spatial": "Spatial attention",
-                    "mixed": "Mixed attention"}
+ATTENTION_TITLES = {
+  "none": "No attention",
+  "channel": "Channel attention",
+  "spatial": "Spatial attention",
+  "mixed": "Mixed attention",
+}
 
 
 def head_logits(model, variables: dict, features):
@@ -68,34 +72,39 @@ def make_gradcam_fn(model):
       lg = head_logits(model, variables, f)
       return jnp.sum(jnp.take_along_axis(lg, cls[:, None], axis=1)), lg
 
-    grads, head_lg = jax.grad(score, has_aux=True)(feats)       # [N, h, w, C]
-    alpha = grads.mean(axis=(1, 2), keepdims=True)               # [N, 1, 1, C]
-    cam = jax.nn.relu(jnp.sum(alpha * feats, axis=-1))           # [N, h, w]
+    grads, head_lg = jax.grad(score, has_aux=True)(feats)  # [N, h, w, C]
+    alpha = grads.mean(axis=(1, 2), keepdims=True)  # [N, 1, 1, C]
+    cam = jax.nn.relu(jnp.sum(alpha * feats, axis=-1))  # [N, h, w]
     n, h, w, _ = x.shape
     cam = jax.image.resize(cam, (n, h, w), method="bilinear")
-    cam = jnp.maximum(cam, 0.0)                                  # bilinear keeps >= 0; guard anyway
+    cam = jnp.maximum(cam, 0.0)  # bilinear keeps >= 0; guard anyway
     peak = cam.max(axis=(1, 2), keepdims=True)
     cam = jnp.where(peak > 0, cam / jnp.where(peak > 0, peak, 1.0), 0.0)
     return cam, logits, cls, head_lg
 
-  tol = 1e-3 if model.dtype == jnp.float32 else 5e-2   # bfloat16 models: the head here runs in float32
+  tol = 1e-3 if model.dtype == jnp.float32 else 5e-2  # bfloat16 models: the head here runs in float32
 
   def run(variables, x, classes):
     cam, logits, cls, head_lg = gradcam_fn(variables, x, classes)
     if not np.allclose(np.asarray(logits), np.asarray(head_lg), rtol=tol, atol=tol):
-      raise RuntimeError("Grad-CAM's head does not reproduce the model's logits: mer_jax.gradcam.head_logits "
-                         "is out of date with mer_jax.models.network.MERNet")
+      raise RuntimeError(
+        "Grad-CAM's head does not reproduce the model's logits: mer_jax.gradcam.head_logits "
+        "is out of date with mer_jax.models.network.MERNet"
+      )
     return cam, logits, cls
+
   return run
 
 
-def gradcam(model, variables: dict, images: np.ndarray, classes: Optional[Sequence[int]] = None,
-            batch_size: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def gradcam(
+  model, variables: dict, images: np.ndarray, classes: Optional[Sequence[int]] = None, batch_size: int = 32
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Grad-CAM maps for images [N, H, W, C] -> (cam [N, H, W] in [0, 1], probs [N, K], class [N]).
 
   Runs in zero-padded batches of ``batch_size`` (one compilation; device memory bounded for big folders).
   """
   import jax
+
   images = np.asarray(images, np.float32)
   n = images.shape[0]
   cls = np.full(n, -1, np.int32) if classes is None else np.asarray(classes, np.int32)
@@ -119,6 +128,7 @@ def gradcam(model, variables: dict, images: np.ndarray, classes: Optional[Sequen
 def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
   """Heat map on the image: [H, W, C] in [0, 1] + cam [H, W] in [0, 1] -> RGB [H, W, 3]."""
   from matplotlib import colormaps
+
   img = np.asarray(image, np.float32)
   if img.shape[-1] == 1:
     img = np.repeat(img, 3, -1)
@@ -145,6 +155,7 @@ def _draw_grid(path: str, inputs: Sequence[str], base: Sequence[np.ndarray], col
   """rows = inputs; columns = the network input, then one overlay per checkpoint."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
+
   n, m = len(inputs), len(cols) + 1
   fig = Figure(figsize=(2.3 * m, 2.5 * n + 0.3), dpi=120)
   FigureCanvasAgg(fig)
@@ -164,19 +175,25 @@ def _draw_grid(path: str, inputs: Sequence[str], base: Sequence[np.ndarray], col
         ax.imshow(overlay(col["images"][r], col["cams"][r]))
         if r == 0:
           ax.set_title(col["title"], fontsize=9)
-        ax.set_xlabel(f"{col['class_names'][col['classes'][r]]} {col['probs'][r, col['classes'][r]]:.2f}",
-                      fontsize=7)
+        ax.set_xlabel(f"{col['class_names'][col['classes'][r]]} {col['probs'][r, col['classes'][r]]:.2f}", fontsize=7)
   fig.tight_layout()
   fig.savefig(path)
 
 
 def _short(p: str, n: int = 28) -> str:
   s = os.path.basename(os.path.normpath(p))
-  return s if len(s) <= n else "..." + s[-n + 3:]
+  return s if len(s) <= n else "..." + s[-n + 3 :]
 
 
-def run(checkpoints: Sequence[str], input_path: str, out_dir: str, *, fps: Optional[float] = None,
-        target: Optional[str] = None, apex: str = "spot") -> dict:
+def run(
+  checkpoints: Sequence[str],
+  input_path: str,
+  out_dir: str,
+  *,
+  fps: Optional[float] = None,
+  target: Optional[str] = None,
+  apex: str = "spot",
+) -> dict:
   """Grad-CAM for every input clip and checkpoint; writes the PNGs/npz; returns a summary dict."""
   from mer_jax import predict as predict_lib
   from mer_jax.models import build_model
@@ -201,32 +218,62 @@ def run(checkpoints: Sequence[str], input_path: str, out_dir: str, *, fps: Optio
     cams, probs, used = gradcam(model, variables, images, classes)
     title = column_title(cfg, ck, titles)
     titles.append(title)
-    cols.append({"title": title, "checkpoint": ck, "images": images, "cams": cams, "probs": probs,
-                 "classes": used, "class_names": class_names})
+    cols.append(
+      {
+        "title": title,
+        "checkpoint": ck,
+        "images": images,
+        "cams": cams,
+        "probs": probs,
+        "classes": used,
+        "class_names": class_names,
+      }
+    )
   base = cols[0]["images"]
   paths = {"grid": os.path.join(out_dir, "gradcam.png")}
   _draw_grid(paths["grid"], [p for _, p in inputs], base, cols)
   for i, (_, p) in enumerate(inputs):
     fn = os.path.join(out_dir, f"gradcam_{i:03d}_{_safe(os.path.basename(os.path.normpath(p)))}.png")
-    _draw_grid(fn, [p], [base[i]], [{**c, "images": c["images"][i:i + 1], "cams": c["cams"][i:i + 1],
-                                     "probs": c["probs"][i:i + 1], "classes": c["classes"][i:i + 1]}
-                                    for c in cols])
+    _draw_grid(
+      fn,
+      [p],
+      [base[i]],
+      [
+        {
+          **c,
+          "images": c["images"][i : i + 1],
+          "cams": c["cams"][i : i + 1],
+          "probs": c["probs"][i : i + 1],
+          "classes": c["classes"][i : i + 1],
+        }
+        for c in cols
+      ],
+    )
     paths[f"input_{i}"] = fn
   npz = os.path.join(out_dir, "gradcam.npz")
-  np.savez_compressed(npz, **{f"cam_{j}": c["cams"] for j, c in enumerate(cols)},
-                      **{f"probs_{j}": c["probs"] for j, c in enumerate(cols)},
-                      **{f"class_{j}": c["classes"] for j, c in enumerate(cols)})
+  np.savez_compressed(
+    npz,
+    **{f"cam_{j}": c["cams"] for j, c in enumerate(cols)},
+    **{f"probs_{j}": c["probs"] for j, c in enumerate(cols)},
+    **{f"class_{j}": c["classes"] for j, c in enumerate(cols)},
+  )
   paths["npz"] = npz
-  summary = {"inputs": [p for _, p in inputs], "columns": [
-      {"title": c["title"], "checkpoint": c["checkpoint"],
-       "predictions": [c["class_names"][k] for k in c["classes"]]} for c in cols], "files": paths}
+  summary = {
+    "inputs": [p for _, p in inputs],
+    "columns": [
+      {"title": c["title"], "checkpoint": c["checkpoint"], "predictions": [c["class_names"][k] for k in c["classes"]]}
+      for c in cols
+    ],
+    "files": paths,
+  }
   return summary
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   ap = argparse.ArgumentParser(prog="python -m mer_jax.gradcam", description=__doc__.split("\n\n")[0])
-  ap.add_argument("--checkpoint", required=True, nargs="+",
-                  help="one or more run directories (one Figure 8 column each)")
+  ap.add_argument(
+    "--checkpoint", required=True, nargs="+", help="one or more run directories (one Figure 8 column each)"
+  )
   ap.add_argument("--input", required=True, help="video file, frame folder, image, or folder of clips")
   ap.add_argument("--out", default="gradcam_out", help="output folder (default: ./gradcam_out)")
   ap.add_argument("--fps", type=float, default=None, help="frame rate for frame folders (EVM)")

@@ -42,9 +42,11 @@ def describe(run_dir: str) -> str:
     ltree, lmeta = (tree, meta) if kind == "latest" else ckpt.restore(run_dir, "latest")
     st = ltree.get("state", {})
     loop = lmeta.get("loop", {})
-    lines.append(f"  latest: {latest_epoch} epochs done, optimiser step "
-                 f"{int(np.asarray(st.get('step', -1)))}, best epoch index {loop.get('best_epoch')}, "
-                 f"early-stopped/finished: {loop.get('stopped')}")
+    lines.append(
+      f"  latest: {latest_epoch} epochs done, optimiser step "
+      f"{int(np.asarray(st.get('step', -1)))}, best epoch index {loop.get('best_epoch')}, "
+      f"early-stopped/finished: {loop.get('stopped')}"
+    )
     if "plateau" in st:
       lines.append(f"          lr scale {float(np.asarray(st['plateau']['scale'])):.3g}")
   lines.append("config:")
@@ -56,8 +58,10 @@ def describe(run_dir: str) -> str:
   lines += ["  " + ln for ln in table.splitlines()]
   n_params = parameter_overview.count_parameters(jax.device_get(variables["params"]))
   stats = parameter_overview.count_parameters(jax.device_get(variables.get("batch_stats", {})))
-  lines.append(f"  {n_params:,} trainable parameters + {stats:,} BatchNorm statistics = {n_params + stats:,} "
-               "stored values in total")
+  lines.append(
+    f"  {n_params:,} trainable parameters + {stats:,} BatchNorm statistics = {n_params + stats:,} "
+    "stored values in total"
+  )
   return "\n".join(lines)
 
 

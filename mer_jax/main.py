@@ -36,15 +36,23 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Benchmark config file
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (checkpoints, reports; reused to resume).")
 _QUIET = flags.DEFINE_bool("quiet", False, "Only print the final summary (no per-epoch progress).")
 _FOLD_SHARD = flags.DEFINE_string(
-    "fold_shard", None, "k/n: run only LOSO folds k, k+n, k+2n, ... (one job per host on a shared --workdir); "
-    "then run once more without it to write the reports.")
+  "fold_shard",
+  None,
+  "k/n: run only LOSO folds k, k+n, k+2n, ... (one job per host on a shared --workdir); "
+  "then run once more without it to write the reports.",
+)
 _COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "Multi-process training: host:port of process 0 (else $JAX_COORDINATOR_ADDRESS; "
-    "see mer_jax/train/distributed.py and docs/reliability.md).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process training: number of processes "
-                                      "(else $JAX_NUM_PROCESSES).")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process training: this process's id "
-                                   "0..num_processes-1 (else $JAX_PROCESS_ID).")
+  "coordinator_address",
+  None,
+  "Multi-process training: host:port of process 0 (else $JAX_COORDINATOR_ADDRESS; "
+  "see mer_jax/train/distributed.py and docs/reliability.md).",
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+  "num_processes", None, "Multi-process training: number of processes (else $JAX_NUM_PROCESSES)."
+)
+_PROCESS_ID = flags.DEFINE_integer(
+  "process_id", None, "Multi-process training: this process's id 0..num_processes-1 (else $JAX_PROCESS_ID)."
+)
 
 
 def _say(msg: str) -> None:
@@ -63,13 +71,15 @@ def _make_writer(workdir: str):
 
   from mer_jax.train import distributed
 
-  return metric_writers.create_default_writer(os.path.join(workdir, "tb"), just_logging=not distributed.is_primary(),
-                                              asynchronous=False)
+  return metric_writers.create_default_writer(
+    os.path.join(workdir, "tb"), just_logging=not distributed.is_primary(), asynchronous=False
+  )
 
 
 def _init_fn(model, image_size: int, channels: int):
   """rng -> {'params','batch_stats'}; compiled once per (model, input shape) for the whole process."""
   from mer_jax.train.state import jit_init
+
   return lambda rng: jit_init(model, rng, int(image_size), int(channels))
 
 
@@ -83,14 +93,17 @@ def check_workdir(workdir: str) -> None:
       f.write("ok")
     os.remove(probe)
   except OSError as e:
-    raise ConfigError(f"cannot write to the workdir {path} ({e.strerror or type(e).__name__}); "
-                      "pass a --workdir you can write to (it is created if missing)") from None
+    raise ConfigError(
+      f"cannot write to the workdir {path} ({e.strerror or type(e).__name__}); "
+      "pass a --workdir you can write to (it is created if missing)"
+    ) from None
 
 
 def check_dataset_roots(config: ml_collections.ConfigDict) -> None:
   """Fails before any work when a configured (non-synthetic) dataset folder is missing or empty
   (DataError with the dataset's manual-download instructions)."""
   from mer_jax.data import pipeline
+
   names = list(config.data.micro)
   if config.pretrain.enabled and not config.pretrained_checkpoint:
     names += list(config.data.macro)
@@ -120,6 +133,7 @@ def _workdir_lock(workdir: str, enabled: bool):
     yield
     return
   import fcntl
+
   with open(os.path.join(workdir, ".prepare.lock"), "a") as f:
     fcntl.flock(f, fcntl.LOCK_EX)
     try:
@@ -128,8 +142,17 @@ def _workdir_lock(workdir: str, enabled: bool):
       fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, *, mesh=None, progress: bool = True,
-        writer=None, on_epoch_end=None, load_arrays=None, fold_shard: Optional[tuple[int, int]] = None) -> dict:
+def run(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  mesh=None,
+  progress: bool = True,
+  writer=None,
+  on_epoch_end=None,
+  load_arrays=None,
+  fold_shard: Optional[tuple[int, int]] = None,
+) -> dict:
   """The whole pipeline: data, pretraining, LOSO fine-tuning, reports.
 
   Multi-process (after ``mer_jax.train.distributed.initialize``): the default mesh spans every process's
@@ -165,19 +188,23 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh=None, progress:
   if not config.data.micro and not config.pretrain.enabled:
     raise ConfigError("config.data.micro is empty and config.pretrain.enabled=False: nothing to do")
   if load_arrays is None:
-    check_dataset_roots(config)           # a missing dataset folder fails before anything is written
+    check_dataset_roots(config)  # a missing dataset folder fails before anything is written
     from mer_jax.data.pipeline import load_arrays as _load
+
     # SynthME generation and the TFDS cache build run in process 0 first; the others then read the cache.
     load_arrays = lambda c, w, kind: distributed.primary_first(f"data_{kind}", lambda: _load(c, w, kind))
   check_workdir(workdir)
   if distributed.is_primary():
     from mer_jax import reporting
+
     reporting.atomic_write_text(os.path.join(workdir, "config.json"), config.to_json(indent=1))
   mesh = mesh or (distributed.global_mesh() if jax.process_count() > 1 else parallel.make_mesh())
   own_writer = writer is None
   writer = writer or _make_writer(workdir)
-  _say(f"[main] {config.name}: workdir {os.path.abspath(workdir)}; {mesh.devices.size} "
-       f"{jax.default_backend()} device(s) (data parallel)")
+  _say(
+    f"[main] {config.name}: workdir {os.path.abspath(workdir)}; {mesh.devices.size} "
+    f"{jax.default_backend()} device(s) (data parallel)"
+  )
   out: dict = {"workdir": os.path.abspath(workdir)}
   seed_key = jax.random.key(int(config.seed))
 
@@ -199,14 +226,27 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh=None, progress:
       pcfg.model.num_classes = len(macro.class_names)
       pmodel = build_model(pcfg.model)
       init = _init_fn(pmodel, macro.images.shape[1], macro.images.shape[-1])
-      _say(f"[main] pretraining on {len(macro)} macro samples ({', '.join(config.data.macro)}), "
-           f"classes {list(macro.class_names)}")
+      _say(
+        f"[main] pretraining on {len(macro)} macro samples ({', '.join(config.data.macro)}), "
+        f"classes {list(macro.class_names)}"
+      )
       hook = (lambda e: on_epoch_end("pretrain", e)) if on_epoch_end else None
       pretrained, summary = pretrain.run_pretrain(
-          pcfg, macro, workdir, apply_fn=model_apply(pmodel), init_variables=init(jax.random.fold_in(seed_key, 0)),
-          mesh=mesh, writer=writer, progress=progress, on_epoch_end=hook)
-      out["pretrain"] = {"run_dir": os.path.join(out["workdir"], "pretrain"),
-                         "best_val_accuracy": summary["best_val_accuracy"], "best_epoch": summary["best_epoch"]}
+        pcfg,
+        macro,
+        workdir,
+        apply_fn=model_apply(pmodel),
+        init_variables=init(jax.random.fold_in(seed_key, 0)),
+        mesh=mesh,
+        writer=writer,
+        progress=progress,
+        on_epoch_end=hook,
+      )
+      out["pretrain"] = {
+        "run_dir": os.path.join(out["workdir"], "pretrain"),
+        "best_val_accuracy": summary["best_val_accuracy"],
+        "best_epoch": summary["best_epoch"],
+      }
       del macro
   else:
     _say("[main] pretraining disabled (config.pretrain.enabled=False): fine-tuning from random init")
@@ -215,8 +255,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh=None, progress:
     with _workdir_lock(workdir, fold_shard is not None):
       micro = load_arrays(config, workdir, "micro")
     if len(micro.class_names) != config.model.num_classes:
-      raise ConfigError(f"config.model.num_classes={config.model.num_classes} but data.task={config.data.task!r} "
-                        f"gives {len(micro.class_names)} classes {list(micro.class_names)}")
+      raise ConfigError(
+        f"config.model.num_classes={config.model.num_classes} but data.task={config.data.task!r} "
+        f"gives {len(micro.class_names)} classes {list(micro.class_names)}"
+      )
     model = build_model(config.model)
     init = _init_fn(model, micro.images.shape[1], micro.images.shape[-1])
     source = config.pretrained_checkpoint or os.path.join(workdir, "pretrain")
@@ -231,23 +273,41 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh=None, progress:
       _, rep = transfer.merge_pretrained(jax.device_get(init(seed_key)), pretrained, source)
       _say(f"[main] transfer: loaded {rep['loaded']}, re-initialised {rep['reinitialised'] or 'nothing'}")
     n_subj = len(loso.subjects_of(micro))
-    sel = ("the held-out subject (test-fold early stopping, labelled in reports)"
-           if config.finetune.test_fold_early_stopping else "a validation split of the training subjects")
-    _say(f"[main] LOSO over {n_subj} subjects, {len(micro)} clips ({', '.join(config.data.micro)}); "
-         f"model selection on {sel}")
+    sel = (
+      "the held-out subject (test-fold early stopping, labelled in reports)"
+      if config.finetune.test_fold_early_stopping
+      else "a validation split of the training subjects"
+    )
+    _say(
+      f"[main] LOSO over {n_subj} subjects, {len(micro)} clips ({', '.join(config.data.micro)}); "
+      f"model selection on {sel}"
+    )
     subjects = None
     if fold_shard is not None:
       k, n = fold_shard
       subjects = loso.subjects_of(micro)[k::n]
       _say(f"[main] fold shard {k}/{n}: {len(subjects)} of {n_subj} folds ({', '.join(subjects) or 'none'})")
-    records = loso.run_loso(config, micro, workdir, apply_fn=model_apply(model), init_fn=fold_init, mesh=mesh,
-                            writer=writer, progress=progress, on_epoch_end=on_epoch_end, subjects=subjects)
+    records = loso.run_loso(
+      config,
+      micro,
+      workdir,
+      apply_fn=model_apply(model),
+      init_fn=fold_init,
+      mesh=mesh,
+      writer=writer,
+      progress=progress,
+      on_epoch_end=on_epoch_end,
+      subjects=subjects,
+    )
     out["records"] = records
     from mer_jax import reporting
+
     if fold_shard is not None:
-      _say(f"[main] fold shard {fold_shard[0]}/{fold_shard[1]} done; when every shard has finished, run the same "
-           "command without --fold_shard to collect all folds and write the reports")
-    elif distributed.is_primary():      # every process holds the same records; one writes the reports
+      _say(
+        f"[main] fold shard {fold_shard[0]}/{fold_shard[1]} done; when every shard has finished, run the same "
+        "command without --fold_shard to collect all folds and write the reports"
+      )
+    elif distributed.is_primary():  # every process holds the same records; one writes the reports
       out["reports"] = reporting.write_reports(workdir, config, records, list(micro.class_names))
     distributed.barrier("reports")
   if own_writer:
@@ -269,16 +329,20 @@ def _summary(out: dict) -> str:
       with open(rep["results_json"]) as f:
         res = json.load(f)
       mixed = res["aggregate"].get("Mixed", {})
-      lines.append(f"  LOSO (pooled): acc {mixed.get('accuracy', float('nan')):.4f}  "
-                   f"UF1 {mixed.get('uf1', float('nan')):.4f}  UAR {mixed.get('uar', float('nan')):.4f}")
+      lines.append(
+        f"  LOSO (pooled): acc {mixed.get('accuracy', float('nan')):.4f}  "
+        f"UF1 {mixed.get('uf1', float('nan')):.4f}  UAR {mixed.get('uar', float('nan')):.4f}"
+      )
     except (OSError, KeyError, ValueError, TypeError):
       pass
   pre = out.get("pretrain") or {}
   if "run_dir" in pre:
     lines.append(f"  checkpoints:  {pre['run_dir']} (pretraining; best val acc {pre['best_val_accuracy']:.4f})")
   if out.get("records") is not None:
-    lines.append(f"                {os.path.join(out['workdir'], 'finetune', 'folds')}/<fold_id>/ "
-                 f"({len(out['records'])} LOSO folds; per-fold JSON alongside)")
+    lines.append(
+      f"                {os.path.join(out['workdir'], 'finetune', 'folds')}/<fold_id>/ "
+      f"({len(out['records'])} LOSO folds; per-fold JSON alongside)"
+    )
   lines.append(f"  TensorBoard:  tensorboard --logdir {os.path.join(out['workdir'], 'tb')}")
   lines.append(f"  inspect:      python -m mer_jax.inspect_checkpoint {os.path.join(out['workdir'], 'pretrain')}")
   return "\n".join(lines)
@@ -287,19 +351,24 @@ def _summary(out: dict) -> str:
 def main(argv) -> int:
   del argv
   from mer_jax.configuration import require_config, validate
+
   config = validate(require_config(_CONFIG.value))
   if not _WORKDIR.value:
     raise ConfigError("--workdir is required, e.g. --workdir=runs/synth_demo")
   fold_shard = parse_fold_shard(_FOLD_SHARD.value)
   from mer_jax.train import distributed
+
   spec = distributed.resolve(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   cpu_choice = (0, "")
-  if not spec.multi_process:   # before JAX starts its backends; multi-process runs keep their devices as they are
+  if not spec.multi_process:  # before JAX starts its backends; multi-process runs keep their devices as they are
     from mer_jax.train import parallel
+
     cpu_choice = parallel.use_host_cores(config)
   if distributed.initialize(spec):
-    _say(f"[main] process {jax.process_index()} of {jax.process_count()}: {len(jax.local_devices())} local, "
-         f"{len(jax.devices())} global device(s)")
+    _say(
+      f"[main] process {jax.process_index()} of {jax.process_count()}: {len(jax.local_devices())} local, "
+      f"{len(jax.devices())} global device(s)"
+    )
   if cpu_choice[0] and jax.default_backend() == "cpu":
     how = "data parallel" if cpu_choice[0] > 1 else "no data parallelism"
     _say(f"[main] CPU: {cpu_choice[0]} XLA device(s), {how} ({cpu_choice[1]})")
@@ -310,10 +379,12 @@ def main(argv) -> int:
 
 def _entry(argv) -> int:
   from mer_jax.errors import run_cli
+
   run_cli(lambda: main(argv))
   return 0
 
 
 if __name__ == "__main__":
   from mer_jax.configuration import run_app
+
   run_app(lambda argv: _entry(argv))

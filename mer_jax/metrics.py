@@ -53,8 +53,8 @@ def scores(conf: np.ndarray) -> dict:
     raise ValueError(f"confusion matrices must have shape [..., K, K], got {conf.shape}")
   conf = conf.astype(np.float64)
   tp = np.diagonal(conf, axis1=-2, axis2=-1)
-  support = conf.sum(axis=-1)        # N_k: true samples per class (row sums)
-  predicted = conf.sum(axis=-2)      # predictions per class (column sums)
+  support = conf.sum(axis=-1)  # N_k: true samples per class (row sums)
+  predicted = conf.sum(axis=-2)  # predictions per class (column sums)
   total = conf.sum(axis=(-2, -1))
   active = (support + predicted) > 0
   # 2TP + FP + FN = support + predicted
@@ -64,15 +64,15 @@ def scores(conf: np.ndarray) -> dict:
   n_active = active.sum(axis=-1)
   denom = np.maximum(n_active, 1)
   return {
-      "accuracy": np.divide(tp.sum(axis=-1), total, out=np.zeros_like(total), where=total > 0),
-      "uf1": np.where(n_active > 0, (f1 * active).sum(axis=-1) / denom, 0.0),
-      "uar": np.where(n_active > 0, (recall * active).sum(axis=-1) / denom, 0.0),
-      "per_class_f1": f1,
-      "per_class_recall": recall,
-      "per_class_precision": precision,
-      "support": support.astype(np.int64),
-      "active": active,
-      "num_samples": total.astype(np.int64),
+    "accuracy": np.divide(tp.sum(axis=-1), total, out=np.zeros_like(total), where=total > 0),
+    "uf1": np.where(n_active > 0, (f1 * active).sum(axis=-1) / denom, 0.0),
+    "uar": np.where(n_active > 0, (recall * active).sum(axis=-1) / denom, 0.0),
+    "per_class_f1": f1,
+    "per_class_recall": recall,
+    "per_class_precision": precision,
+    "support": support.astype(np.int64),
+    "active": active,
+    "num_samples": total.astype(np.int64),
   }
 
 
@@ -86,16 +86,16 @@ def from_confusion(conf: np.ndarray) -> dict:
   if conf.ndim > 2:
     return dict(out, confusion=conf)
   return {
-      "accuracy": float(out["accuracy"]),
-      "uf1": float(out["uf1"]),
-      "uar": float(out["uar"]),
-      "confusion": conf.tolist(),
-      "per_class_f1": out["per_class_f1"].tolist(),
-      "per_class_recall": out["per_class_recall"].tolist(),
-      "per_class_precision": out["per_class_precision"].tolist(),
-      "support": out["support"].tolist(),
-      "active": out["active"].tolist(),
-      "num_samples": int(out["num_samples"]),
+    "accuracy": float(out["accuracy"]),
+    "uf1": float(out["uf1"]),
+    "uar": float(out["uar"]),
+    "confusion": conf.tolist(),
+    "per_class_f1": out["per_class_f1"].tolist(),
+    "per_class_recall": out["per_class_recall"].tolist(),
+    "per_class_precision": out["per_class_precision"].tolist(),
+    "support": out["support"].tolist(),
+    "active": out["active"].tolist(),
+    "num_samples": int(out["num_samples"]),
   }
 
 
@@ -109,8 +109,9 @@ def accumulate(confusions: Sequence[np.ndarray]) -> np.ndarray:
   return np.sum(np.stack([np.asarray(c, np.int64) for c in confusions]), axis=0)
 
 
-def by_source(y_true, y_pred, sources, num_classes: int,
-              order: Sequence[str] = ("casme2", "samm", "smic")) -> Mapping[str, dict]:
+def by_source(
+  y_true, y_pred, sources, num_classes: int, order: Sequence[str] = ("casme2", "samm", "smic")
+) -> Mapping[str, dict]:
   """``{'Mixed': ..., <source>: ...}``: the composite and per-dataset scores of Tables 5-6.
 
   ``sources`` ``[N]`` names each sample's dataset. Sources are listed in

@@ -73,16 +73,20 @@ def discover_inputs(path: str) -> list[tuple[str, str]]:
     elif os.path.isdir(p) and _images_in(p):
       found.append(("frames", p))
   if not found:
-    raise DataError(f"--input {path}: no frame images, video files or frame folders found in it "
-                    f"(images: {', '.join(IMAGE_EXTS)}; videos: {', '.join(VIDEO_EXTS)})")
+    raise DataError(
+      f"--input {path}: no frame images, video files or frame folders found in it "
+      f"(images: {', '.join(IMAGE_EXTS)}; videos: {', '.join(VIDEO_EXTS)})"
+    )
   return found
 
 
 def load_clip(kind: str, path: str, fps: Optional[float]) -> tuple[np.ndarray, Optional[float]]:
   """-> (frames float32 [T, H, W, C] in [0, 1], fps or None). ``fps`` overrides the file's."""
   from mer_jax.data import preprocess
+
   if kind == "video":
     from mer_jax import video_io
+
     frames, file_fps = video_io.read_clip(path)
     return np.asarray(frames, np.float32), (fps or file_fps)
   if kind == "frames":
@@ -93,6 +97,7 @@ def load_clip(kind: str, path: str, fps: Optional[float]) -> tuple[np.ndarray, O
 def resolve_checkpoint(path: str):
   """``load_for_inference(path)`` with a pointer to the run directories when given a workdir."""
   from mer_jax.train import checkpoint
+
   if not os.path.isdir(path):
     raise UserError(f"--checkpoint {path} is not a directory")
   try:
@@ -103,16 +108,21 @@ def resolve_checkpoint(path: str):
     folds = os.path.join(path, "finetune", "folds")
     if os.path.isdir(folds):
       ids = sorted(os.listdir(folds), key=_natural_key)
-      raise UserError(f"--checkpoint {path} is a benchmark workdir, not a run directory: pass one fold "
-                      f"(e.g. {os.path.join(folds, ids[0]) if ids else folds + '/<fold_id>'}; {len(ids)} "
-                      f"folds) or {os.path.join(path, 'pretrain')}") from None
+      raise UserError(
+        f"--checkpoint {path} is a benchmark workdir, not a run directory: pass one fold "
+        f"(e.g. {os.path.join(folds, ids[0]) if ids else folds + '/<fold_id>'}; {len(ids)} "
+        f"folds) or {os.path.join(path, 'pretrain')}"
+      ) from None
     raise
 
 
 def _shape_table(tree) -> dict:
   import jax
-  return {"/".join(str(getattr(k, "key", k)) for k in p): tuple(int(d) for d in np.shape(x))
-          for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+  return {
+    "/".join(str(getattr(k, "key", k)) for k in p): tuple(int(d) for d in np.shape(x))
+    for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
 
 
 def check_weights_match_config(config: Any, variables: dict, where: str) -> None:
@@ -121,6 +131,7 @@ def check_weights_match_config(config: Any, variables: dict, where: str) -> None
   import jax
 
   from mer_jax.models import build_model, init_variables
+
   model = build_model(config.model)
   size, channels = int(config.image_size), int(config.get("channels", 3))
   want = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0), size, channels))
@@ -138,10 +149,11 @@ def check_weights_match_config(config: Any, variables: dict, where: str) -> None
   else:
     detail = f"the checkpoint holds {extra[0]}, which the configured model does not have"
   raise UserError(
-      f"{where}: the stored weights do not match the checkpoint's model config ({detail}; "
-      f"{len(differ) + len(missing) + len(extra)} array(s) differ). The checkpoint was written by a different "
-      "model config (model.* / image_size / channels) or code version; use the run directory these weights "
-      "came from, or retrain")
+    f"{where}: the stored weights do not match the checkpoint's model config ({detail}; "
+    f"{len(differ) + len(missing) + len(extra)} array(s) differ). The checkpoint was written by a different "
+    "model config (model.* / image_size / channels) or code version; use the run directory these weights "
+    "came from, or retrain"
+  )
 
 
 def inference_config(config: Any, apex: str = "spot", on_no_face: Optional[str] = None) -> Any:
@@ -149,6 +161,7 @@ def inference_config(config: Any, apex: str = "spot", on_no_face: Optional[str] 
   clip in which no face is found (``fallback``: centre crop, marked in the output; ``error``: stop; None: the
   checkpoint's own ``data.on_no_face``)."""
   import ml_collections
+
   if apex not in APEX_CHOICES:
     raise UserError(f"--apex {apex!r}: use one of {APEX_CHOICES}")
   if on_no_face is not None and on_no_face not in NO_FACE_CHOICES:
@@ -163,6 +176,7 @@ def inference_config(config: Any, apex: str = "spot", on_no_face: Optional[str] 
 def prepare_input(kind: str, path: str, config: Any, fps: Optional[float]) -> tuple[np.ndarray, dict]:
   """One clip -> (network input float32 [S, S, C], info dict: frames, fps, apex, face_found, notes)."""
   from mer_jax.data import preprocess
+
   frames, clip_fps = load_clip(kind, path, fps)
   info: dict = {"input": path, "kind": kind, "frames": int(frames.shape[0]), "fps": clip_fps}
   notes = preprocess.Notes()
@@ -172,17 +186,33 @@ def prepare_input(kind: str, path: str, config: Any, fps: Optional[float]) -> tu
       image = preprocess.preprocess_image(frames[0], config, name=path, notes=notes)
     else:
       if config.evm.enabled and not clip_fps:
-        raise DataError(f"{path}: the checkpoint was trained with EVM, which needs the frame rate; "
-                        "a frame folder has none - pass --fps (e.g. --fps 200 for CASME II / SAMM)")
-      image = preprocess.preprocess_clip(frames, clip_fps, onset=None, apex=None, offset=None,
-                                         config=config, name=path, notes=notes)
-  info.update(apex=notes.apex, apex_rule=notes.apex_rule or None, face_found=notes.face_found,
-              evm=bool(notes.evm), warnings=[str(w.message) for w in caught])
+        raise DataError(
+          f"{path}: the checkpoint was trained with EVM, which needs the frame rate; "
+          "a frame folder has none - pass --fps (e.g. --fps 200 for CASME II / SAMM)"
+        )
+      image = preprocess.preprocess_clip(
+        frames, clip_fps, onset=None, apex=None, offset=None, config=config, name=path, notes=notes
+      )
+  info.update(
+    apex=notes.apex,
+    apex_rule=notes.apex_rule or None,
+    face_found=notes.face_found,
+    evm=bool(notes.evm),
+    warnings=[str(w.message) for w in caught],
+  )
   return image, info
 
 
-def predict(checkpoint_dir: str, input_path: str, *, fps: Optional[float] = None, apex: str = "spot",
-            batch_size: int = 32, progress: bool = False, on_no_face: Optional[str] = None) -> dict:
+def predict(
+  checkpoint_dir: str,
+  input_path: str,
+  *,
+  fps: Optional[float] = None,
+  apex: str = "spot",
+  batch_size: int = 32,
+  progress: bool = False,
+  on_no_face: Optional[str] = None,
+) -> dict:
   """Classifies every clip ``input_path`` names; see the module docstring.
 
   Args:
@@ -201,6 +231,7 @@ def predict(checkpoint_dir: str, input_path: str, *, fps: Optional[float] = None
     probabilities then describe a centre crop, not a face), null where no detection ran.
   """
   from mer_jax.models import build_model
+
   if fps is not None and fps <= 0:
     raise UserError(f"--fps must be positive, got {fps}")
   config, variables, class_names = resolve_checkpoint(checkpoint_dir)
@@ -215,19 +246,22 @@ def predict(checkpoint_dir: str, input_path: str, *, fps: Optional[float] = None
     if progress and len(inputs) > 1:
       el = time.time() - t0
       eta = el / (i + 1) * (len(inputs) - i - 1)
-      print(f"\rpreprocessed {i + 1}/{len(inputs)} clips ({el:.0f}s, ETA {eta:.0f}s)", end="",
-            file=sys.stderr, flush=True)
+      print(
+        f"\rpreprocessed {i + 1}/{len(inputs)} clips ({el:.0f}s, ETA {eta:.0f}s)", end="", file=sys.stderr, flush=True
+      )
   if progress and len(inputs) > 1:
     print(file=sys.stderr)
   model = build_model(cfg.model)
   from mer_jax.train.loop import predict_probs
   from mer_jax.train.state import model_apply
+
   probs = predict_probs(model_apply(model), variables, np.stack(images), batch_size)
   preds = []
   for info, p in zip(infos, probs):
     k = int(np.argmax(p))
-    preds.append({**info, "label": class_names[k], "index": k,
-                  "probabilities": {c: float(v) for c, v in zip(class_names, p)}})
+    preds.append(
+      {**info, "label": class_names[k], "index": k, "probabilities": {c: float(v) for c, v in zip(class_names, p)}}
+    )
   return {"checkpoint": os.path.abspath(checkpoint_dir), "class_names": list(class_names), "predictions": preds}
 
 
@@ -245,16 +279,22 @@ def format_text(result: dict) -> str:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   ap = argparse.ArgumentParser(prog="python -m mer_jax.predict", description=__doc__.split("\n\n")[0])
-  ap.add_argument("--checkpoint", required=True,
-                  help="run directory (<workdir>/finetune/folds/<id> or <workdir>/pretrain)")
+  ap.add_argument(
+    "--checkpoint", required=True, help="run directory (<workdir>/finetune/folds/<id> or <workdir>/pretrain)"
+  )
   ap.add_argument("--input", required=True, help="video file, frame folder, image, or folder of clips")
-  ap.add_argument("--fps", type=float, default=None,
-                  help="frame rate (overrides the video's; needed for frame folders with EVM)")
+  ap.add_argument(
+    "--fps", type=float, default=None, help="frame rate (overrides the video's; needed for frame folders with EVM)"
+  )
   ap.add_argument("--apex", default="spot", choices=APEX_CHOICES, help="how to pick the apex frame (default: spot)")
-  ap.add_argument("--on-no-face", default=None, choices=NO_FACE_CHOICES,
-                  help="a clip without a detected face: classify a centre crop, marked NO FACE FOUND in the output "
-                  "and face_found=false in the JSON (fallback), or stop with an error (error); default: the "
-                  "checkpoint's data.on_no_face (fallback unless it was trained with error)")
+  ap.add_argument(
+    "--on-no-face",
+    default=None,
+    choices=NO_FACE_CHOICES,
+    help="a clip without a detected face: classify a centre crop, marked NO FACE FOUND in the output "
+    "and face_found=false in the JSON (fallback), or stop with an error (error); default: the "
+    "checkpoint's data.on_no_face (fallback unless it was trained with error)",
+  )
   ap.add_argument("--batch-size", type=int, default=32)
   ap.add_argument("--json", action="store_true", help="print JSON instead of text")
   return ap.parse_args(argv)
@@ -262,8 +302,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = parse_args(argv)
-  result = predict(args.checkpoint, args.input, fps=args.fps, apex=args.apex, batch_size=args.batch_size,
-                   progress=True, on_no_face=args.on_no_face)
+  result = predict(
+    args.checkpoint,
+    args.input,
+    fps=args.fps,
+    apex=args.apex,
+    batch_size=args.batch_size,
+    progress=True,
+    on_no_face=args.on_no_face,
+  )
   print(json.dumps(result, indent=2) if args.json else format_text(result))
   return 0
 

@@ -48,15 +48,17 @@ FORMAT_VERSION = 1
 MIXED = "Mixed"
 # Column order of Tables 5, 6, 10-12.
 SOURCE_ORDER = (MIXED, "casme2", "samm", "smic")
-TEST_FOLD_MARK = "\u2020"   # dagger on every row whose model selection used the test fold
+TEST_FOLD_MARK = "\u2020"  # dagger on every row whose model selection used the test fold
 TEST_FOLD_NOTE = (
-    f"{TEST_FOLD_MARK} model selection (plateau / early stopping) used the held-out test subject "
-    "(config.finetune.test_fold_early_stopping=True): optimistic, not a proper LOSO estimate.")
+  f"{TEST_FOLD_MARK} model selection (plateau / early stopping) used the held-out test subject "
+  "(config.finetune.test_fold_early_stopping=True): optimistic, not a proper LOSO estimate."
+)
 
 
 # ---------------------------------------------------------------------------------------------
 # Fold records
 # ---------------------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass
 class FoldRecord:
@@ -77,6 +79,7 @@ class FoldRecord:
                   subject; optimistic - labelled in every report); "" when not given
   val_loss, n_train, n_val: optional bookkeeping, copied into results.json
   """
+
   subject: str
   clip_ids: Sequence[str]
   sources: Sequence[str]
@@ -92,8 +95,13 @@ class FoldRecord:
   n_train: int = -1
   n_val: int = -1
 
-  _ALIASES = {"wall_time": "wall_time_s", "time_s": "wall_time_s", "best_val_metric": "val_metric",
-              "val": "val_metric", "epochs": "epochs_trained"}
+  _ALIASES = {
+    "wall_time": "wall_time_s",
+    "time_s": "wall_time_s",
+    "best_val_metric": "val_metric",
+    "val": "val_metric",
+    "epochs": "epochs_trained",
+  }
 
   @classmethod
   def from_any(cls, rec: Any) -> "FoldRecord":
@@ -126,18 +134,24 @@ class FoldRecord:
     n = out.y_true.shape[0]
     if out.probs.ndim == 1 and n == 0:
       out.probs = out.probs.reshape(0, 0)
-    lengths = {"y_pred": out.y_pred.shape[0], "clip_ids": len(out.clip_ids),
-               "sources": len(out.sources), "probs": out.probs.shape[0]}
+    lengths = {
+      "y_pred": out.y_pred.shape[0],
+      "clip_ids": len(out.clip_ids),
+      "sources": len(out.sources),
+      "probs": out.probs.shape[0],
+    }
     bad = {k: v for k, v in lengths.items() if v != n}
     if bad:
-      raise UserError(f"fold record {out.subject!r}: y_true has {n} entries but "
-                      + ", ".join(f"{k} has {v}" for k, v in bad.items()))
+      raise UserError(
+        f"fold record {out.subject!r}: y_true has {n} entries but " + ", ".join(f"{k} has {v}" for k, v in bad.items())
+      )
     return out
 
 
 # ---------------------------------------------------------------------------------------------
 # Metrics helpers
 # ---------------------------------------------------------------------------------------------
+
 
 def _jsonable(x: Any) -> Any:
   """Numpy / jax scalars and arrays, tuples and ConfigDicts -> plain JSON types (NaN -> None)."""
@@ -161,8 +175,9 @@ def _jsonable(x: Any) -> Any:
   return str(x)
 
 
-def group_confusions(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, num_classes: int,
-                     order: Optional[Sequence[Any]] = None) -> tuple[np.ndarray, np.ndarray]:
+def group_confusions(
+  y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, num_classes: int, order: Optional[Sequence[Any]] = None
+) -> tuple[np.ndarray, np.ndarray]:
   """One confusion matrix per group (subject): ([G], [G, K, K] int64).
 
   order: the groups, in this order (default: ``np.unique(groups)``); groups without samples get zeros.
@@ -193,8 +208,16 @@ def _percentiles(values: Mapping[str, np.ndarray], level: float) -> dict:
   return out
 
 
-def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, num_classes: int, *,
-                 samples: int, seed: int, level: float = 0.95) -> dict:
+def bootstrap_ci(
+  y_true: np.ndarray,
+  y_pred: np.ndarray,
+  groups: np.ndarray,
+  num_classes: int,
+  *,
+  samples: int,
+  seed: int,
+  level: float = 0.95,
+) -> dict:
   """Percentile bootstrap CI of UF1 / UAR / accuracy over groups (subjects).
 
   y_true, y_pred, groups: [n]. Each resample draws len(unique(groups)) groups with
@@ -205,6 +228,7 @@ def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, num
   "level", "groups"}.
   """
   from mer_jax import metrics
+
   uniq, per_group = group_confusions(y_true, y_pred, groups, num_classes)
   g = len(uniq)
   out: dict = {"samples": int(samples), "seed": int(seed), "level": float(level), "groups": int(g)}
@@ -218,8 +242,9 @@ def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, num
   return out
 
 
-def paired_bootstrap_diff(per_group_a: np.ndarray, per_group_b: np.ndarray, *, samples: int, seed: int,
-                          level: float = 0.95) -> dict:
+def paired_bootstrap_diff(
+  per_group_a: np.ndarray, per_group_b: np.ndarray, *, samples: int, seed: int, level: float = 0.95
+) -> dict:
   """Percentile bootstrap CI of (score of A) - (score of B) over groups, paired.
 
   per_group_a, per_group_b: [G, K, K] confusion matrices of the SAME G groups (subjects) under two
@@ -229,6 +254,7 @@ def paired_bootstrap_diff(per_group_a: np.ndarray, per_group_b: np.ndarray, *, s
   on all groups.
   """
   from mer_jax import metrics
+
   a = np.asarray(per_group_a, np.int64)
   b = np.asarray(per_group_b, np.int64)
   if a.shape != b.shape:
@@ -258,6 +284,7 @@ def _metric_summary(m: Mapping[str, Any]) -> dict:
 # ---------------------------------------------------------------------------------------------
 # results.json
 # ---------------------------------------------------------------------------------------------
+
 
 def temp_prefix(path: str) -> str:
   """Name prefix of atomic_write_text's temp files for ``path``: ``.<basename>.``."""
@@ -326,16 +353,23 @@ def git_commit_of_repo(path: Optional[str] = None) -> Optional[str]:
   """``git rev-parse HEAD`` of the checkout holding ``path`` (default: this package), or None."""
   where = path or os.path.dirname(os.path.abspath(__file__))
   try:
-    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
-                         timeout=10, check=False)
+    out = subprocess.run(
+      ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10, check=False
+    )
   except (OSError, subprocess.SubprocessError):
     return None
   sha = out.stdout.strip()
   if out.returncode != 0 or not sha:
     return None
   try:
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
-                           capture_output=True, text=True, timeout=10, check=False).stdout.strip()
+    dirty = subprocess.run(
+      ["git", "status", "--porcelain", "--untracked-files=no"],
+      cwd=where,
+      capture_output=True,
+      text=True,
+      timeout=10,
+      check=False,
+    ).stdout.strip()
   except (OSError, subprocess.SubprocessError):
     dirty = ""
   return sha + ("-dirty" if dirty else "")
@@ -369,8 +403,14 @@ def _source_keys(sources_present: Iterable[str]) -> list[str]:
   return ordered + sorted(s for s in present if s not in ordered)
 
 
-def build_results(config: Any, fold_records: Sequence[Any], class_names: Sequence[str], *,
-                  git_commit: Optional[str] = None, label: Optional[str] = None) -> dict:
+def build_results(
+  config: Any,
+  fold_records: Sequence[Any],
+  class_names: Sequence[str],
+  *,
+  git_commit: Optional[str] = None,
+  label: Optional[str] = None,
+) -> dict:
   """The results.json content (see module docstring); pure apart from the git lookup."""
   from mer_jax import metrics  # accumulated-confusion metric definitions
 
@@ -414,50 +454,66 @@ def build_results(config: Any, fold_records: Sequence[Any], class_names: Sequenc
   folds = []
   for r in records:
     m = metrics.compute(r.y_true, r.y_pred, k)
-    folds.append({
+    folds.append(
+      {
         "subject": r.subject,
         "sources": sorted(set(r.sources)),
         "n": int(len(r.y_true)),
-        "accuracy": _jsonable(m["accuracy"]), "uf1": _jsonable(m["uf1"]), "uar": _jsonable(m["uar"]),
-        "epochs_trained": int(r.epochs_trained), "best_epoch": int(r.best_epoch),
-        "val_metric": _jsonable(r.val_metric), "val_loss": _jsonable(r.val_loss),
-        "wall_time_s": _jsonable(r.wall_time_s), "model_selection": r.model_selection or None,
-        "n_train": int(r.n_train), "n_val": int(r.n_val),
-        "clip_ids": list(r.clip_ids), "clip_sources": list(r.sources),
-        "y_true": r.y_true.tolist(), "y_pred": r.y_pred.tolist(),
+        "accuracy": _jsonable(m["accuracy"]),
+        "uf1": _jsonable(m["uf1"]),
+        "uar": _jsonable(m["uar"]),
+        "epochs_trained": int(r.epochs_trained),
+        "best_epoch": int(r.best_epoch),
+        "val_metric": _jsonable(r.val_metric),
+        "val_loss": _jsonable(r.val_loss),
+        "wall_time_s": _jsonable(r.wall_time_s),
+        "model_selection": r.model_selection or None,
+        "n_train": int(r.n_train),
+        "n_val": int(r.n_val),
+        "clip_ids": list(r.clip_ids),
+        "clip_sources": list(r.sources),
+        "y_true": r.y_true.tolist(),
+        "y_pred": r.y_pred.tolist(),
         "probs": _jsonable(np.round(r.probs, 6)),
-    })
+      }
+    )
 
   # Either source of truth marks the run: the config flag, or any fold that says it selected on the test fold.
-  test_fold = (bool(_cfg_get(config, "finetune.test_fold_early_stopping", False))
-               or any(r.model_selection == "test_fold" for r in records))
-  last_epoch = not test_fold and (not bool(_cfg_get(config, "finetune.select_best", True))
-                                  or any(r.model_selection == "last_epoch" for r in records))
+  test_fold = bool(_cfg_get(config, "finetune.test_fold_early_stopping", False)) or any(
+    r.model_selection == "test_fold" for r in records
+  )
+  last_epoch = not test_fold and (
+    not bool(_cfg_get(config, "finetune.select_best", True)) or any(r.model_selection == "last_epoch" for r in records)
+  )
   cfg_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config) if isinstance(config, Mapping) else {}
   return {
-      "format_version": FORMAT_VERSION,
-      "label": label or default_label(config),
-      "name": _cfg_get(config, "name", ""),
-      "benchmark": benchmark,
-      "protocol": "LOSO; metrics from the confusion matrix accumulated over all folds (MEGC 2019)",
-      "test_fold_early_stopping": test_fold,
-      "model_selection": ("test fold (held-out subject) - optimistic" if test_fold
-                          else "none: the last epoch's weights (finetune.select_best=False)" if last_epoch
-                          else "validation split of the training subjects only"),
-      "git_commit": git_commit if git_commit is not None else git_commit_of_repo(),
-      "seed": seed,
-      "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      "class_names": list(class_names),
-      "sources": src_keys,
-      "num_samples": int(len(y_true)),
-      "num_folds": len(records),
-      "class_counts": counts,
-      "aggregate": aggregate,
-      "bootstrap": boot,
-      "folds": folds,
-      "context": results_context(benchmark, src_keys, k),
-      "total_wall_time_s": _jsonable(float(np.nansum([r.wall_time_s for r in records]))),
-      "config": _jsonable(cfg_dict),
+    "format_version": FORMAT_VERSION,
+    "label": label or default_label(config),
+    "name": _cfg_get(config, "name", ""),
+    "benchmark": benchmark,
+    "protocol": "LOSO; metrics from the confusion matrix accumulated over all folds (MEGC 2019)",
+    "test_fold_early_stopping": test_fold,
+    "model_selection": (
+      "test fold (held-out subject) - optimistic"
+      if test_fold
+      else "none: the last epoch's weights (finetune.select_best=False)"
+      if last_epoch
+      else "validation split of the training subjects only"
+    ),
+    "git_commit": git_commit if git_commit is not None else git_commit_of_repo(),
+    "seed": seed,
+    "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    "class_names": list(class_names),
+    "sources": src_keys,
+    "num_samples": int(len(y_true)),
+    "num_folds": len(records),
+    "class_counts": counts,
+    "aggregate": aggregate,
+    "bootstrap": boot,
+    "folds": folds,
+    "context": results_context(benchmark, src_keys, k),
+    "total_wall_time_s": _jsonable(float(np.nansum([r.wall_time_s for r in records]))),
+    "config": _jsonable(cfg_dict),
   }
 
 
@@ -466,8 +522,15 @@ def build_results(config: Any, fold_records: Sequence[Any], class_names: Sequenc
 # ---------------------------------------------------------------------------------------------
 
 CDE_KEYS = {MIXED: "cde_full", "casme2": "cde_casme2", "samm": "cde_samm", "smic": "cde_smic"}
-PAPER_TABLES = {"cde_full": "Table 5", "cde_casme2": "Table 6", "cde_samm": "Table 6", "cde_smic": "Table 6",
-                "sde_casme2_5c": "Table 7", "sde_samm_5c": "Table 8", "sde_smic_3c": "Table 9"}
+PAPER_TABLES = {
+  "cde_full": "Table 5",
+  "cde_casme2": "Table 6",
+  "cde_samm": "Table 6",
+  "cde_smic": "Table 6",
+  "sde_casme2_5c": "Table 7",
+  "sde_samm_5c": "Table 8",
+  "sde_smic_3c": "Table 9",
+}
 MEGC2019_CLIPS, MEGC2019_SUBJECTS = 442, 68
 
 
@@ -478,6 +541,7 @@ def context_benchmarks(benchmark: str, sources: Sequence[str], num_classes: int)
   SDE: ``sde_<source>_<K>c`` where the paper has that table (CASME II / SAMM 5 classes, SMIC-HS 3 classes).
   """
   from mer_jax import literature
+
   out: dict[str, str] = {}
   if benchmark == "cde":
     if num_classes != 3:
@@ -495,16 +559,26 @@ def context_benchmarks(benchmark: str, sources: Sequence[str], num_classes: int)
 def results_context(benchmark: str, sources: Sequence[str], num_classes: int) -> dict:
   """results.json "context": the paper's figures and the published results for this run's benchmark parts."""
   from mer_jax import literature
+
   keys = context_benchmarks(benchmark, sources, num_classes)
   paper, published = {}, {}
   for part, key in keys.items():
     row = literature.paper_row(key)
     if row is not None:
-      paper[part] = {"benchmark": key, "table": PAPER_TABLES.get(key), "uf1": row.uf1, "uar": row.uar,
-                     "accuracy": row.acc}
+      paper[part] = {
+        "benchmark": key,
+        "table": PAPER_TABLES.get(key),
+        "uf1": row.uf1,
+        "uar": row.uar,
+        "accuracy": row.acc,
+      }
     published[key] = [dataclasses.asdict(r) for r in literature.published_results(key, include_paper=False)]
-  return {"benchmarks": keys, "paper": paper, "published": published,
-          "source": "mer_jax/literature/published_results.csv"}
+  return {
+    "benchmarks": keys,
+    "paper": paper,
+    "published": published,
+    "source": "mer_jax/literature/published_results.csv",
+  }
 
 
 def _sel(v: str) -> str:
@@ -519,7 +593,7 @@ def context_markdown(res: Mapping[str, Any]) -> list[str]:
     return []
   agg, mark = res["aggregate"], (TEST_FOLD_MARK if res.get("test_fold_early_stopping") else "")
   out = ["## Results in context", ""]
-  corrected: dict[str, list[str]] = {}     # method -> "<published> (<part>)" of each corrected UAR
+  corrected: dict[str, list[str]] = {}  # method -> "<published> (<part>)" of each corrected UAR
   notes: dict[str, str] = {}
 
   def uar_cell(r: Mapping[str, Any], part: str = "") -> str:
@@ -533,35 +607,50 @@ def context_markdown(res: Mapping[str, Any]) -> list[str]:
   if res["benchmark"] == "cde":
     parts = [p for p in (MIXED, "casme2", "samm", "smic") if p in keys]
     tables = sorted({PAPER_TABLES[keys[p]] for p in parts})
-    out += [f"MEGC 2019 layout: the composite and its per-dataset parts, each scored from its own pooled confusion "
-            f"matrix; the paper's figures from {' and '.join(tables)}.", "",
-            "| Dataset | Clips | Subjects | This run UF1 | UAR | Acc (%) | Paper UF1 | UAR | Acc (%) |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    out += [
+      f"MEGC 2019 layout: the composite and its per-dataset parts, each scored from its own pooled confusion "
+      f"matrix; the paper's figures from {' and '.join(tables)}.",
+      "",
+      "| Dataset | Clips | Subjects | This run UF1 | UAR | Acc (%) | Paper UF1 | UAR | Acc (%) |",
+      "|---|---|---|---|---|---|---|---|---|",
+    ]
     for p in parts:
       a, pp = agg.get(p, {}), ctx.get("paper", {}).get(p, {})
       n = sum((res.get("class_counts", {}).get(p) or {}).values())
       g = (res.get("bootstrap", {}).get(p) or {}).get("groups", "-")
       name = "Composite (Mixed)" if p == MIXED else _display(p)
-      out.append(f"| {name}{mark} | {n} | {g} | {_f4(a.get('uf1'))} | {_f4(a.get('uar'))} | "
-                 f"{_pct(a.get('accuracy'))} | {_f4(pp.get('uf1'))} | {_f4(pp.get('uar'))} | "
-                 f"{_pct(pp.get('accuracy'))} |")
+      out.append(
+        f"| {name}{mark} | {n} | {g} | {_f4(a.get('uf1'))} | {_f4(a.get('uar'))} | "
+        f"{_pct(a.get('accuracy'))} | {_f4(pp.get('uf1'))} | {_f4(pp.get('uar'))} | "
+        f"{_pct(pp.get('accuracy'))} |"
+      )
     synthetic = bool(_cfg_get(res.get("config") or {}, "data.synthetic", False))
     if MIXED in keys and synthetic:
-      out += ["", "SynthME run: its clips are synthetic, not those of the official MEGC 2019 list, and its numbers "
-              "say nothing about real micro-expression recognition; the published figures show the layout only."]
+      out += [
+        "",
+        "SynthME run: its clips are synthetic, not those of the official MEGC 2019 list, and its numbers "
+        "say nothing about real micro-expression recognition; the published figures show the layout only.",
+      ]
     elif MIXED in keys:
       n = res.get("num_samples")
-      out += ["", f"The official MEGC 2019 composite list has {MEGC2019_CLIPS} clips of {MEGC2019_SUBJECTS} "
-              f"subjects; this run has {n} clips of {res.get('num_folds')} subjects. "
-              "`python -m mer_jax.score <this workdir>` scores its predictions against the list "
-              "(docs/evaluation.md)."]
+      out += [
+        "",
+        f"The official MEGC 2019 composite list has {MEGC2019_CLIPS} clips of {MEGC2019_SUBJECTS} "
+        f"subjects; this run has {n} clips of {res.get('num_folds')} subjects. "
+        "`python -m mer_jax.score <this workdir>` scores its predictions against the list "
+        "(docs/evaluation.md).",
+      ]
     methods = list(dict.fromkeys(r["method"] for p in parts for r in ctx["published"].get(keys[p], [])))
     if methods:
-      out += ["", "Published results (UF1 / UAR as published, except where marked):", "",
-              "| Method | Year | " + " | ".join(f"{'Composite' if p == MIXED else _display(p)} UF1 | UAR"
-                                               for p in parts)
-              + " | Model selected on the test subject | Source |",
-              "|---|---|" + "---|---|" * len(parts) + "---|---|"]
+      out += [
+        "",
+        "Published results (UF1 / UAR as published, except where marked):",
+        "",
+        "| Method | Year | "
+        + " | ".join(f"{'Composite' if p == MIXED else _display(p)} UF1 | UAR" for p in parts)
+        + " | Model selected on the test subject | Source |",
+        "|---|---|" + "---|---|" * len(parts) + "---|---|",
+      ]
       row = [f"This run{mark}", "-"]
       for p in parts:
         row += [_f4(agg.get(p, {}).get("uf1")), _f4(agg.get(p, {}).get("uar"))]
@@ -573,40 +662,53 @@ def context_markdown(res: Mapping[str, Any]) -> list[str]:
         cells = [m, str(first.get("year") or "-")]
         for p in parts:
           r = by[p]
-          cells += ([_f4(r.get("uf1")), uar_cell(r, "composite" if p == MIXED else _display(p))] if r
-                    else ["-", "-"])
+          cells += [_f4(r.get("uf1")), uar_cell(r, "composite" if p == MIXED else _display(p))] if r else ["-", "-"]
         src = first["source"] + (" (secondary)" if first["status"] == "secondary" else "")
         out.append("| " + " | ".join(cells + [_sel(first.get("selects_on_test", "")), src]) + " |")
   else:
     key = keys[MIXED]
     pp = ctx.get("paper", {}).get(MIXED, {})
     a = agg.get(MIXED, {})
-    out += [f"This run beside the paper ({PAPER_TABLES.get(key, '-')}, {key}) and published results:", "",
-            "| Method | Year | UF1 | UAR | Acc (%) | Model selected on the test subject | Source |",
-            "|---|---|---|---|---|---|---|",
-            f"| This run{mark} | - | {_f4(a.get('uf1'))} | {_f4(a.get('uar'))} | {_pct(a.get('accuracy'))} | "
-            f"{'yes (test-fold early stopping)' if mark else 'no'} | this results.json |"]
+    out += [
+      f"This run beside the paper ({PAPER_TABLES.get(key, '-')}, {key}) and published results:",
+      "",
+      "| Method | Year | UF1 | UAR | Acc (%) | Model selected on the test subject | Source |",
+      "|---|---|---|---|---|---|---|",
+      f"| This run{mark} | - | {_f4(a.get('uf1'))} | {_f4(a.get('uar'))} | {_pct(a.get('accuracy'))} | "
+      f"{'yes (test-fold early stopping)' if mark else 'no'} | this results.json |",
+    ]
     if pp:
-      out.append(f"| Paper: proposed method | - | {_f4(pp.get('uf1'))} | {_f4(pp.get('uar'))} | "
-                 f"{_pct(pp.get('accuracy'))} | unknown | paper {PAPER_TABLES.get(key, '')} |")
+      out.append(
+        f"| Paper: proposed method | - | {_f4(pp.get('uf1'))} | {_f4(pp.get('uar'))} | "
+        f"{_pct(pp.get('accuracy'))} | unknown | paper {PAPER_TABLES.get(key, '')} |"
+      )
     for r in ctx["published"].get(key, []):
-      out.append(f"| {r['method']} | {r.get('year') or '-'} | {_f4(r.get('uf1'))} | {uar_cell(r)} | "
-                 f"{_pct(r.get('acc'))} | {_sel(r.get('selects_on_test', ''))} | {r['source']} |")
+      out.append(
+        f"| {r['method']} | {r.get('year') or '-'} | {_f4(r.get('uf1'))} | {uar_cell(r)} | "
+        f"{_pct(r.get('acc'))} | {_sel(r.get('selects_on_test', ''))} | {r['source']} |"
+      )
   out += [""]
   for method, published in corrected.items():
-    out += [f"\u2021 {method}: the published UAR ({', '.join(published)}) equals its macro-averaged precision; "
-            "shown is the UAR rescored from its released per-clip predictions (`python -m mer_jax.score`).", ""]
+    out += [
+      f"\u2021 {method}: the published UAR ({', '.join(published)}) equals its macro-averaged precision; "
+      "shown is the UAR rescored from its released per-clip predictions (`python -m mer_jax.score`).",
+      "",
+    ]
   for method, note in notes.items():
     out += [f"{method}: {note}.", ""]
-  out += ["\"yes (optimistic)\": that method's public code picks each LOSO fold's epoch / model on the held-out "
-          "subject, which inflates its figures (experiments/leakage.py measures the effect; docs/evaluation.md). "
-          f"Figures and their sources: {ctx.get('source', 'mer_jax/literature/published_results.csv')}.", ""]
+  out += [
+    "\"yes (optimistic)\": that method's public code picks each LOSO fold's epoch / model on the held-out "
+    "subject, which inflates its figures (experiments/leakage.py measures the effect; docs/evaluation.md). "
+    f"Figures and their sources: {ctx.get('source', 'mer_jax/literature/published_results.csv')}.",
+    "",
+  ]
   return out
 
 
 # ---------------------------------------------------------------------------------------------
 # results.md
 # ---------------------------------------------------------------------------------------------
+
 
 def _display(src: str) -> str:
   return MIXED if src == MIXED else DISPLAY_NAMES.get(src, src)
@@ -646,7 +748,7 @@ def table_markdown(results: Sequence[Mapping[str, Any]], labels: Optional[Sequen
       cells = [_row_label(res, lab)]
       for s in cols:
         a = res.get("aggregate", {}).get(s)
-        cells += ([_f4(a.get("uar")), _f4(a.get("uf1")), _pct(a.get("accuracy"))] if a else ["-"] * 3)
+        cells += [_f4(a.get("uar")), _f4(a.get("uf1")), _pct(a.get("accuracy"))] if a else ["-"] * 3
       lines.append("| " + " | ".join(cells) + " |")
   else:
     lines.append("| Method | UF1 | Acc (%) |")
@@ -666,30 +768,52 @@ def results_markdown(res: Mapping[str, Any], png_names: Mapping[str, str]) -> st
   out = [f"# Results: {res.get('name') or 'run'} - {res['label']}", ""]
   if res.get("test_fold_early_stopping"):
     out += [f"> **WARNING: test-fold early stopping.** {TEST_FOLD_NOTE}", ""]
-  layout = ("Tables 5-6 layout (CDE, composite LOSO)" if res["benchmark"] == "cde"
-            else "Tables 7-9 layout (SDE, single-dataset LOSO)")
-  out += [f"- protocol: {res['protocol']}",
-          f"- model selection: {res['model_selection']}",
-          f"- samples: {res['num_samples']}, LOSO folds (subjects): {res['num_folds']}",
-          f"- seed: {res['seed']}, git commit: {res.get('git_commit') or 'unknown'}",
-          f"- total fold wall time: {res.get('total_wall_time_s') or 0:.1f} s", "",
-          f"## Main results: {layout}", "", table_markdown([res])]
+  layout = (
+    "Tables 5-6 layout (CDE, composite LOSO)"
+    if res["benchmark"] == "cde"
+    else "Tables 7-9 layout (SDE, single-dataset LOSO)"
+  )
+  out += [
+    f"- protocol: {res['protocol']}",
+    f"- model selection: {res['model_selection']}",
+    f"- samples: {res['num_samples']}, LOSO folds (subjects): {res['num_folds']}",
+    f"- seed: {res['seed']}, git commit: {res.get('git_commit') or 'unknown'}",
+    f"- total fold wall time: {res.get('total_wall_time_s') or 0:.1f} s",
+    "",
+    f"## Main results: {layout}",
+    "",
+    table_markdown([res]),
+  ]
   b = res["bootstrap"]
-  out += [f"## Bootstrap {int(100 * b['level'])}% CI over subjects "
-          f"({b['samples']} resamples, seed {b['seed']})", "",
-          "| Dataset | Subjects | UF1 | UF1 95% CI | UAR | UAR 95% CI |", "|---|---|---|---|---|---|"]
+  out += [
+    f"## Bootstrap {int(100 * b['level'])}% CI over subjects ({b['samples']} resamples, seed {b['seed']})",
+    "",
+    "| Dataset | Subjects | UF1 | UF1 95% CI | UAR | UAR 95% CI |",
+    "|---|---|---|---|---|---|",
+  ]
   for s in src_keys:
     a, ci = res["aggregate"][s], b[s]
-    out.append(f"| {_display(s)} | {ci['groups']} | {_f4(a['uf1'])} | [{_f4(ci['uf1']['low'])}, "
-               f"{_f4(ci['uf1']['high'])}] | {_f4(a['uar'])} | [{_f4(ci['uar']['low'])}, {_f4(ci['uar']['high'])}] |")
+    out.append(
+      f"| {_display(s)} | {ci['groups']} | {_f4(a['uf1'])} | [{_f4(ci['uf1']['low'])}, "
+      f"{_f4(ci['uf1']['high'])}] | {_f4(a['uar'])} | [{_f4(ci['uar']['low'])}, {_f4(ci['uar']['high'])}] |"
+    )
   out += [""] + context_markdown(res)
-  out += ["## Samples per class", "", "| Dataset | " + " | ".join(names) + " | Total |",
-          "|---|" + "---|" * (len(names) + 1)]
+  out += [
+    "## Samples per class",
+    "",
+    "| Dataset | " + " | ".join(names) + " | Total |",
+    "|---|" + "---|" * (len(names) + 1),
+  ]
   for s in src_keys:
     c = res["class_counts"][s]
     out.append(f"| {_display(s)} | " + " | ".join(str(c[n]) for n in names) + f" | {sum(c.values())} |")
-  out += ["", "## Per-class F1 / recall", "", "| Dataset | " + " | ".join(f"{n} F1 | {n} recall" for n in names)
-          + " |", "|---|" + "---|---|" * len(names)]
+  out += [
+    "",
+    "## Per-class F1 / recall",
+    "",
+    "| Dataset | " + " | ".join(f"{n} F1 | {n} recall" for n in names) + " |",
+    "|---|" + "---|---|" * len(names),
+  ]
   for s in src_keys:
     a = res["aggregate"][s]
     f1, rc = a.get("per_class_f1") or [None] * len(names), a.get("per_class_recall") or [None] * len(names)
@@ -697,22 +821,32 @@ def results_markdown(res: Mapping[str, Any], png_names: Mapping[str, str]) -> st
   if png_names:
     out += ["", "## Confusion matrices (row-normalised, %)", ""]
     out += [f"![{_display(s)}]({fn})" for s, fn in png_names.items()]
-  out += ["", "## Per-fold results", "",
-          "| Fold | Subject | Source | n | Acc (%) | UF1 | UAR | Epochs | Best epoch | Val metric | Time (s) |",
-          "|---|---|---|---|---|---|---|---|---|---|---|"]
+  out += [
+    "",
+    "## Per-fold results",
+    "",
+    "| Fold | Subject | Source | n | Acc (%) | UF1 | UAR | Epochs | Best epoch | Val metric | Time (s) |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
+  ]
   for i, f in enumerate(res["folds"]):
     t = f.get("wall_time_s")
-    out.append(f"| {i} | {f['subject']} | {', '.join(_display(s) for s in f['sources'])} | {f['n']} | "
-               f"{_pct(f['accuracy'])} | {_f4(f['uf1'])} | {_f4(f['uar'])} | {f['epochs_trained']} | "
-               f"{f['best_epoch']} | {_f4(f['val_metric'])} | {'-' if t is None else f'{t:.1f}'} |")
-  out += ["", "Per-fold UF1/UAR are over the few clips of one subject and are shown for inspection only; "
-          "the benchmark numbers above pool all folds."]
+    out.append(
+      f"| {i} | {f['subject']} | {', '.join(_display(s) for s in f['sources'])} | {f['n']} | "
+      f"{_pct(f['accuracy'])} | {_f4(f['uf1'])} | {_f4(f['uar'])} | {f['epochs_trained']} | "
+      f"{f['best_epoch']} | {_f4(f['val_metric'])} | {'-' if t is None else f'{t:.1f}'} |"
+    )
+  out += [
+    "",
+    "Per-fold UF1/UAR are over the few clips of one subject and are shown for inspection only; "
+    "the benchmark numbers above pool all folds.",
+  ]
   return "\n".join(out) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------
 # Confusion-matrix figures
 # ---------------------------------------------------------------------------------------------
+
 
 def _draw_confusion(ax: Any, conf: np.ndarray, class_names: Sequence[str], title: str) -> Any:
   conf = np.asarray(conf, dtype=np.float64)
@@ -728,8 +862,7 @@ def _draw_confusion(ax: Any, conf: np.ndarray, class_names: Sequence[str], title
   for i in range(k):
     for j in range(k):
       txt = f"{pct[i, j]:.1f}%" if rows[i, 0] > 0 else "-"
-      ax.text(j, i, txt, ha="center", va="center", fontsize=9,
-              color="white" if pct[i, j] > 50 else "black")
+      ax.text(j, i, txt, ha="center", va="center", fontsize=9, color="white" if pct[i, j] > 50 else "black")
   return im
 
 
@@ -756,7 +889,7 @@ def plot_confusion_panel(path: str, confs: Sequence[tuple[str, np.ndarray]], cla
 
   k = len(class_names)
   n = len(confs)
-  cols = 2 if n == 4 else n    # Figures 5 and 7: (a) (b) / (c) (d)
+  cols = 2 if n == 4 else n  # Figures 5 and 7: (a) (b) / (c) (d)
   rows = -(-n // cols)
   fig = Figure(figsize=(cols * (1.2 * k + 1.6), rows * (1.1 * k + 2.0)), dpi=120)
   FigureCanvasAgg(fig)
@@ -772,8 +905,16 @@ def plot_confusion_panel(path: str, confs: Sequence[tuple[str, np.ndarray]], cla
 # Entry points
 # ---------------------------------------------------------------------------------------------
 
-def write_reports(workdir: str, config: Any, fold_records: Sequence[Any], class_names: Sequence[str], *,
-                  git_commit: Optional[str] = None, label: Optional[str] = None) -> dict:
+
+def write_reports(
+  workdir: str,
+  config: Any,
+  fold_records: Sequence[Any],
+  class_names: Sequence[str],
+  *,
+  git_commit: Optional[str] = None,
+  label: Optional[str] = None,
+) -> dict:
   """Writes results.json, results.md and the confusion PNGs into ``workdir``.
 
   fold_records: one :class:`FoldRecord` (or dict with its keys) per LOSO fold.
@@ -791,15 +932,21 @@ def write_reports(workdir: str, config: Any, fold_records: Sequence[Any], class_
   pngs: dict[str, str] = {}
   for s in src_keys:
     fn = f"confusion_{s.lower()}.png"
-    plot_confusion(os.path.join(workdir, fn), np.asarray(res["aggregate"][s]["confusion"]), class_names,
-                   _display(s) + (f" {TEST_FOLD_MARK}" if res["test_fold_early_stopping"] else ""))
+    plot_confusion(
+      os.path.join(workdir, fn),
+      np.asarray(res["aggregate"][s]["confusion"]),
+      class_names,
+      _display(s) + (f" {TEST_FOLD_MARK}" if res["test_fold_early_stopping"] else ""),
+    )
     pngs[s] = fn
     paths[f"confusion_{s.lower()}"] = os.path.join(workdir, fn)
   if len(src_keys) > 1:
     fn = "confusion_matrices.png"
-    plot_confusion_panel(os.path.join(workdir, fn),
-                         [(_display(s), np.asarray(res["aggregate"][s]["confusion"])) for s in src_keys],
-                         class_names)
+    plot_confusion_panel(
+      os.path.join(workdir, fn),
+      [(_display(s), np.asarray(res["aggregate"][s]["confusion"])) for s in src_keys],
+      class_names,
+    )
     pngs["all"] = fn
     paths["confusion_matrices"] = os.path.join(workdir, fn)
   res["files"] = {k: os.path.basename(v) for k, v in paths.items()}
@@ -842,8 +989,9 @@ def load_results(path: str) -> dict:
   return res
 
 
-def write_ablation_table(out_dir: str, runs: Sequence[tuple[str, str]], *, title: str,
-                         missing_ok: bool = False) -> dict:
+def write_ablation_table(
+  out_dir: str, runs: Sequence[tuple[str, str]], *, title: str, missing_ok: bool = False
+) -> dict:
   """Assembles one Tables 10-12 style table from several runs.
 
   runs: (row label, workdir or results.json path) pairs, in row order.
@@ -867,11 +1015,16 @@ def write_ablation_table(out_dir: str, runs: Sequence[tuple[str, str]], *, title
   for lab, r in zip(labels, rows):
     b = r.get("bootstrap", {}).get(MIXED)
     if b:
-      ci_lines.append(f"| {_row_label(r, lab)} | [{_f4(b['uf1']['low'])}, {_f4(b['uf1']['high'])}] | "
-                      f"[{_f4(b['uar']['low'])}, {_f4(b['uar']['high'])}] |")
+      ci_lines.append(
+        f"| {_row_label(r, lab)} | [{_f4(b['uf1']['low'])}, {_f4(b['uf1']['high'])}] | "
+        f"[{_f4(b['uar']['low'])}, {_f4(b['uar']['high'])}] |"
+      )
   if ci_lines:
-    md += ["Bootstrap 95% CI over subjects (Mixed / whole set):", "",
-           "| Method | UF1 CI | UAR CI |", "|---|---|---|"] + ci_lines + [""]
+    md += (
+      ["Bootstrap 95% CI over subjects (Mixed / whole set):", "", "| Method | UF1 CI | UAR CI |", "|---|---|---|"]
+      + ci_lines
+      + [""]
+    )
   figs = []
   for lab, r, folder in zip(labels, rows, found):
     files = r.get("files") or {}
@@ -881,18 +1034,29 @@ def write_ablation_table(out_dir: str, runs: Sequence[tuple[str, str]], *, title
   if figs:
     md += ["Confusion matrices (Figures 5/7 style): " + ", ".join(figs), ""]
   commits = sorted({str(r.get("git_commit")) for r in rows})
-  md.append(f"Runs: {len(rows)}; git commit(s): {', '.join(commits)}; seeds: "
-            f"{', '.join(sorted({str(r.get('seed')) for r in rows}))}.")
+  md.append(
+    f"Runs: {len(rows)}; git commit(s): {', '.join(commits)}; seeds: "
+    f"{', '.join(sorted({str(r.get('seed')) for r in rows}))}."
+  )
   if missing:
     md += ["", "Missing (not run or not finished): " + ", ".join(f"{name} ({path})" for name, path in missing)]
   os.makedirs(out_dir, exist_ok=True)
   md_path, js_path = os.path.join(out_dir, "table.md"), os.path.join(out_dir, "table.json")
-  table = {"title": title, "rows": [
-      {"label": lab, "test_fold_early_stopping": bool(r.get("test_fold_early_stopping")),
-       "git_commit": r.get("git_commit"), "seed": r.get("seed"),
-       "aggregate": {s: {m: a.get(m) for m in ("uar", "uf1", "accuracy")} for s, a in r["aggregate"].items()},
-       "bootstrap": r.get("bootstrap")}
-      for lab, r in zip(labels, rows)], "missing": [{"label": name, "path": path} for name, path in missing]}
+  table = {
+    "title": title,
+    "rows": [
+      {
+        "label": lab,
+        "test_fold_early_stopping": bool(r.get("test_fold_early_stopping")),
+        "git_commit": r.get("git_commit"),
+        "seed": r.get("seed"),
+        "aggregate": {s: {m: a.get(m) for m in ("uar", "uf1", "accuracy")} for s, a in r["aggregate"].items()},
+        "bootstrap": r.get("bootstrap"),
+      }
+      for lab, r in zip(labels, rows)
+    ],
+    "missing": [{"label": name, "path": path} for name, path in missing],
+  }
   sweep_stale_temps([md_path, js_path])
   atomic_write_text(md_path, "\n".join(md) + "\n")
   _atomic_write_json(js_path, _jsonable(table))

@@ -77,8 +77,10 @@ def _read_folder(folder: Path) -> np.ndarray:
   h, w = frames[0].shape[:2]
   for f, img in zip(files, frames):
     if img.shape[:2] != (h, w):
-      raise DataError(f"{f}: frame size {img.shape[1]}x{img.shape[0]} differs from the first frame "
-                      f"{files[0].name} ({w}x{h}); all frames of a clip must have the same size")
+      raise DataError(
+        f"{f}: frame size {img.shape[1]}x{img.shape[0]} differs from the first frame "
+        f"{files[0].name} ({w}x{h}); all frames of a clip must have the same size"
+      )
   channels = 1 if all(img.shape[2] == 1 for img in frames) else 3
   if channels == 3:
     frames = [np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img for img in frames]
@@ -146,8 +148,7 @@ def write_clip(frames: np.ndarray, path: str | os.PathLike, fps: float | None = 
       raise DataError(f"{path}: writing a video file needs the frame rate (fps)")
     path.parent.mkdir(parents=True, exist_ok=True)
     t, h, w, c = data.shape
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*VIDEO_FOURCC[ext]), float(fps), (w, h),
-                             c == 3)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*VIDEO_FOURCC[ext]), float(fps), (w, h), c == 3)
     if not writer.isOpened():
       raise DataError(f"{path}: OpenCV cannot write this video format here; use .avi or a frame folder")
     try:
@@ -157,8 +158,9 @@ def write_clip(frames: np.ndarray, path: str | os.PathLike, fps: float | None = 
       writer.release()
     return path
   if ext in IMAGE_EXTS:
-    raise DataError(f"{path}: an output clip is a video file ({', '.join(VIDEO_FOURCC)}) or a folder, "
-                    "not a single image")
+    raise DataError(
+      f"{path}: an output clip is a video file ({', '.join(VIDEO_FOURCC)}) or a folder, not a single image"
+    )
   try:
     path.mkdir(parents=True, exist_ok=True)
   except OSError as e:
@@ -171,8 +173,9 @@ def write_clip(frames: np.ndarray, path: str | os.PathLike, fps: float | None = 
   return path
 
 
-def strip_image(before: np.ndarray, after: np.ndarray, num: int = 4,
-                indices: Sequence[int] | None = None) -> np.ndarray:
+def strip_image(
+  before: np.ndarray, after: np.ndarray, num: int = 4, indices: Sequence[int] | None = None
+) -> np.ndarray:
   """[T, H, W, C] x 2 -> uint8 [2H + gap, num * W + gaps, C]: top row before, bottom row after."""
   before, after = np.asarray(before), np.asarray(after)
   if before.shape != after.shape:
@@ -192,8 +195,9 @@ def strip_image(before: np.ndarray, after: np.ndarray, num: int = 4,
   return np.concatenate([rows[0], sep, rows[1]], axis=0)
 
 
-def write_strip(before: np.ndarray, after: np.ndarray, path: str | os.PathLike, num: int = 4,
-                indices: Sequence[int] | None = None) -> Path:
+def write_strip(
+  before: np.ndarray, after: np.ndarray, path: str | os.PathLike, num: int = 4, indices: Sequence[int] | None = None
+) -> Path:
   """Writes :func:`strip_image` to a PNG file."""
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)

@@ -22,11 +22,16 @@ import cv2
 import numpy as np
 import openpyxl
 
-GT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                  "mer_jax", "data", "official", "megc2019_composite_3class.csv")
+GT = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+  "mer_jax",
+  "data",
+  "official",
+  "megc2019_composite_3class.csv",
+)
 FRAMES = 3
 CASME2_NEGATIVE = ("disgust", "repression")
-SAMM_NEGATIVE = ("anger", "contempt", "disgust", "fear") * 21 + ("sadness",) * 6 + ("anger", "contempt")   # 92
+SAMM_NEGATIVE = ("anger", "contempt", "disgust", "fear") * 21 + ("sadness",) * 6 + ("anger", "contempt")  # 92
 POSITIVE = {"casme2": "happiness", "samm": "happiness", "smic": "positive"}
 SURPRISE = {"casme2": "surprise", "samm": "surprise", "smic": "surprise"}
 CASME2_LEFT_OUT = (("sub04", "EP12_01f", "disgust", "apex_slash"), ("sub05", "EP09_05f", "disgust", "apex_onset"))
@@ -78,8 +83,9 @@ def write(root, relabel=None, drop=()):
 
   wb = openpyxl.Workbook()
   ws = wb.active
-  ws.append(["Subject", "Filename", None, "OnsetFrame", "ApexFrame", "OffsetFrame", None, "Action Units",
-             "Estimated Emotion"])
+  ws.append(
+    ["Subject", "Filename", None, "OnsetFrame", "ApexFrame", "OffsetFrame", None, "Action Units", "Estimated Emotion"]
+  )
   for s, c, lab, quirk in rows["casme2"]:
     apex = {"apex_slash": "/", "apex_onset": 10}.get(quirk, 11)
     ws.append([int(s[3:]), c, None, 10, apex, 10 + FRAMES - 1, None, "4", lab])
@@ -91,8 +97,22 @@ def write(root, relabel=None, drop=()):
   ws.title = "FACS_Movement_Only"
   for _ in range(13):
     ws.append(["description"])
-  ws.append(["Subject", "Filename", "Inducement Code", "Onset Frame", "Apex Frame", "Offset Frame", "Duration",
-             "Type", "Action Units", "Notes", "Estimated Emotion", "Objective Classes"])
+  ws.append(
+    [
+      "Subject",
+      "Filename",
+      "Inducement Code",
+      "Onset Frame",
+      "Apex Frame",
+      "Offset Frame",
+      "Duration",
+      "Type",
+      "Action Units",
+      "Notes",
+      "Estimated Emotion",
+      "Objective Classes",
+    ]
+  )
   for s, c, lab, _ in rows["samm"]:
     folder = f"{int(s):03d}"
     ws.append([int(s), c, 1, 100, 101, 100 + FRAMES - 1, FRAMES, "Micro - 1/2", "4", "", lab.capitalize(), 1])

@@ -28,7 +28,7 @@ def tiny_config(attention: str = "spatial", num_classes: int = 2, size: int = SI
   m.attention = attention
   m.stem_features, m.growth_rate, m.block_layers = 8, 8, (1, 1)
   m.kernel_size, m.attention_kernel, m.reduction, m.head_pool = 3, 3, 2, 2
-  m.bn_momentum = 0.5          # running statistics settle within a few dozen steps
+  m.bn_momentum = 0.5  # running statistics settle within a few dozen steps
   c.evm.enabled = False
   c.data.face_crop = False
   return c
@@ -50,8 +50,8 @@ def patch_images(rng: np.random.Generator, n: int, size: int = SIZE, patch: int 
   mask = np.zeros((n, size, size), bool)
   for i in range(n):
     r, c = pos[i]
-    mask[i, r:r + patch, c:c + patch] = True
-    x[i, r:r + patch, c:c + patch] = (0.9, 0.2, 0.2) if y[i] == 0 else (0.2, 0.2, 0.9)
+    mask[i, r : r + patch, c : c + patch] = True
+    x[i, r : r + patch, c : c + patch] = (0.9, 0.2, 0.2) if y[i] == 0 else (0.2, 0.2, 0.9)
   return np.clip(x, 0, 1).astype(np.float32), y, mask
 
 
@@ -66,6 +66,7 @@ def train_patch_model(config, steps: int = 60, seed: int = 0):
     def loss_fn(p):
       lg, upd = model.apply({"params": p, "batch_stats": bs}, x, train=True, mutable=["batch_stats"])
       return optax.softmax_cross_entropy_with_integer_labels(lg, y).mean(), upd["batch_stats"]
+
     (_, bs2), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
     u, opt = tx.update(g, opt, params)
     return optax.apply_updates(params, u), bs2, opt
@@ -81,11 +82,17 @@ def train_patch_model(config, steps: int = 60, seed: int = 0):
 def save_run(run_dir: str, config, variables: dict, class_names) -> str:
   """Writes a run directory in the layout of mer_jax.train.checkpoint."""
   from mer_jax.train import checkpoint
-  meta = {"config": json.loads(config.to_json()), "class_names": list(class_names),
-          "image_size": int(config.image_size), "channels": int(config.channels), "epoch": 0,
-          "metrics": {}, "kind": "finetune"}
-  checkpoint.save(run_dir, "best", 0, {"params": variables["params"], "batch_stats": variables["batch_stats"]},
-                  meta)
+
+  meta = {
+    "config": json.loads(config.to_json()),
+    "class_names": list(class_names),
+    "image_size": int(config.image_size),
+    "channels": int(config.channels),
+    "epoch": 0,
+    "metrics": {},
+    "kind": "finetune",
+  }
+  checkpoint.save(run_dir, "best", 0, {"params": variables["params"], "batch_stats": variables["batch_stats"]}, meta)
   return run_dir
 
 
@@ -107,6 +114,6 @@ def patch_clip(rng: np.random.Generator, label: int, frames: int = 7, size: int 
   for t in range(frames):
     w = max(0.0, 1.0 - abs(t - apex) / apex)
     f = base.copy()
-    f[r:r + 16, c:c + 16] = (1 - w) * f[r:r + 16, c:c + 16] + w * colour
+    f[r : r + 16, c : c + 16] = (1 - w) * f[r : r + 16, c : c + 16] + w * colour
     out.append(f)
   return np.stack(out)

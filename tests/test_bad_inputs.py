@@ -30,8 +30,15 @@ CASME2_XLSX = "CASME2-coding-20140508.xlsx"
 
 
 def cli(module: str, *args: str, timeout: int = 300, preexec_fn=None, env=None) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
-                        cwd=REPO, timeout=timeout, env=env or ENV, preexec_fn=preexec_fn)
+  return subprocess.run(
+    [sys.executable, "-m", module, *map(str, args)],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    timeout=timeout,
+    env=env or ENV,
+    preexec_fn=preexec_fn,
+  )
 
 
 def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
@@ -41,7 +48,7 @@ def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
   assert "Traceback" not in err, err[-3000:]
   errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
   assert len(errors) == 1, err[-3000:]
-  msg = err[err.index("error: "):]
+  msg = err[err.index("error: ") :]
   for n in needles:
     assert n.lower() in msg.lower(), (n, msg)
   return msg
@@ -51,13 +58,15 @@ def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
 # Dataset folders (python -m mer_jax.data.summary)
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def synthme(tmp_path_factory):
   root = tmp_path_factory.mktemp("synthme")
   return {
-      "casme2": synth.generate("casme2", str(root / "casme2"), seed=1, subjects=2, clips_per_subject=4,
-                               clip_frames=8, frame_size=64),
-      "fer2013": synth.generate("fer2013", str(root / "fer2013"), seed=1, images=12),
+    "casme2": synth.generate(
+      "casme2", str(root / "casme2"), seed=1, subjects=2, clips_per_subject=4, clip_frames=8, frame_size=64
+    ),
+    "fer2013": synth.generate("fer2013", str(root / "fer2013"), seed=1, images=12),
   }
 
 
@@ -90,6 +99,7 @@ def data_rows(root: str) -> list[dict]:
 
 def frame_of_first_clip(root: str) -> str:
   from mer_jax.data import readers
+
   return readers.read_dataset("casme2", root).samples[0].frame_paths[1]
 
 
@@ -132,12 +142,12 @@ def test_xlsx_with_a_repeated_header_row_inside_the_table(synthme, tmp_path):
   proc = summary(root)
   assert_user_error(proc, CASME2_XLSX, "row 3", "skip_bad_samples")
   assert proc.stdout == ""
-  proc = summary(root, "--skip-bad")                  # counted skip when allowed
+  proc = summary(root, "--skip-bad")  # counted skip when allowed
   assert proc.returncode == 0, proc.stderr[-2000:]
   got = json.loads(proc.stdout)
   assert len(got["skipped"]) == 1 and "row 3" in got["skipped"][0]["item"]
   n = len(data_rows(synthme["casme2"]))
-  assert got["read"] == n + 1 and got["mapped"] + got["excluded"] == n   # every real row still read
+  assert got["read"] == n + 1 and got["mapped"] + got["excluded"] == n  # every real row still read
 
 
 def test_unknown_emotion_label(synthme, tmp_path):
@@ -165,6 +175,7 @@ def test_subject_with_no_samples_after_mapping_is_excluded_and_counted(synthme, 
     for r in range(2, ws.max_row + 1):
       if ws.cell(r, s).value == victim:
         ws.cell(r, e, "fear")
+
   edit_casme2(root, relabel)
   proc = summary(root)
   assert proc.returncode == 0, proc.stderr[-2000:]
@@ -175,11 +186,14 @@ def test_subject_with_no_samples_after_mapping_is_excluded_and_counted(synthme, 
   assert sum(got["per_subject"].values()) == got["mapped"]
 
 
-@pytest.mark.parametrize("damage, needles", [
+@pytest.mark.parametrize(
+  "damage, needles",
+  [
     ("delete", ("is listed but missing",)),
     ("zero_bytes", ("corrupt",)),
     ("text_as_jpg", ("corrupt",)),
-])
+  ],
+)
 def test_bad_frame_files(synthme, tmp_path, damage, needles):
   root = copy_of(synthme, "casme2", tmp_path)
   frame = frame_of_first_clip(root)
@@ -225,6 +239,7 @@ def test_fer2013_pixels_of_the_wrong_size(synthme, tmp_path):
 # Clips and checkpoints (python -m mer_jax.predict / mer_jax.inspect_checkpoint)
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   """Tiny run directories: one with EVM on, one with face detection set to fail, one whose stored
@@ -233,6 +248,7 @@ def runs(tmp_path_factory):
   out = {}
   cfg = fx.tiny_config(attention="none")
   from mer_jax.models import build_model
+
   variables = fx.init_variables(build_model(cfg.model), seed=1)
   evm = cfg.copy_and_resolve_references()
   evm.evm.enabled = True
@@ -242,7 +258,7 @@ def runs(tmp_path_factory):
   face.data.on_no_face = "error"
   out["face"] = fx.save_run(str(root / "face"), face, variables, ["a", "b"])
   other = cfg.copy_and_resolve_references()
-  other.model.growth_rate = 4         # the weights saved below are growth_rate 8
+  other.model.growth_rate = 4  # the weights saved below are growth_rate 8
   out["other_model"] = fx.save_run(str(root / "other"), other, variables, ["a", "b"])
   out["good"] = fx.save_run(str(root / "good"), cfg, variables, ["a", "b"])
   clips = root / "clips"
@@ -292,12 +308,13 @@ def test_truncated_checkpoint_is_reported_not_a_traceback(runs, tmp_path):
 def test_inspect_a_folder_that_is_not_a_run(tmp_path):
   proc = cli("mer_jax.inspect_checkpoint", str(tmp_path))
   assert_user_error(proc, str(tmp_path), "not a mer_jax run directory")
-  assert proc.stdout == "" and os.listdir(tmp_path) == []      # nothing printed, nothing created there
+  assert proc.stdout == "" and os.listdir(tmp_path) == []  # nothing printed, nothing created there
 
 
 # ---------------------------------------------------------------------------------------------
 # Configs and workdirs (python -m mer_jax.main)
 # ---------------------------------------------------------------------------------------------
+
 
 def no_results(workdir) -> None:
   for dirpath, _, files in os.walk(str(workdir)):
@@ -305,15 +322,17 @@ def no_results(workdir) -> None:
 
 
 def test_unknown_config_key(tmp_path):
-  proc = cli("mer_jax.main", "--config=configs/synth_demo.py", "--config.model.atention=channel",
-             f"--workdir={tmp_path / 'wd'}")
+  proc = cli(
+    "mer_jax.main", "--config=configs/synth_demo.py", "--config.model.atention=channel", f"--workdir={tmp_path / 'wd'}"
+  )
   assert_user_error(proc, "atention", "config_defaults.py")
   assert not os.path.exists(tmp_path / "wd")
 
 
 def test_config_value_of_the_wrong_type(tmp_path):
-  proc = cli("mer_jax.main", "--config=configs/synth_demo.py", "--config.image_size=big",
-             f"--workdir={tmp_path / 'wd'}")
+  proc = cli(
+    "mer_jax.main", "--config=configs/synth_demo.py", "--config.image_size=big", f"--workdir={tmp_path / 'wd'}"
+  )
   assert_user_error(proc, "image_size", "type")
   assert not os.path.exists(tmp_path / "wd")
 
@@ -326,8 +345,13 @@ def test_missing_config_file(tmp_path):
 
 def test_config_names_a_missing_dataset_folder(tmp_path):
   """A real dataset whose folder is missing fails at once, with the manual-download instructions."""
-  proc = cli("mer_jax.main", "--config=configs/sde_casme2.py", f"--config.data.roots.casme2={tmp_path / 'nope'}",
-             "--config.pretrain.enabled=False", f"--workdir={tmp_path / 'wd'}")
+  proc = cli(
+    "mer_jax.main",
+    "--config=configs/sde_casme2.py",
+    f"--config.data.roots.casme2={tmp_path / 'nope'}",
+    "--config.pretrain.enabled=False",
+    f"--workdir={tmp_path / 'wd'}",
+  )
   assert_user_error(proc, "data.roots.casme2", str(tmp_path / "nope"), "CASME II")
   no_results(tmp_path)
 
@@ -336,7 +360,7 @@ def _without_file_mode_override() -> None:
   """preexec_fn for a root child: drops CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH and CAP_FOWNER from the capability
   bounding set before exec, so the command is held to file modes like any user (root otherwise ignores them)."""
   libc = ctypes.CDLL(None, use_errno=True)
-  for cap in (1, 2, 3):                    # linux/capability.h: DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER
+  for cap in (1, 2, 3):  # linux/capability.h: DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER
     if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
       raise OSError(ctypes.get_errno(), f"prctl(PR_CAPBSET_DROP, {cap})")
 
@@ -349,9 +373,13 @@ def test_workdir_without_write_permission(tmp_path):
   workdir = locked / "run"
   os.chmod(locked, 0o555)
   try:
-    proc = cli("mer_jax.main", "--config=configs/synth_demo.py", f"--workdir={workdir}",
-               preexec_fn=_without_file_mode_override if os.geteuid() == 0 else None)
+    proc = cli(
+      "mer_jax.main",
+      "--config=configs/synth_demo.py",
+      f"--workdir={workdir}",
+      preexec_fn=_without_file_mode_override if os.geteuid() == 0 else None,
+    )
     assert_user_error(proc, str(workdir), "writ")
-    assert os.listdir(locked) == []                  # nothing created
+    assert os.listdir(locked) == []  # nothing created
   finally:
     os.chmod(locked, stat.S_IRWXU)

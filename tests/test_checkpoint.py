@@ -33,21 +33,37 @@ def run_dir(tmp_path_factory):
   state = jax.jit(lambda s, g: s.apply_scaled_gradients(grads=g, batch_stats=s.batch_stats))(state, grads)
   state = jax.jit(st.plateau_step)(state, jnp.asarray(0.7))
   d = str(tmp_path_factory.mktemp("run"))
-  meta = {"kind": "finetune", "config": json.loads(config.to_json()), "class_names": ["negative", "positive",
-          "surprise"], "image_size": train_data.SIZE, "channels": 3, "subject": "casme2/s01"}
+  meta = {
+    "kind": "finetune",
+    "config": json.loads(config.to_json()),
+    "class_names": ["negative", "positive", "surprise"],
+    "image_size": train_data.SIZE,
+    "channels": 3,
+    "subject": "casme2/s01",
+  }
   best = st.variables_of(state)
   ckpt.save(d, "best", 0, best, dict(meta, epoch=0, metrics={"val_accuracy": 0.75, "val_loss": 0.5}))
-  ckpt.save(d, "latest", 1, {"state": flax.serialization.to_state_dict(state), "best": best},
-            dict(meta, epoch=0, metrics={"val_accuracy": 0.75, "val_loss": 0.5},
-                 loop={"best_epoch": 0, "stopped": False, "epochs_done": 1}))
+  ckpt.save(
+    d,
+    "latest",
+    1,
+    {"state": flax.serialization.to_state_dict(state), "best": best},
+    dict(
+      meta,
+      epoch=0,
+      metrics={"val_accuracy": 0.75, "val_loss": 0.5},
+      loop={"best_epoch": 0, "stopped": False, "epochs_done": 1},
+    ),
+  )
   return d, config, model, state
 
 
 def test_train_state_round_trip_is_exact(run_dir):
   d, config, model, state = run_dir
   template = st.create_state(model_apply(model), st.variables_of(state), config.finetune)
-  tree, meta = ckpt.restore(d, "latest", {"state": flax.serialization.to_state_dict(template),
-                                          "best": st.variables_of(template)})
+  tree, meta = ckpt.restore(
+    d, "latest", {"state": flax.serialization.to_state_dict(template), "best": st.variables_of(template)}
+  )
   restored = flax.serialization.from_state_dict(template, tree["state"])
   for a, b in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(state)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -81,12 +97,13 @@ def test_inspect_checkpoint_describes_without_data(run_dir):
   assert "kind: finetune" in text and "subject: casme2/s01" in text
   assert "val_accuracy=0.7500" in text
   assert "1 epochs done, optimiser step 1" in text and "lr scale 1" in text
-  assert "growth_rate: 4" in text                                   # the config
+  assert "growth_rate: 4" in text  # the config
   total = count_params(state.params)
   assert "total" in text and f"{total:,}" in text
   assert "head/kernel" in text and str(tuple(state.params["head"]["kernel"].shape)) in text
-  proc = subprocess.run([sys.executable, "-m", "mer_jax.inspect_checkpoint", d], capture_output=True, text=True,
-                        cwd=REPO, timeout=300)
+  proc = subprocess.run(
+    [sys.executable, "-m", "mer_jax.inspect_checkpoint", d], capture_output=True, text=True, cwd=REPO, timeout=300
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert f"{total:,}" in proc.stdout
 
@@ -95,6 +112,7 @@ def test_load_for_inference_and_inspect_work_from_latest_alone(run_dir, tmp_path
   """A run whose best/ was deleted (the corrupt-checkpoint message suggests it) still loads from latest/:
   the best-validation variables stored inside the latest checkpoint, not the whole train state."""
   import shutil
+
   d, _, _, _ = run_dir
   _, variables, classes = ckpt.load_for_inference(d)
   only_latest = str(tmp_path / "run")
@@ -119,7 +137,7 @@ def test_background_saves_keep_what_was_passed_and_close_waits(tmp_path):
     assert ck.asynchronous
     for epoch in (1, 2, 3):
       ck.save("latest", epoch, {"state": arrays, "best": arrays}, {"epoch": epoch})
-      arrays["w"] *= 10                   # in place, while the background writer may still be busy
+      arrays["w"] *= 10  # in place, while the background writer may still be busy
     ck.save("best", 0, {"w": jax.device_put(arrays["w"])}, {"epoch": 0})
   assert sorted(os.listdir(os.path.join(d, "latest"))) == ["2", "3"]
   tree, meta = ckpt.restore(d, "latest")

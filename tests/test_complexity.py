@@ -36,6 +36,7 @@ def analytic_matmul_flops(model, variables, image_size: int, channels: int) -> i
   """2 x the multiply-adds of every nn.Conv / nn.Dense call of one forward pass on one image, counted from
   each call's input shape and layer settings (SAME convolutions: taps on padding are not counted)."""
   import flax.linen as nn
+
   counts = []
 
   def count(next_fun, args, kwargs, context):
@@ -45,8 +46,9 @@ def analytic_matmul_flops(model, variables, image_size: int, channels: int) -> i
       s = mod.strides or 1
       sh, sw = (s, s) if isinstance(s, int) else s
       kh, kw = mod.kernel_size
-      counts.append(2 * x.shape[0] * _same_taps(x.shape[1], kh, sh) * _same_taps(x.shape[2], kw, sw)
-                    * x.shape[3] * mod.features)
+      counts.append(
+        2 * x.shape[0] * _same_taps(x.shape[1], kh, sh) * _same_taps(x.shape[2], kw, sw) * x.shape[3] * mod.features
+      )
     elif context.method_name == "__call__" and isinstance(mod, nn.Dense):
       counts.append(2 * int(np.prod(x.shape[:-1])) * x.shape[-1] * mod.features)
     return next_fun(*args, **kwargs)
@@ -72,7 +74,7 @@ def test_xla_flops_match_an_analytic_count_for_a_single_conv():
   # XLA counts the multiply-adds that touch real (non-padding) pixels: along each axis of 16 with a
   # 5-tap SAME kernel, 16*5 taps minus the 2+1 missing at each border.
   valid_taps_per_axis = 16 * 5 - 2 * (2 + 1)
-  assert flops == pytest.approx(2 * valid_taps_per_axis ** 2 * 8 * 3, rel=0.01)
+  assert flops == pytest.approx(2 * valid_taps_per_axis**2 * 8 * 3, rel=0.01)
 
 
 def test_rows_cover_every_variant_with_the_configured_model_first():
@@ -99,9 +101,20 @@ def test_rows_cover_every_variant_with_the_configured_model_first():
 def test_cli_json_first_row_is_the_configured_model_and_paper_size():
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
   out = subprocess.run(
-      [sys.executable, "-m", "mer_jax.complexity", "--config=configs/cde.py", "--json",
-       "--config.model.attention=channel"],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    [
+      sys.executable,
+      "-m",
+      "mer_jax.complexity",
+      "--config=configs/cde.py",
+      "--json",
+      "--config.model.attention=channel",
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert out.returncode == 0, out.stderr[-2000:]
   rows = json.loads(out.stdout)
   assert rows[0]["variant"] == "configured (dense, channel)"
@@ -110,6 +123,7 @@ def test_cli_json_first_row_is_the_configured_model_and_paper_size():
   # ~0.87 GFLOPs (see the README note on the paper's 6.26e6): the convolutions and dense layers counted from
   # their shapes, plus XLA's elementwise work (measured 0.3 % of the total at 112x112).
   from configs import cde
+
   cfg = cde.get_config().model
   cfg.attention = "channel"
   model = build_model(cfg)
@@ -117,17 +131,21 @@ def test_cli_json_first_row_is_the_configured_model_and_paper_size():
   assert 1.0 < rows[0]["flops"] / analytic_matmul_flops(model, variables, 112, 3) < 1.01
 
 
-@pytest.mark.parametrize("args,needle", [
+@pytest.mark.parametrize(
+  "args,needle",
+  [
     (["--config=configs/does_not_exist.py"], "cannot read the config file configs/does_not_exist.py"),
     (["--config=configs/cde.py", "--config.model.atention=none"], "unknown config key '--config.model.atention'"),
     (["--config=configs/cde.py", "--config.model.growth_rate=abc"], "growth_rate"),
     ([], "--config is required"),
     (["--config=configs/cde.py", "--config.model.backbone=vgg"], "config.model.backbone='vgg'"),
-])
+  ],
+)
 def test_cli_user_errors_are_one_readable_message(args, needle):
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
-  out = subprocess.run([sys.executable, "-m", "mer_jax.complexity", *args], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=300)
+  out = subprocess.run(
+    [sys.executable, "-m", "mer_jax.complexity", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+  )
   assert out.returncode == 2
   assert needle in out.stderr
   assert "Traceback" not in out.stderr

@@ -13,18 +13,21 @@ from mer_jax.train import parallel
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("cores, batches, want", [
-    (2, [16, 32], 2),       # the paper's batch sizes on this 2-core machine
-    (16, [16, 32], 2),      # pretraining's 16 allows 2 devices of >= 8 images
-    (16, [32], 4),          # fine-tuning alone (pretrained weights reused)
+@pytest.mark.parametrize(
+  "cores, batches, want",
+  [
+    (2, [16, 32], 2),  # the paper's batch sizes on this 2-core machine
+    (16, [16, 32], 2),  # pretraining's 16 allows 2 devices of >= 8 images
+    (16, [32], 4),  # fine-tuning alone (pretrained weights reused)
     (8, [64, 64], 8),
     (6, [48], 6),
-    (6, [32], 4),           # 6 and 5 do not divide 32
+    (6, [32], 4),  # 6 and 5 do not divide 32
     (3, [16, 32], 2),
     (1, [16, 32], 1),
-    (4, [12], 1),           # 12/2 = 6 < 8 images per device
+    (4, [12], 1),  # 12/2 = 6 < 8 images per device
     (4, [7], 1),
-])
+  ],
+)
 def test_cpu_device_count(cores, batches, want):
   got = parallel.cpu_device_count(cores, batches)
   assert got == want
@@ -33,25 +36,33 @@ def test_cpu_device_count(cores, batches, want):
 
 def run_main_start(*overrides, env=None):
   """Runs mer_jax.main until it has chosen its devices (an unknown dataset root stops it right after)."""
-  code = ("import sys, jax\n"
-          "from mer_jax import main\n"
-          "from mer_jax.configuration import run_app\n"
-          "orig = main.run\n"
-          "def fake_run(config, workdir, **kw):\n"
-          "  print('DEVICES', len(jax.devices()), jax.default_backend(), flush=True)\n"
-          "  return {'wall_time_s': 0.0, 'workdir': workdir}\n"
-          "main.run = fake_run\n"
-          "run_app(lambda argv: main._entry(argv))\n")
+  code = (
+    "import sys, jax\n"
+    "from mer_jax import main\n"
+    "from mer_jax.configuration import run_app\n"
+    "orig = main.run\n"
+    "def fake_run(config, workdir, **kw):\n"
+    "  print('DEVICES', len(jax.devices()), jax.default_backend(), flush=True)\n"
+    "  return {'wall_time_s': 0.0, 'workdir': workdir}\n"
+    "main.run = fake_run\n"
+    "run_app(lambda argv: main._entry(argv))\n"
+  )
   e = dict(os.environ, JAX_PLATFORMS="cpu")
   e.pop("XLA_FLAGS", None)
   e.update(env or {})
-  return subprocess.run([sys.executable, "-c", code, "--config=configs/synth_demo.py", "--workdir=/tmp/unused_wd",
-                         *overrides], capture_output=True, text=True, cwd=REPO, timeout=300, env=e)
+  return subprocess.run(
+    [sys.executable, "-c", code, "--config=configs/synth_demo.py", "--workdir=/tmp/unused_wd", *overrides],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    timeout=300,
+    env=e,
+  )
 
 
 def test_main_uses_every_core_by_default_and_can_be_told_not_to():
   cores = parallel.host_cores()
-  want = parallel.cpu_device_count(cores, [16, 16])   # synth_demo: pretraining 16, fine-tuning 16
+  want = parallel.cpu_device_count(cores, [16, 16])  # synth_demo: pretraining 16, fine-tuning 16
   proc = run_main_start()
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert f"DEVICES {want} cpu" in proc.stdout
@@ -63,7 +74,7 @@ def test_main_uses_every_core_by_default_and_can_be_told_not_to():
   proc = run_main_start("--config.cpu_devices=3")
   assert "DEVICES 3 cpu" in proc.stdout and "(config.cpu_devices=3)" in proc.stdout
   proc = run_main_start(env={"XLA_FLAGS": "--xla_force_host_platform_device_count=3"})
-  assert "DEVICES 3 cpu" in proc.stdout   # the environment wins
+  assert "DEVICES 3 cpu" in proc.stdout  # the environment wins
 
 
 def test_negative_cpu_devices_is_a_config_error():

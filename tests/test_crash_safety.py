@@ -117,18 +117,29 @@ runpy.run_module("mer_jax.main", run_name="__main__", alter_sys=True)
 # batches of 2, BatchNorm statistics that follow the few training steps (momentum 0.5), 40 % of the training
 # subjects' clips for model selection (finer validation accuracies, so the best epoch is not simply the first).
 OVERRIDES = [
-    "--config.data.micro=('casme2',)", "--config.data.macro=('ck',)",
-    "--config.image_size=32",
-    # The EVM reading this test was sized with (it learns past the kills with it); crash safety does not
-    # depend on the reading.
-    "--config.evm.band_units=hz", "--config.evm.temporal_filter=butterworth",
-    "--config.model.block_layers=(1,1)", "--config.model.stem_features=8", "--config.model.growth_rate=8",
-    "--config.model.head_pool=2", "--config.model.reduction=2", "--config.model.bn_momentum=0.5",
-    "--config.pretrain.enabled=False",
-    "--config.finetune.epochs=8", "--config.finetune.batch_size=2", "--config.finetune.early_stopping_patience=0",
-    "--config.finetune.val_fraction=0.4",
-    "--config.finetune.parallel_folds=0", "--config.checkpoint_every_epochs=1", "--config.bootstrap_samples=20",
-    "--config.log_every_steps=0", "--quiet",
+  "--config.data.micro=('casme2',)",
+  "--config.data.macro=('ck',)",
+  "--config.image_size=32",
+  # The EVM reading this test was sized with (it learns past the kills with it); crash safety does not
+  # depend on the reading.
+  "--config.evm.band_units=hz",
+  "--config.evm.temporal_filter=butterworth",
+  "--config.model.block_layers=(1,1)",
+  "--config.model.stem_features=8",
+  "--config.model.growth_rate=8",
+  "--config.model.head_pool=2",
+  "--config.model.reduction=2",
+  "--config.model.bn_momentum=0.5",
+  "--config.pretrain.enabled=False",
+  "--config.finetune.epochs=8",
+  "--config.finetune.batch_size=2",
+  "--config.finetune.early_stopping_patience=0",
+  "--config.finetune.val_fraction=0.4",
+  "--config.finetune.parallel_folds=0",
+  "--config.checkpoint_every_epochs=1",
+  "--config.bootstrap_samples=20",
+  "--config.log_every_steps=0",
+  "--quiet",
 ]
 
 
@@ -137,17 +148,43 @@ def data(tmp_path_factory):
   """A SynthME CASME II folder (3 subjects), one TFDS cache and one JAX compilation cache, shared by every run
   (the cache makes the re-runs skip XLA compilation: ~3x faster; the executables are the same)."""
   root = tmp_path_factory.mktemp("crash_data")
-  micro = synth.generate("casme2", str(root / "casme2"), seed=2, subjects=3, clips_per_subject=8,
-                         clip_frames=24, frame_size=64, amplitude=(6.0, 10.0))
-  env = dict(ENV, JAX_COMPILATION_CACHE_DIR=str(root / "jax_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+  micro = synth.generate(
+    "casme2",
+    str(root / "casme2"),
+    seed=2,
+    subjects=3,
+    clips_per_subject=8,
+    clip_frames=24,
+    frame_size=64,
+    amplitude=(6.0, 10.0),
+  )
+  env = dict(
+    ENV,
+    JAX_COMPILATION_CACHE_DIR=str(root / "jax_cache"),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
+  )
   return {"args": [f"--config.data.roots.casme2={micro}", f"--config.data.cache_dir={root / 'tfds'}"], "env": env}
 
 
 def run_cli(workdir, data, crash: str = "") -> subprocess.CompletedProcess:
   env = dict(data["env"], MER_JAX_TEST_CRASH=crash)
-  return subprocess.run([sys.executable, "-c", WRAPPER, "--config=configs/synth_demo.py", f"--workdir={workdir}",
-                         *data["args"], *OVERRIDES], capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+  return subprocess.run(
+    [
+      sys.executable,
+      "-c",
+      WRAPPER,
+      "--config=configs/synth_demo.py",
+      f"--workdir={workdir}",
+      *data["args"],
+      *OVERRIDES,
+    ],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    env=env,
+    timeout=600,
+  )
 
 
 def predictions(workdir) -> list:
@@ -162,7 +199,7 @@ def fold_records(workdir) -> dict:
   for name in sorted(os.listdir(folds)):
     if name.endswith(".json"):
       with open(os.path.join(folds, name)) as f:
-        out[name[:-5]] = json.load(f)          # a half-written fold record would not parse
+        out[name[:-5]] = json.load(f)  # a half-written fold record would not parse
   return out
 
 
@@ -177,7 +214,7 @@ def assert_no_half_written_reports(workdir, point: str) -> None:
     return
   assert len(temps) == 1 and temps[0].startswith(".results.json.") and temps[0].endswith(".tmp"), names
   with open(os.path.join(workdir, temps[0])) as f:
-    with pytest.raises(json.JSONDecodeError):      # the kill came half-way through the JSON
+    with pytest.raises(json.JSONDecodeError):  # the kill came half-way through the JSON
       json.load(f)
   fold_records(workdir)
 
@@ -207,13 +244,17 @@ def test_sigkill_at_four_points_then_resume_gives_the_same_predictions_and_state
   assert len(set(ref_records[fold0]["y_pred"])) > 1, ref_records[fold0]
 
   wd = tmp_path / "crashed"
-  for point, evidence in (("fold", "start of epoch 3"), ("save", "before its atomic rename"),
-                          ("between", "after writing the fold record"), ("report", "half-way through")):
+  for point, evidence in (
+    ("fold", "start of epoch 3"),
+    ("save", "before its atomic rename"),
+    ("between", "after writing the fold record"),
+    ("report", "half-way through"),
+  ):
     proc = run_cli(wd, data, crash=point)
     assert proc.returncode == -9, (point, proc.returncode, proc.stderr[-4000:])
     assert evidence in proc.stderr, (point, proc.stderr[-4000:])
     assert_no_half_written_reports(wd, point)
-    if point == "save":     # killed mid-save: orbax's temporary directory is there, never renamed
+    if point == "save":  # killed mid-save: orbax's temporary directory is there, never renamed
       assert [d for d, _, _ in os.walk(wd) if d.endswith(".orbax-checkpoint-tmp")], "no half-saved checkpoint"
     if point == "between":
       assert list(fold_records(wd)) == [fold0]
@@ -230,7 +271,7 @@ def test_sigkill_at_four_points_then_resume_gives_the_same_predictions_and_state
       assert rec[key] == ref_records[fid][key], (fid, key)
   got = predictions(wd)
   assert [g[:3] for g in got] == [e[:3] for e in expected]
-  assert [g[3] for g in got] == [e[3] for e in expected]      # bit-identical probabilities (CPU determinism)
+  assert [g[3] for g in got] == [e[3] for e in expected]  # bit-identical probabilities (CPU determinism)
   with open(wd / "finetune" / "predictions.json") as f, open(ref_dir / "finetune" / "predictions.json") as g:
     assert json.load(f) == json.load(g)
   # the final train state of every fold, bit for bit: parameters, BatchNorm statistics, Adam's moments and step
@@ -259,6 +300,7 @@ def test_sigkill_at_four_points_then_resume_gives_the_same_predictions_and_state
 # Damaged checkpoints and diverging losses (in-process, fabricated data)
 # ---------------------------------------------------------------------------------------------
 
+
 class Crash(Exception):
   pass
 
@@ -273,10 +315,17 @@ def tiny():
 
 
 def make_run(run_dir) -> loop.RunData:
-  ds = train_data.fabricate(subject_sizes=(8, 8, 8))      # fresh arrays: a test may poison them
-  return loop.RunData(name="fold_x", train_x=ds.images[:16].copy(), train_y=ds.labels[:16],
-                      val_x=ds.images[16:].copy(), val_y=ds.labels[16:], seed=5, run_dir=str(run_dir),
-                      metadata={"kind": "finetune", "fingerprint": "fp", "config": {"name": "tiny", "seed": 0}})
+  ds = train_data.fabricate(subject_sizes=(8, 8, 8))  # fresh arrays: a test may poison them
+  return loop.RunData(
+    name="fold_x",
+    train_x=ds.images[:16].copy(),
+    train_y=ds.labels[:16],
+    val_x=ds.images[16:].copy(),
+    val_y=ds.labels[16:],
+    seed=5,
+    run_dir=str(run_dir),
+    metadata={"kind": "finetune", "fingerprint": "fp", "config": {"name": "tiny", "seed": 0}},
+  )
 
 
 def fit(tiny, run, cfg=None, **kw):
@@ -289,7 +338,7 @@ def truncate_arrays(step_dir) -> int:
   for dirpath, _, files in os.walk(step_dir):
     for name in files:
       p = os.path.join(dirpath, name)
-      if f"{os.sep}d{os.sep}" in p and os.path.getsize(p) > 1:    # the array data of the OCDBT store
+      if f"{os.sep}d{os.sep}" in p and os.path.getsize(p) > 1:  # the array data of the OCDBT store
         with open(p, "r+b") as f:
           f.truncate(os.path.getsize(p) // 3)
         n += 1
@@ -303,8 +352,9 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous_good_one(tiny, t
   def crash(epoch):
     if epoch == 2:
       raise Crash()
+
   with pytest.raises(Crash):
-    fit(tiny, run, on_epoch_end=crash)          # dies after saving latest/3; latest/2 is kept too
+    fit(tiny, run, on_epoch_end=crash)  # dies after saving latest/3; latest/2 is kept too
   latest = tmp_path / "crashed" / "latest"
   assert sorted(os.listdir(latest)) == ["2", "3"]
   assert truncate_arrays(latest / "3")
@@ -317,7 +367,7 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous_good_one(tiny, t
   # resumed from epoch 2: the same weights as the uninterrupted run
   for a, b in zip(jax.tree_util.tree_leaves(ref.variables), jax.tree_util.tree_leaves(res.variables)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  assert sorted(os.listdir(latest)) == ["3", "4"]   # the damaged one was replaced
+  assert sorted(os.listdir(latest)) == ["3", "4"]  # the damaged one was replaced
 
 
 def test_every_checkpoint_damaged_is_a_clear_error(tiny, tmp_path):
@@ -328,8 +378,9 @@ def test_every_checkpoint_damaged_is_a_clear_error(tiny, tmp_path):
   for step in os.listdir(tmp_path / "latest"):
     truncate_arrays(tmp_path / "latest" / step)
   cfg.epochs = 3
-  with pytest.raises(ckpt.CorruptCheckpointError,
-                     match=r"none of the checkpoints \(2, 1\) can be read.*delete .*latest to start"):
+  with pytest.raises(
+    ckpt.CorruptCheckpointError, match=r"none of the checkpoints \(2, 1\) can be read.*delete .*latest to start"
+  ):
     fit(tiny, run, cfg=cfg)
 
 
@@ -337,13 +388,22 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny, tmp_pat
   run = make_run(tmp_path / "run")
 
   def poison(epoch):
-    if epoch == 1:                                # after 2 good epochs, a sample turns into NaN
+    if epoch == 1:  # after 2 good epochs, a sample turns into NaN
       run.train_x[3] = np.nan
+
   with pytest.raises(loop.TrainingDivergedError) as err:
     fit(tiny, run, on_epoch_end=poison)
   msg = str(err.value)
-  for needle in ("fold_x", "training loss is nan", "epoch 3", "optimiser step", "Config 'tiny'",
-                 "finetune.learning_rate=0.01", f"{tmp_path / 'run' / 'latest' / '2'}", "Lower --config.finetune"):
+  for needle in (
+    "fold_x",
+    "training loss is nan",
+    "epoch 3",
+    "optimiser step",
+    "Config 'tiny'",
+    "finetune.learning_rate=0.01",
+    f"{tmp_path / 'run' / 'latest' / '2'}",
+    "Lower --config.finetune",
+  ):
     assert needle in msg, (needle, msg)
   assert ckpt.latest_epoch(str(tmp_path / "run"), "latest") == 2
   tree, meta = ckpt.restore(str(tmp_path / "run"), "latest")
@@ -363,8 +423,15 @@ def test_nan_in_a_vmapped_fold_group_names_the_fold(tiny, tmp_path):
   runs[1] = loop.RunData(**{**runs[1].__dict__, "name": "fold_y"})
   runs[1].train_x[:] = np.inf
   with pytest.raises(loop.TrainingDivergedError, match="fold_y: the training loss is nan at epoch 1"):
-    loop.fit_many(model_apply(model), [v0, v0], runs, config.finetune, num_classes=3,
-                  group_dir=str(tmp_path / "group"), progress=False)
+    loop.fit_many(
+      model_apply(model),
+      [v0, v0],
+      runs,
+      config.finetune,
+      num_classes=3,
+      group_dir=str(tmp_path / "group"),
+      progress=False,
+    )
 
 
 KILLED_WRITER = """
@@ -382,25 +449,44 @@ def test_reports_sweep_the_temp_files_of_a_writer_killed_mid_write(tmp_path):
   """A SIGKILL inside atomic_write_text leaves its hidden temp file; the next write_reports into that workdir
   removes the temp files of the reports it writes and leaves everything else alone."""
   from mer_jax import config_defaults, reporting
+
   wd = tmp_path / "run"
   for name in ("results.json", "results.md", "notes.json"):
     proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(wd / name)], env=ENV, cwd=REPO, timeout=120)
     assert proc.returncode == -9
   left = sorted(os.listdir(wd))
   assert [n.split(".")[1:3] + n.split(".")[-1:] for n in left] == [
-      ["notes", "json", "tmp"], ["results", "json", "tmp"], ["results", "md", "tmp"]], left
-  (wd / "results.json.tmp").write_text("not a temp file of atomic_write_text")   # no leading dot: kept
-  (wd / ".results.json.orig").write_text("not a temp file either")                # no .tmp suffix: kept
+    ["notes", "json", "tmp"],
+    ["results", "json", "tmp"],
+    ["results", "md", "tmp"],
+  ], left
+  (wd / "results.json.tmp").write_text("not a temp file of atomic_write_text")  # no leading dot: kept
+  (wd / ".results.json.orig").write_text("not a temp file either")  # no .tmp suffix: kept
   rng = np.random.default_rng(0)
-  recs = [dict(subject=f"casme2/s{s}", clip_ids=[f"c{s}_{i}" for i in range(4)], sources=["casme2"] * 4,
-               y_true=rng.integers(0, 3, 4), y_pred=rng.integers(0, 3, 4), probs=rng.dirichlet(np.ones(3), 4),
-               epochs_trained=2, best_epoch=1, val_metric=0.5, wall_time_s=1.0) for s in range(3)]
+  recs = [
+    dict(
+      subject=f"casme2/s{s}",
+      clip_ids=[f"c{s}_{i}" for i in range(4)],
+      sources=["casme2"] * 4,
+      y_true=rng.integers(0, 3, 4),
+      y_pred=rng.integers(0, 3, 4),
+      probs=rng.dirichlet(np.ones(3), 4),
+      epochs_trained=2,
+      best_epoch=1,
+      val_metric=0.5,
+      wall_time_s=1.0,
+    )
+    for s in range(3)
+  ]
   config = config_defaults.get_base_config()
   config.data.micro = ("casme2",)
   config.bootstrap_samples = 10
   reporting.write_reports(str(wd), config, recs, ["negative", "positive", "surprise"], git_commit="x")
   after = sorted(os.listdir(wd))
-  assert [n for n in after if n.endswith(".tmp") or n.startswith(".")] == [left[0], ".results.json.orig",
-                                                                            "results.json.tmp"], after
+  assert [n for n in after if n.endswith(".tmp") or n.startswith(".")] == [
+    left[0],
+    ".results.json.orig",
+    "results.json.tmp",
+  ], after
   with open(wd / "results.json") as f:
     assert len(json.load(f)["folds"]) == 3

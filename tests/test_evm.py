@@ -81,7 +81,7 @@ def ref_collapse(pyr):
 
 def ref_alphas(h, w, n_levels, alpha, lambda_c):
   """MIT loop over levels coarsest -> finest (n_levels includes the residual)."""
-  lam = (h ** 2 + w ** 2) ** 0.5 / 3
+  lam = (h**2 + w**2) ** 0.5 / 3
   delta = lambda_c / 8 / (1 + alpha)
   out = [0.0] * n_levels
   for lev in range(n_levels - 1, -1, -1):
@@ -117,8 +117,7 @@ def ref_temporal(x, fps, band, kind):  # x [T, ...] float64
   return out
 
 
-def ref_magnify(video, fps, *, alpha, band, pyramid="laplacian", levels=None, lambda_c=16.0, ca=0.1,
-                kind="ideal"):
+def ref_magnify(video, fps, *, alpha, band, pyramid="laplacian", levels=None, lambda_c=16.0, ca=0.1, kind="ideal"):
   v = np.asarray(video, np.float64)
   t, h, w, c = v.shape
   yiq = v @ RGB2YIQ.T if c == 3 else v
@@ -127,8 +126,7 @@ def ref_magnify(video, fps, *, alpha, band, pyramid="laplacian", levels=None, la
     n = ref_height(h, w) if levels is None else levels
     pyrs = [ref_lpyr(f, n) for f in yiq]
     al = ref_alphas(h, w, n + 1, alpha, lambda_c)
-    stacks = [ref_temporal(np.stack([p[lev] for p in pyrs]), fps, band, kind) * al[lev] * chan
-              for lev in range(n + 1)]
+    stacks = [ref_temporal(np.stack([p[lev] for p in pyrs]), fps, band, kind) * al[lev] * chan for lev in range(n + 1)]
     delta = np.stack([ref_collapse([s[i] for s in stacks]) for i in range(t)])
   else:
     n = min(4, ref_height(h, w)) if levels is None else levels
@@ -188,15 +186,15 @@ def test_pyramid_ops_match_reference(hw):
 
 
 def test_auto_height_rule():
-  assert pyramids.max_levels(112, 112) == 5      # 56, 28, 14, 7, 4
-  assert pyramids.max_levels(480, 640) == 7      # ..., 8x10, 4x5
+  assert pyramids.max_levels(112, 112) == 5  # 56, 28, 14, 7, 4
+  assert pyramids.max_levels(480, 640) == 7  # ..., 8x10, 4x5
   assert pyramids.max_levels(4, 100) == 0
   assert pyramids.check_levels(112, 112, "auto", "gaussian") == 4
   # "auto" is the MIT code's maxPyrHt (floor halving), one level less than the ceil rule at e.g. 140 px
   for h, w in [(112, 112), (140, 140), (480, 640), (36, 40), (9, 30), (17, 17), (33, 47), (64, 80), (5, 5)]:
     assert pyramids.check_levels(h, w, "auto", "laplacian") == ref_height(h, w), (h, w)
-  assert pyramids.check_levels(140, 140, "auto", "laplacian") == 5          # residual 5x5, as buildLpyr
-  assert pyramids.check_levels(140, 140, 6, "laplacian") == 6               # explicit: up to the ceil rule
+  assert pyramids.check_levels(140, 140, "auto", "laplacian") == 5  # residual 5x5, as buildLpyr
+  assert pyramids.check_levels(140, 140, 6, "laplacian") == 6  # explicit: up to the ceil rule
   with pytest.raises(ValueError, match="out of range"):
     pyramids.check_levels(32, 32, 9, "laplacian")
 
@@ -226,15 +224,14 @@ def test_butterworth_coefficients_match_scipy():
 @pytest.mark.parametrize("kind", ["ideal", "butterworth", "iir"])
 def test_temporal_filters_match_reference(kind):
   x = np.random.default_rng(4).random((40, 3, 2))
-  fn = {"ideal": filters.ideal_bandpass, "butterworth": filters.butterworth_bandpass,
-        "iir": filters.iir_bandpass}[kind]
+  fn = {"ideal": filters.ideal_bandpass, "butterworth": filters.butterworth_bandpass, "iir": filters.iir_bandpass}[kind]
   got = np.asarray(fn(jnp.asarray(x, jnp.float32), 30.0, (1.0, 4.0)))
   np.testing.assert_allclose(got, ref_temporal(x, 30.0, (1.0, 4.0), kind), atol=2e-6)
 
 
 def test_ideal_filter_symmetric_mask_keeps_full_gain_mit_mode_halves():
   t = np.arange(64)
-  x = np.sin(2 * np.pi * 4 * t / 64)[:, None].astype(np.float32)     # 4 Hz at fps 64: on a bin
+  x = np.sin(2 * np.pi * 4 * t / 64)[:, None].astype(np.float32)  # 4 Hz at fps 64: on a bin
   got = np.asarray(filters.ideal_bandpass(jnp.asarray(x), 64.0, (3.0, 5.0)))
   np.testing.assert_allclose(got, x, atol=1e-5)
   mit = np.asarray(filters.ideal_bandpass(jnp.asarray(x), 64.0, (3.0, 5.0), mit_compatible=True))
@@ -244,30 +241,46 @@ def test_ideal_filter_symmetric_mask_keeps_full_gain_mit_mode_halves():
 # ----------------------------------------------------------------------------------------------------------
 # magnify vs the float64 reference
 # ----------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("pyramid,kind,band,method", [
-    ("laplacian", "ideal", (2.0, 4.0), "auto"),        # few bins -> cos/sin projection
-    ("laplacian", "ideal", (1.0, 9.0), "fft"),         # rfft, spatial pass on in-band coefficients, irfft
-    ("laplacian", "ideal", (1.0, 14.0), "time"),       # band-pass all frames, then spatial pass
+@pytest.mark.parametrize(
+  "pyramid,kind,band,method",
+  [
+    ("laplacian", "ideal", (2.0, 4.0), "auto"),  # few bins -> cos/sin projection
+    ("laplacian", "ideal", (1.0, 9.0), "fft"),  # rfft, spatial pass on in-band coefficients, irfft
+    ("laplacian", "ideal", (1.0, 14.0), "time"),  # band-pass all frames, then spatial pass
     ("laplacian", "butterworth", (1.0, 4.0), "auto"),
     ("laplacian", "iir", (1.0, 4.0), "auto"),
     ("gaussian", "ideal", (2.0, 4.0), "auto"),
     ("gaussian", "butterworth", (1.0, 4.0), "auto"),
-])
+  ],
+)
 def test_magnify_matches_float64_reference(pyramid, kind, band, method):
   v = smooth_video(24, 33, 40, 3, seed=5, amp=0.02)
-  got = np.asarray(magnify_jit(jnp.asarray(v), 30.0, alpha=10.0, freq_band=band, pyramid=pyramid,
-                               temporal_filter=kind, ideal_method=method))
+  got = np.asarray(
+    magnify_jit(
+      jnp.asarray(v), 30.0, alpha=10.0, freq_band=band, pyramid=pyramid, temporal_filter=kind, ideal_method=method
+    )
+  )
   want = ref_magnify(v, 30.0, alpha=10.0, band=band, pyramid=pyramid, kind=kind)
-  assert np.abs(want - v).max() > 1e-3             # something was amplified
-  assert 0.0 < want.min() and want.max() < 1.0      # no clipping: exact linear regime
+  assert np.abs(want - v).max() > 1e-3  # something was amplified
+  assert 0.0 < want.min() and want.max() < 1.0  # no clipping: exact linear regime
   np.testing.assert_allclose(got, want, rtol=0, atol=2e-5)
-  if pyramid == "gaussian":     # same temporal paths as below; the batching is checked once per path
+  if pyramid == "gaussian":  # same temporal paths as below; the batching is checked once per path
     return
   # natively batched clips, same path: in the linear regime magnify(a v + b) = a magnify(v) + b (the band
   # excludes DC), so each clip of [v, 1 - v, v / 2 + 1/4] must give that clip's own result
   batch = np.stack([v, 1.0 - v, 0.5 * v + 0.25])
-  out = np.asarray(magnify_batch(jnp.asarray(batch), 30.0, vectorize="native", alpha=10.0, freq_band=band,
-                                 pyramid=pyramid, temporal_filter=kind, ideal_method=method))
+  out = np.asarray(
+    magnify_batch(
+      jnp.asarray(batch),
+      30.0,
+      vectorize="native",
+      alpha=10.0,
+      freq_band=band,
+      pyramid=pyramid,
+      temporal_filter=kind,
+      ideal_method=method,
+    )
+  )
   np.testing.assert_allclose(out, np.stack([got, 1.0 - got, 0.5 * got + 0.25]), rtol=0, atol=2e-6)
 
 
@@ -282,11 +295,10 @@ def test_level_alphas_match_mit_loop():
   for (h, w), alpha, lc in [((112, 112), 15.0, 16.0), ((480, 640), 20.0, 80.0), ((40, 40), 15.0, 16.0)]:
     n = pyramids.max_levels(h, w)
     np.testing.assert_allclose(motion_level_alphas(h, w, n, alpha, lc), ref_alphas(h, w, n + 1, alpha, lc))
-  np.testing.assert_allclose(motion_level_alphas(112, 112, 5, 15.0, 16.0), [0, 4.6, 11.2, 15, 15, 0],
-                             atol=0.05)
+  np.testing.assert_allclose(motion_level_alphas(112, 112, 5, 15.0, 16.0), [0, 4.6, 11.2, 15, 15, 0], atol=0.05)
   # where lambda < lambda_c / (1 + alpha) the MIT rule gives a negative factor: clipped at 0 by default,
   # kept (motion inverted, as the MIT code does) with clip_negative=False / mit_compatible=True
-  lam = [(24 ** 2 + 24 ** 2) ** 0.5 / 3 / 2 ** k for k in range(4)]        # residual .. finest, 24x24, 3 levels
+  lam = [(24**2 + 24**2) ** 0.5 / 3 / 2**k for k in range(4)]  # residual .. finest, 24x24, 3 levels
   mit = [0.0] + [min(15.0, (lam_k / (80.0 / 8 / 16) / 8 - 1) * 2) for lam_k in lam[1:3]][::-1] + [0.0]
   assert min(mit) < 0
   np.testing.assert_allclose(motion_level_alphas(24, 24, 3, 15.0, 80.0, clip_negative=False), mit, rtol=1e-12)
@@ -351,8 +363,7 @@ def test_out_of_band_motion_and_static_clip_unchanged():
     np.testing.assert_allclose(np.asarray(out), video, atol=1e-6)
   static = np.repeat(smooth_video(1, 32, 32, 3, seed=8), 16, axis=0)
   for kind, pyramid in (("ideal", "laplacian"), ("butterworth", "gaussian"), ("iir", "laplacian")):
-    out = magnify(jnp.asarray(static), 16.0, alpha=15.0, freq_band=(1.0, 4.0), temporal_filter=kind,
-                  pyramid=pyramid)
+    out = magnify(jnp.asarray(static), 16.0, alpha=15.0, freq_band=(1.0, 4.0), temporal_filter=kind, pyramid=pyramid)
     np.testing.assert_allclose(np.asarray(out), static, atol=1e-6)
 
 
@@ -377,14 +388,16 @@ def test_colour_pipeline_amplifies_in_band_brightness_by_one_plus_alpha():
   out = np.asarray(magnify_jit(jnp.asarray(video), FPS, alpha=10.0, freq_band=(3.0, 5.0), pyramid="gaussian"))
   gain = ((out[:, 12, 12, :] - 0.5) * s[:, None]).sum(0) / (s @ s)
   np.testing.assert_allclose(gain, 11.0, rtol=1e-3)
-  mit = np.asarray(magnify_jit(jnp.asarray(video), FPS, alpha=10.0, freq_band=(3.0, 5.0), pyramid="gaussian",
-                               mit_compatible=True))
+  mit = np.asarray(
+    magnify_jit(jnp.asarray(video), FPS, alpha=10.0, freq_band=(3.0, 5.0), pyramid="gaussian", mit_compatible=True)
+  )
   np.testing.assert_allclose(((mit[:, 12, 12, :] - 0.5) * s[:, None]).sum(0) / (s @ s), 6.0, rtol=1e-3)
   # chrominance is attenuated: a pure I-channel oscillation is amplified by 1 + alpha * 0.1
   i_dir = np.linalg.inv(RGB2YIQ)[:, 1]
   video_i = (0.5 + s[:, None] * i_dir * 0.5)[:, None, None, :] * np.ones((1, 24, 24, 1))
-  out_i = np.asarray(magnify_jit(jnp.asarray(video_i, jnp.float32), FPS, alpha=10.0, freq_band=(3.0, 5.0),
-                                 pyramid="gaussian"))
+  out_i = np.asarray(
+    magnify_jit(jnp.asarray(video_i, jnp.float32), FPS, alpha=10.0, freq_band=(3.0, 5.0), pyramid="gaussian")
+  )
   i_sig = (out_i[:, 12, 12, :] - 0.5) @ RGB2YIQ[1]
   assert (i_sig @ s) / (s @ (0.5 * s)) == pytest.approx(2.0, rel=1e-3)
 
@@ -393,7 +406,7 @@ def test_colour_pipeline_amplifies_in_band_brightness_by_one_plus_alpha():
 # Errors, fallback, jit/vmap, config
 # ----------------------------------------------------------------------------------------------------------
 def test_empty_passband_error_names_fps_length_band_and_nearest_band():
-  v = jnp.full((60, 16, 16, 3), 0.5, jnp.float32)    # 0.3 s at 200 fps: bins every 3.33 Hz
+  v = jnp.full((60, 16, 16, 3), 0.5, jnp.float32)  # 0.3 s at 200 fps: bins every 3.33 Hz
   with pytest.raises(EVMError) as e:
     magnify(v, 200.0, alpha=15.0, freq_band=(0.1, 0.4))
   msg = str(e.value)
@@ -407,10 +420,12 @@ def test_empty_band_fallback_warns_and_uses_onset_referenced_butterworth():
     out = magnify(v, 200.0, alpha=15.0, freq_band=(0.1, 0.4), on_empty_band="fallback")
   want = magnify(v, 200.0, alpha=15.0, freq_band=(0.1, 0.4), temporal_filter="butterworth")
   np.testing.assert_allclose(np.asarray(out), np.asarray(want), atol=0)
-  np.testing.assert_allclose(np.asarray(out[0]), np.asarray(v[0]), atol=1e-6)   # onset frame untouched
+  np.testing.assert_allclose(np.asarray(out[0]), np.asarray(v[0]), atol=1e-6)  # onset frame untouched
 
 
-@pytest.mark.parametrize("kwargs,err,match", [
+@pytest.mark.parametrize(
+  "kwargs,err,match",
+  [
     (dict(t=2), EVMError, "clip too short"),
     (dict(hw=4), EVMError, "too small"),
     (dict(c=2), EVMError, "C = 1 or 3"),
@@ -419,7 +434,8 @@ def test_empty_band_fallback_warns_and_uses_onset_referenced_butterworth():
     (dict(freq_band=(4.0, 1.0)), ConfigError, "evm.freq_band"),
     (dict(freq_band=(1.0, 20.0), temporal_filter="butterworth"), EVMError, "below 15 Hz"),
     (dict(levels=9), EVMError, "out of range"),
-])
+  ],
+)
 def test_bad_input_errors(kwargs, err, match):
   t, hw, c = kwargs.pop("t", 8), kwargs.pop("hw", 16), kwargs.pop("c", 3)
   opts = dict(alpha=5.0, freq_band=(1.0, 5.0))
@@ -437,9 +453,9 @@ def test_vmap_over_batch_equals_per_clip():
     np.testing.assert_allclose(batch[i], np.asarray(magnify_jit(jnp.asarray(vids[i]), 16.0, **opts)), atol=1e-6)
     np.testing.assert_allclose(batch_map[i], batch[i], atol=1e-6)
   batch_bw = jax.jit(jax.vmap(lambda v: magnify(v, 16.0, temporal_filter="iir", **opts)))(jnp.asarray(vids))
-  np.testing.assert_allclose(np.asarray(batch_bw[1]),
-                             np.asarray(magnify(jnp.asarray(vids[1]), 16.0, temporal_filter="iir", **opts)),
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(batch_bw[1]), np.asarray(magnify(jnp.asarray(vids[1]), 16.0, temporal_filter="iir", **opts)), atol=1e-6
+  )
 
 
 # Batches: every batching mode must give magnify's result per clip (odd frame sizes, every filter path).
@@ -455,9 +471,9 @@ def test_batch_modes_agree_grey_single_clip_and_chunked():
   opts = dict(alpha=8.0, freq_band=(1.0, 5.0), temporal_filter="butterworth")
   want = np.stack([np.asarray(magnify(jnp.asarray(v), BATCH_FPS, **opts)) for v in vids])
   assert np.abs(want - vids).max() > 1e-3
-  got = magnify_batch(jnp.asarray(vids), BATCH_FPS, **opts)         # CPU default: "map"
+  got = magnify_batch(jnp.asarray(vids), BATCH_FPS, **opts)  # CPU default: "map"
   np.testing.assert_allclose(np.asarray(got), want, atol=1e-6)
-  one = magnify_batch(jnp.asarray(vids[:1]), BATCH_FPS, vectorize="native", **opts)     # B = 1
+  one = magnify_batch(jnp.asarray(vids[:1]), BATCH_FPS, vectorize="native", **opts)  # B = 1
   np.testing.assert_allclose(np.asarray(one)[0], want[0], atol=1e-6)
   # memory chunking over the B * T frames (chunks of one frame, across clip boundaries) changes nothing
   got = magnify_batch(jnp.asarray(vids), BATCH_FPS, vectorize="native", chunk_bytes=1, **opts)
@@ -472,13 +488,13 @@ def test_loop_batch_groups_with_remainder_in_place(monkeypatch):
   calls = []
   donated = magnify_module._batch_core_donated
   monkeypatch.setattr(magnify_module, "_batch_core_donated", lambda v, **kw: calls.append(kw) or donated(v, **kw))
-  monkeypatch.setattr(magnify_module, "LOOP_GROUP_BYTES", 2 * vids[0].nbytes)   # 2 steps of 2 clips + 1
+  monkeypatch.setattr(magnify_module, "LOOP_GROUP_BYTES", 2 * vids[0].nbytes)  # 2 steps of 2 clips + 1
   x = jnp.asarray(vids)
   pointer = x.unsafe_buffer_pointer()
-  got = magnify_batch(x, BATCH_FPS, donate=True, **opts)        # CPU default with donation: "loop"
+  got = magnify_batch(x, BATCH_FPS, donate=True, **opts)  # CPU default with donation: "loop"
   assert [(c["mode"], c["group"]) for c in calls] == [("loop", 2)]
   np.testing.assert_allclose(np.asarray(got), want, atol=1e-6)
-  assert x.is_deleted() and got.unsafe_buffer_pointer() == pointer    # the output took over the input buffer
+  assert x.is_deleted() and got.unsafe_buffer_pointer() == pointer  # the output took over the input buffer
 
 
 def test_batch_errors_and_fallback_warning_on_every_call():
@@ -489,7 +505,7 @@ def test_batch_errors_and_fallback_warning_on_every_call():
     magnify_batch(vids, BATCH_FPS, vectorize="pmap")
   with pytest.raises(ConfigError, match="evm.temporal_filter"):
     magnify_batch(vids, BATCH_FPS, temporal_filter="fir")
-  for _ in range(2):   # validation runs in Python each time, not only when the program is traced
+  for _ in range(2):  # validation runs in Python each time, not only when the program is traced
     with pytest.warns(EVMWarning, match="empty passband"):
       magnify_batch(vids, 200.0, freq_band=(0.1, 0.4), on_empty_band="fallback")
 
@@ -499,8 +515,7 @@ def test_magnify_from_config():
   v = jnp.asarray(smooth_video(16, 24, 24, 3, seed=12))
   cfg.freq_band = (1.0, 3.0)
   out = magnify_from_config(v, 16.0, cfg)
-  np.testing.assert_allclose(np.asarray(out), np.asarray(magnify(v, 16.0, alpha=15.0, freq_band=(1.0, 3.0))),
-                             atol=1e-6)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(magnify(v, 16.0, alpha=15.0, freq_band=(1.0, 3.0))), atol=1e-6)
   cfg.freq_band = (0.1, 0.4)
   with pytest.raises(EVMError, match="empty passband"):
     magnify_from_config(v, 200.0, cfg)
@@ -524,8 +539,9 @@ def test_magnify_from_config():
 # ----------------------------------------------------------------------------------------------------------
 # band_units="mit_rates": the MIT IIR variant, against a literal float64 transcription of its per-frame loop
 # ----------------------------------------------------------------------------------------------------------
-def ref_mit_iir(video, *, alpha, lambda_c, r1, r2, chrom_attenuation, state_from_first=True, exaggeration=2.0,
-                chroma=True):
+def ref_mit_iir(
+  video, *, alpha, lambda_c, r1, r2, chrom_attenuation, state_from_first=True, exaggeration=2.0, chroma=True
+):
   """amplify_spatial_lpyr_temporal_iir(alpha, lambda_c, r1, r2, chromAttenuation), frame by frame, float64.
 
   The keyword switches after chrom_attenuation exist only to build wrong variants (the test checks that each
@@ -533,20 +549,20 @@ def ref_mit_iir(video, *, alpha, lambda_c, r1, r2, chrom_attenuation, state_from
   """
   v = np.asarray(video, np.float64)
   t, h, w, _ = v.shape
-  n_rows = 1 + ref_height(h, w)                       # buildLpyr(., 'auto'): bands + residual
+  n_rows = 1 + ref_height(h, w)  # buildLpyr(., 'auto'): bands + residual
   yiq = v @ RGB2YIQ.T
   first = ref_lpyr(yiq[0], n_rows - 1)
   low1 = [p.copy() if state_from_first else np.zeros_like(p) for p in first]
   low2 = [p.copy() if state_from_first else np.zeros_like(p) for p in first]
-  out = [v[0]]                                        # the first frame is written unchanged
+  out = [v[0]]  # the first frame is written unchanged
   for i in range(1, t):
     pyr = ref_lpyr(yiq[i], n_rows - 1)
     low1 = [(1 - r1) * a + r1 * p for a, p in zip(low1, pyr)]
     low2 = [(1 - r2) * a + r2 * p for a, p in zip(low2, pyr)]
     filt = [a - b for a, b in zip(low1, low2)]
     delta = lambda_c / 8 / (1 + alpha)
-    lam = (h ** 2 + w ** 2) ** 0.5 / 3
-    for lev in range(n_rows, 0, -1):                    # MATLAB l = nLevels:-1:1, coarsest first
+    lam = (h**2 + w**2) ** 0.5 / 3
+    for lev in range(n_rows, 0, -1):  # MATLAB l = nLevels:-1:1, coarsest first
       cur = (lam / delta / 8 - 1) * exaggeration
       if lev == n_rows or lev == 1:
         filt[lev - 1] = 0 * filt[lev - 1]
@@ -572,22 +588,26 @@ def test_mit_rates_is_the_mit_iir_program():
   # band 2 at alpha (capped), band 1 at currAlpha = 4.2 < alpha
   v = random_colour_clip()
   opts = dict(alpha=10.0, lambda_c=16.0, chrom_attenuation=0.1)
-  got = np.asarray(magnify_jit(jnp.asarray(v), 200.0, freq_band=(0.1, 0.4), band_units="mit_rates",
-                               temporal_filter="iir", **opts))
+  got = np.asarray(
+    magnify_jit(jnp.asarray(v), 200.0, freq_band=(0.1, 0.4), band_units="mit_rates", temporal_filter="iir", **opts)
+  )
   want = ref_mit_iir(v, r1=0.4, r2=0.1, **opts)
-  assert np.abs(want - v).max() > 0.02                # amplified (white noise lies mostly in the finest band)
-  assert 0.0 < want.min() and want.max() < 1.0         # and not clipped: the exact linear regime
+  assert np.abs(want - v).max() > 0.02  # amplified (white noise lies mostly in the finest band)
+  assert 0.0 < want.min() and want.max() < 1.0  # and not clipped: the exact linear regime
   tol = 2e-5
   np.testing.assert_allclose(got, want, rtol=0, atol=tol)
   # the rates are per frame: the frame rate plays no part
-  at_30 = np.asarray(magnify_jit(jnp.asarray(v), 30.0, freq_band=(0.1, 0.4), band_units="mit_rates",
-                                 temporal_filter="iir", **opts))
+  at_30 = np.asarray(
+    magnify_jit(jnp.asarray(v), 30.0, freq_band=(0.1, 0.4), band_units="mit_rates", temporal_filter="iir", **opts)
+  )
   np.testing.assert_array_equal(at_30, got)
   # the comparison can fail: each wrong variant of the program lies far outside the tolerance
-  wrong = {"state from zero": dict(r1=0.4, r2=0.1, state_from_first=False),
-           "rates swapped": dict(r1=0.1, r2=0.4),
-           "exaggeration 1": dict(r1=0.4, r2=0.1, exaggeration=1.0),
-           "no chroma attenuation": dict(r1=0.4, r2=0.1, chroma=False)}
+  wrong = {
+    "state from zero": dict(r1=0.4, r2=0.1, state_from_first=False),
+    "rates swapped": dict(r1=0.1, r2=0.4),
+    "exaggeration 1": dict(r1=0.4, r2=0.1, exaggeration=1.0),
+    "no chroma attenuation": dict(r1=0.4, r2=0.1, chroma=False),
+  }
   for name, kw in wrong.items():
     assert np.abs(got - ref_mit_iir(v, **opts, **kw)).max() > 50 * tol, name
 
@@ -595,7 +615,7 @@ def test_mit_rates_is_the_mit_iir_program():
 def test_mit_rates_grey_clip_and_config():
   v = random_colour_clip(t=8, h=24, w=20, seed=41)[..., :1]
   cfg = config_defaults.get_evm_config()
-  assert cfg.band_units == "hz"                       # the Hz reading stays the default
+  assert cfg.band_units == "hz"  # the Hz reading stays the default
   cfg.band_units, cfg.temporal_filter, cfg.freq_band, cfg.alpha = "mit_rates", "iir", (0.05, 0.4), 10.0
   got = np.asarray(magnify_from_config(jnp.asarray(v), 100.0, cfg))
   # grey = luminance only: the same program on the Y channel of a grey RGB clip
@@ -604,15 +624,19 @@ def test_mit_rates_grey_clip_and_config():
   np.testing.assert_allclose(got, want, rtol=0, atol=2e-5)
   assert np.abs(want - v).max() > 0.02
   assert options_from_config(cfg)["band_units"] == "mit_rates"
-  batch = magnify_batch(jnp.asarray(v[None]), 100.0, **options_from_config(cfg))   # the batched entry point too
+  batch = magnify_batch(jnp.asarray(v[None]), 100.0, **options_from_config(cfg))  # the batched entry point too
   np.testing.assert_allclose(np.asarray(batch)[0], got, atol=1e-6)
   legacy = {k: v for k, v in config_defaults.get_evm_config().to_dict().items() if k != "band_units"}
-  assert options_from_config(legacy)["band_units"] == "hz"        # an older config without the key
+  assert options_from_config(legacy)["band_units"] == "hz"  # an older config without the key
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(band_units="mit_rates", temporal_filter="butterworth"),
-     r"evm.band_units='mit_rates'.*evm.temporal_filter='butterworth'.*set evm.temporal_filter='iir'"),
+@pytest.mark.parametrize(
+  "kwargs,match",
+  [
+    (
+      dict(band_units="mit_rates", temporal_filter="butterworth"),
+      r"evm.band_units='mit_rates'.*evm.temporal_filter='butterworth'.*set evm.temporal_filter='iir'",
+    ),
     (dict(band_units="mit_rates", temporal_filter="ideal"), r"set evm.temporal_filter='iir'"),
     (dict(band_units="mit_rates", freq_band=(0.4, 0.1)), r"0 < r2 < r1 < 1, low first"),
     (dict(band_units="mit_rates", freq_band=(0.2, 0.2)), r"0 < r2 < r1 < 1"),
@@ -621,14 +645,15 @@ def test_mit_rates_grey_clip_and_config():
     (dict(band_units="mit_rates", freq_band=(0.1, 1.5)), r"0 < r2 < r1 < 1"),
     (dict(band_units="mit_rates", iir_rates=(0.4, 0.1)), r"iir_rates.*contradicts evm.band_units"),
     (dict(band_units="rates"), r"evm.band_units must be one of \('hz', 'mit_rates'\)"),
-])
+  ],
+)
 def test_mit_rates_bad_settings(kwargs, match):
   opts = dict(alpha=5.0, freq_band=(0.1, 0.4), temporal_filter="iir")
   opts.update(kwargs)
   with pytest.raises(ConfigError, match=match):
     magnify(jnp.full((8, 16, 16, 3), 0.5, jnp.float32), 200.0, **opts)
   cfg = dict(config_defaults.get_evm_config().to_dict(), **{k: v for k, v in opts.items() if k != "iir_rates"})
-  if "iir_rates" not in kwargs:                       # the same check from the config section
+  if "iir_rates" not in kwargs:  # the same check from the config section
     with pytest.raises(ConfigError, match=match):
       options_from_config(cfg)
 
@@ -636,11 +661,18 @@ def test_mit_rates_bad_settings(kwargs, match):
 def test_mit_compatible_keeps_negative_level_alphas():
   # 24x24, alpha 15, lambda_c 80: the MIT factor of band 1 is negative (-0.87); the default clips it at 0
   v = random_colour_clip(t=6, h=24, w=24, seed=42, amp=0.01)
-  opts = dict(alpha=15.0, lambda_c=80.0, chrom_attenuation=0.1, freq_band=(0.1, 0.4), band_units="mit_rates",
-              temporal_filter="iir")
+  opts = dict(
+    alpha=15.0,
+    lambda_c=80.0,
+    chrom_attenuation=0.1,
+    freq_band=(0.1, 0.4),
+    band_units="mit_rates",
+    temporal_filter="iir",
+  )
   mit = np.asarray(magnify(jnp.asarray(v), 200.0, mit_compatible=True, **opts))
-  np.testing.assert_allclose(mit, ref_mit_iir(v, alpha=15.0, lambda_c=80.0, r1=0.4, r2=0.1,
-                                              chrom_attenuation=0.1), rtol=0, atol=2e-5)
+  np.testing.assert_allclose(
+    mit, ref_mit_iir(v, alpha=15.0, lambda_c=80.0, r1=0.4, r2=0.1, chrom_attenuation=0.1), rtol=0, atol=2e-5
+  )
   clipped = np.asarray(magnify(jnp.asarray(v), 200.0, **opts))
   assert np.abs(clipped - mit).max() > 1e-3
 
@@ -655,7 +687,7 @@ def ref_apex_gain(reading, rise_s, fps, band=(0.1, 0.4)):
     y = ref_temporal(x, fps, band, "butterworth")
   elif reading == "hz_iir":
     y = ref_temporal(x, fps, band, "iir")
-  else:                                               # MIT: lowpass1 at r1 = band[1], lowpass2 at r2 = band[0]
+  else:  # MIT: lowpass1 at r1 = band[1], lowpass2 at r2 = band[0]
     l1 = l2 = x[0]
     for xt in x[1:]:
       l1, l2 = (1 - band[1]) * l1 + band[1] * xt, (1 - band[0]) * l2 + band[0] * xt
@@ -663,28 +695,35 @@ def ref_apex_gain(reading, rise_s, fps, band=(0.1, 0.4)):
   return y[-1]
 
 
-@pytest.mark.parametrize("reading,rise_s,fps,pinned", [
-    ("hz_butterworth", 0.07, 200.0, 0.062), ("hz_butterworth", 0.2, 100.0, 0.157),
+@pytest.mark.parametrize(
+  "reading,rise_s,fps,pinned",
+  [
+    ("hz_butterworth", 0.07, 200.0, 0.062),
+    ("hz_butterworth", 0.2, 100.0, 0.157),
     ("hz_iir", 0.1, 200.0, 0.090),
-    ("mit_rates", 0.07, 200.0, 0.414), ("mit_rates", 0.2, 200.0, 0.163), ("mit_rates", 0.1, 100.0, 0.467),
-])
+    ("mit_rates", 0.07, 200.0, 0.414),
+    ("mit_rates", 0.2, 200.0, 0.163),
+    ("mit_rates", 0.1, 100.0, 0.467),
+  ],
+)
 def test_apex_gain_table_values(reading, rise_s, fps, pinned):
   got = gains.apex_gain(reading, rise_s, fps)
   assert got == pytest.approx(ref_apex_gain(reading, rise_s, fps), abs=2e-6)
-  assert round(got, 3) == pinned                       # the value printed in docs/evm.md
+  assert round(got, 3) == pinned  # the value printed in docs/evm.md
   rows = {(r["fps"], r["rise_s"]): r for r in gains.apex_gain_table()}
   assert rows[(fps, rise_s)][reading] == got
 
 
 def test_mit_reading_depends_on_frames_hz_reading_on_seconds():
   # MIT rates: the same rise in frames gives the same gain at any fps; Hz: the same rise in seconds (nearly)
-  assert gains.apex_gain("mit_rates", 0.2, 100.0) == pytest.approx(gains.apex_gain("mit_rates", 0.1, 200.0),
-                                                                   abs=1e-6)
+  assert gains.apex_gain("mit_rates", 0.2, 100.0) == pytest.approx(gains.apex_gain("mit_rates", 0.1, 200.0), abs=1e-6)
   assert gains.apex_gain("hz_butterworth", 0.2, 100.0) == pytest.approx(
-      gains.apex_gain("hz_butterworth", 0.2, 200.0), abs=2e-3)
+    gains.apex_gain("hz_butterworth", 0.2, 200.0), abs=2e-3
+  )
   np.testing.assert_allclose(filters.iir_cutoffs_hz((0.1, 0.4), 200.0), [3.354, 16.26], atol=5e-3)
-  np.testing.assert_allclose(filters.iir_rates(filters.iir_cutoffs_hz((0.1, 0.4), 100.0), 100.0),
-                             [0.4, 0.1], rtol=1e-12)
+  np.testing.assert_allclose(
+    filters.iir_rates(filters.iir_cutoffs_hz((0.1, 0.4), 100.0), 100.0), [0.4, 0.1], rtol=1e-12
+  )
 
 
 def test_readme_butterworth_step_gains():

@@ -39,14 +39,23 @@ def test_duplicate_settings_run_once():
   # hz / mit-rates leave evm.order at its default: the same runs as the variants naming that order
   assert alias == {f"hz-{default}": "hz", f"mit-rates-{default}": "mit-rates"}
   assert [n for n, _ in run] == ["no-evm", "hz", "mit-rates"] + [
-      n for n in ("hz-paper", "hz-fast", "mit-rates-paper", "mit-rates-fast") if not n.endswith(default)]
+    n for n in ("hz-paper", "hz-fast", "mit-rates-paper", "mit-rates-fast") if not n.endswith(default)
+  ]
 
 
 def test_only_the_first_variant_pretrains_and_data_is_shared(tmp_path):
   wd = str(tmp_path)
   first = ea.command("py", "configs/synth_demo.py", wd, 3, "no-evm", {"evm.enabled": False}, None, [])
-  other = ea.command("py", "configs/synth_demo.py", wd, 3, "mit-rates",
-                     {"evm.band_units": "mit_rates", "evm.temporal_filter": "iir"}, "no-evm", ["--config.x=1"])
+  other = ea.command(
+    "py",
+    "configs/synth_demo.py",
+    wd,
+    3,
+    "mit-rates",
+    {"evm.band_units": "mit_rates", "evm.temporal_filter": "iir"},
+    "no-evm",
+    ["--config.x=1"],
+  )
   assert not any("pretrained_checkpoint" in a for a in first)
   assert f"--config.pretrained_checkpoint={os.path.join(wd, 'seed3', 'no-evm', 'pretrain')}" in other
   for cmd in (first, other):
@@ -57,15 +66,17 @@ def test_only_the_first_variant_pretrains_and_data_is_shared(tmp_path):
 
 
 def test_summary_mean_and_sample_std_over_seeds(tmp_path):
-  per_seed = {"a": {0: {"uf1": 0.5, "uar": 0.4, "accuracy": 0.6}, 1: {"uf1": 0.7, "uar": 0.6, "accuracy": 0.8},
-                    2: None},
-              "b": {0: {"uf1": 0.3, "uar": 0.3, "accuracy": 0.3}}}
+  per_seed = {
+    "a": {0: {"uf1": 0.5, "uar": 0.4, "accuracy": 0.6}, 1: {"uf1": 0.7, "uar": 0.6, "accuracy": 0.8}, 2: None},
+    "b": {0: {"uf1": 0.3, "uar": 0.3, "accuracy": 0.3}},
+  }
   s = ea.summarise(per_seed)
   assert s["a"]["uf1"][0] == pytest.approx(0.6) and s["a"]["uf1"][1] == pytest.approx(math.sqrt(0.02))
   assert s["a"]["uf1"][2] == 2
   assert s["b"]["uar"][2] == 1 and math.isnan(s["b"]["uar"][1])
-  md = ea.table_markdown(["a", "b", "c", "d"], s, {"c": "a"}, {"d": "field missing"},
-                         {"a": "A", "b": "B", "c": "C", "d": "D"}, per_seed)
+  md = ea.table_markdown(
+    ["a", "b", "c", "d"], s, {"c": "a"}, {"d": "field missing"}, {"a": "A", "b": "B", "c": "C", "d": "D"}, per_seed
+  )
   assert "| a | A | 0.6000 +- 0.1414 |" in md
   assert "| c | C (same settings as a: its runs) | 0.6000 +- 0.1414 |" in md
   assert "| d | skipped: field missing |" in md
@@ -89,8 +100,18 @@ def test_bad_arguments():
 
 
 def test_dry_run_plan_pretrains_once_per_seed(tmp_path, capsys):
-  assert ea.main([f"--workdir={tmp_path}", "--seeds=0,1", "--variants=no-evm,hz,mit-rates", "--dry-run",
-                  "--config.finetune.epochs=1"]) == 0
+  assert (
+    ea.main(
+      [
+        f"--workdir={tmp_path}",
+        "--seeds=0,1",
+        "--variants=no-evm,hz,mit-rates",
+        "--dry-run",
+        "--config.finetune.epochs=1",
+      ]
+    )
+    == 0
+  )
   cmds = [ln for ln in capsys.readouterr().out.splitlines() if "mer_jax.main" in ln]
   assert len(cmds) == 6
   for seed in (0, 1):

@@ -21,18 +21,18 @@ def write_numbered(folder: Path, values, grey=False, ext=".png", names=None):
   for i, v in enumerate(values):
     img = np.full((10, 12) if grey else (10, 12, 3), v, np.uint8)
     if not grey:
-      img[..., 0] = 7            # BGR: blue channel fixed, to check the RGB order
+      img[..., 0] = 7  # BGR: blue channel fixed, to check the RGB order
     name = names[i] if names else f"img{i + 1}{ext}"
     assert cv2.imwrite(str(folder / name), img)
 
 
 def test_folder_natural_order_and_rgb(tmp_path):
-  write_numbered(tmp_path / "clip", [10 * i for i in range(12)])          # img1 .. img12
+  write_numbered(tmp_path / "clip", [10 * i for i in range(12)])  # img1 .. img12
   (tmp_path / "clip" / "notes.txt").write_text("not a frame")
   frames, fps = video_io.read_clip(tmp_path / "clip")
   assert fps is None and frames.shape == (12, 10, 12, 3) and frames.dtype == np.float32
-  np.testing.assert_allclose(frames[:, 0, 0, 0], [10 * i / 255 for i in range(12)], atol=1e-6)   # R = G = v
-  np.testing.assert_allclose(frames[:, 0, 0, 2], 7 / 255, atol=1e-6)                               # B
+  np.testing.assert_allclose(frames[:, 0, 0, 0], [10 * i / 255 for i in range(12)], atol=1e-6)  # R = G = v
+  np.testing.assert_allclose(frames[:, 0, 0, 2], 7 / 255, atol=1e-6)  # B
   assert video_io.natural_key("img2.jpg") < video_io.natural_key("img10.jpg")
 
 
@@ -82,7 +82,7 @@ def test_write_read_round_trip_folder_and_video(tmp_path):
   video_io.write_clip(smooth, tmp_path / "clip.avi", 25)
   back, fps = video_io.read_clip(tmp_path / "clip.avi")
   assert back.shape == (6, 16, 24, 3) and fps == pytest.approx(25.0)
-  assert np.abs(back - smooth).mean() < 0.03                      # lossy (MJPG) but the same picture
+  assert np.abs(back - smooth).mean() < 0.03  # lossy (MJPG) but the same picture
 
 
 def test_strip_layout():
@@ -98,15 +98,31 @@ def test_cli_magnifies_folder_and_writes_strip(tmp_path, capsys):
   x = np.arange(32)[None, None, :, None]
   clip = (0.5 + 0.3 * np.cos(2 * np.pi * (x + 0.2 * np.sin(2 * np.pi * 2 * t / 16)) / 16)) * np.ones((1, 24, 1, 3))
   video_io.write_clip(clip.astype(np.float32), tmp_path / "in")
-  assert evm_cli.main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--fps", "16",
-                       "--band", "1.5,2.5", "--alpha", "10"]) == 0
+  assert (
+    evm_cli.main(
+      [
+        "--input",
+        str(tmp_path / "in"),
+        "--output",
+        str(tmp_path / "out"),
+        "--fps",
+        "16",
+        "--band",
+        "1.5,2.5",
+        "--alpha",
+        "10",
+      ]
+    )
+    == 0
+  )
   out, _ = video_io.read_clip(tmp_path / "out")
   src, _ = video_io.read_clip(tmp_path / "in")
   # The command's output is the library's magnification of the clip with the given fps, band and alpha and the
   # documented defaults (laplacian pyramid, ideal filter, lambda_c 16), written as 8-bit PNGs.
-  want = np.asarray(magnify(src, 16.0, alpha=10.0, freq_band=(1.5, 2.5), pyramid="laplacian", lambda_c=16.0,
-                            temporal_filter="ideal"))
-  assert np.abs(want - src).max() > 0.05                                   # a visible magnification
+  want = np.asarray(
+    magnify(src, 16.0, alpha=10.0, freq_band=(1.5, 2.5), pyramid="laplacian", lambda_c=16.0, temporal_filter="ideal")
+  )
+  assert np.abs(want - src).max() > 0.05  # a visible magnification
   np.testing.assert_allclose(out, np.clip(want, 0, 1), atol=0.5 / 255 + 1e-6)
   strip = cv2.imread(str(tmp_path / "out_strip.png"))[..., ::-1]
   np.testing.assert_allclose(strip, video_io.strip_image(src, want, num=4), atol=1)
@@ -120,7 +136,11 @@ def test_cli_magnifies_folder_and_writes_strip(tmp_path, capsys):
 
 
 def test_cli_bad_input_exits_2_without_traceback(tmp_path):
-  r = subprocess.run([sys.executable, "-m", "mer_jax.evm", "--input", str(tmp_path / "nope"), "--output",
-                      str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+  r = subprocess.run(
+    [sys.executable, "-m", "mer_jax.evm", "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o")],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert r.returncode == 2
   assert "error:" in r.stderr and "no such video file or frame folder" in r.stderr and "Traceback" not in r.stderr

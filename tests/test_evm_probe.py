@@ -18,7 +18,7 @@ def test_ridge_loso_equals_the_primal_ridge_fitted_by_sklearn():
     x = x_all[~test]
     mean, std = x.mean(0), x.std(0) + 1e-6
     xs = (x - mean) / std
-    alpha = 0.5 * np.sum(xs ** 2) / len(xs)
+    alpha = 0.5 * np.sum(xs**2) / len(xs)
     y = np.eye(3)[labels[~test]]
     model = Ridge(alpha=alpha, fit_intercept=False).fit(xs, y - y.mean(0))
     want = model.predict((x_all[test] - mean) / std).argmax(1)
@@ -30,5 +30,5 @@ def test_ridge_loso_reads_a_separable_signal():
   labels = np.tile(np.arange(3), 8)
   subjects = np.repeat(np.arange(8), 3).astype(str)
   images = rng.normal(scale=0.1, size=(24, 3, 3, 1))
-  images[np.arange(24), labels, 0, 0] += 1.0                 # one pixel per class
+  images[np.arange(24), labels, 0, 0] += 1.0  # one pixel per class
   assert (evm_probe.ridge_loso(images, labels, subjects, 3) == labels).all()

@@ -22,9 +22,9 @@ def test_gradcam_highlights_the_discriminative_patch(trained):
   _, model, variables = trained
   x, y, mask = fx.patch_images(np.random.default_rng(1), 12)
   cam, probs, cls = gradcam.gradcam(model, variables, x)
-  assert (probs.argmax(1) == y).mean() >= 0.9        # the tiny model did learn the task
+  assert (probs.argmax(1) == y).mean() >= 0.9  # the tiny model did learn the task
   np.testing.assert_array_equal(cls, probs.argmax(1))  # default target: the predicted class
-  assert cam.shape == x.shape[:3]                     # upsampled to the input's H x W
+  assert cam.shape == x.shape[:3]  # upsampled to the input's H x W
   assert cam.min() >= 0.0 and cam.max() <= 1.0 + 1e-6
   inside = np.array([cam[i][mask[i]].mean() for i in range(len(x))])
   outside = np.array([cam[i][~mask[i]].mean() for i in range(len(x))])
@@ -46,6 +46,7 @@ def test_gradcam_weights_are_gradients_of_the_class_logit(trained):
   # w.r.t. a uniform shift of feature channel k (d y / d A_k summed over positions / (h*w)).
   import jax
   import jax.numpy as jnp
+
   _, model, variables = trained
   x, _, _ = fx.patch_images(np.random.default_rng(2), 1)
   logits, feats = jax.jit(lambda v, x: model.apply(v, x, train=False, return_features=True))(variables, x)
@@ -53,7 +54,7 @@ def test_gradcam_weights_are_gradients_of_the_class_logit(trained):
   c = int(jnp.argmax(logits[0]))
   h, w = feats.shape[1:3]
   eps, k = 1e-2, feats.shape[-1]
-  shift = eps * jnp.eye(k)[:, None, None, :]                    # [K, 1, 1, K]: channel k shifted by eps
+  shift = eps * jnp.eye(k)[:, None, None, :]  # [K, 1, 1, K]: channel k shifted by eps
   up = gradcam.head_logits(model, variables, feats + shift)[:, c]
   dn = gradcam.head_logits(model, variables, feats - shift)[:, c]
   alpha_fd = np.asarray(up - dn) / (2 * eps) / (h * w)
@@ -69,6 +70,7 @@ def test_gradcam_cli_writes_figure8_columns(trained, tmp_path, capsys):
   spatial = fx.save_run(str(tmp_path / "runs" / "spatial"), cfg, variables, ["red", "blue"])
   none_cfg = fx.tiny_config(attention="none")
   from mer_jax.models import build_model
+
   none_vars = fx.init_variables(build_model(none_cfg.model), seed=1)
   plain = fx.save_run(str(tmp_path / "runs" / "none"), none_cfg, none_vars, ["red", "blue"])
   rng = np.random.default_rng(3)
@@ -79,10 +81,11 @@ def test_gradcam_cli_writes_figure8_columns(trained, tmp_path, capsys):
   assert gradcam.main(["--checkpoint", plain, spatial, "--input", str(clips), "--out", str(out)]) == 0
   summary = json.loads(capsys.readouterr().out.split("\nGrad-CAM overlays")[0])
   assert [c["title"] for c in summary["columns"]] == ["No attention", "Spatial attention"]
-  assert summary["columns"][1]["predictions"] == ["red", "blue"]   # the trained model gets both clips
+  assert summary["columns"][1]["predictions"] == ["red", "blue"]  # the trained model gets both clips
   import matplotlib.image
+
   grid = matplotlib.image.imread(summary["files"]["grid"])
-  assert grid.shape[1] > grid.shape[0]           # 3 columns (input + 2 variants) x 2 rows
+  assert grid.shape[1] > grid.shape[0]  # 3 columns (input + 2 variants) x 2 rows
   assert os.path.exists(summary["files"]["input_0"]) and os.path.exists(summary["files"]["input_1"])
   maps = np.load(summary["files"]["npz"])
   assert maps["cam_0"].shape == (2, fx.SIZE, fx.SIZE) and maps["cam_1"].min() >= 0

@@ -20,13 +20,23 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Tiny sizes: 3 CASME II subjects (3 LOSO folds), 16x16 inputs, a 1-layer-per-block network, 1 pretraining epoch.
 OVERRIDES = [
-    "--config.data.micro=('casme2',)", "--config.data.macro=('ck',)", "--config.image_size=16",
-    "--config.model.block_layers=(1,1)", "--config.model.stem_features=4", "--config.model.growth_rate=4",
-    "--config.model.head_pool=2", "--config.model.reduction=2",
-    "--config.pretrain.epochs=1", "--config.pretrain.batch_size=4",
-    "--config.finetune.epochs=3", "--config.finetune.batch_size=4", "--config.finetune.early_stopping_patience=1",
-    "--config.finetune.parallel_folds=0", "--config.checkpoint_async=False", "--config.bootstrap_samples=20",
-    "--config.log_every_steps=0",
+  "--config.data.micro=('casme2',)",
+  "--config.data.macro=('ck',)",
+  "--config.image_size=16",
+  "--config.model.block_layers=(1,1)",
+  "--config.model.stem_features=4",
+  "--config.model.growth_rate=4",
+  "--config.model.head_pool=2",
+  "--config.model.reduction=2",
+  "--config.pretrain.epochs=1",
+  "--config.pretrain.batch_size=4",
+  "--config.finetune.epochs=3",
+  "--config.finetune.batch_size=4",
+  "--config.finetune.early_stopping_patience=1",
+  "--config.finetune.parallel_folds=0",
+  "--config.checkpoint_async=False",
+  "--config.bootstrap_samples=20",
+  "--config.log_every_steps=0",
 ]
 
 
@@ -34,14 +44,17 @@ OVERRIDES = [
 def finished(tmp_path_factory):
   """One leakage experiment on tiny SynthME data (shared by the end-to-end tests)."""
   root = tmp_path_factory.mktemp("leak_data")
-  micro = synth.generate("casme2", str(root / "casme2"), seed=3, subjects=3, clips_per_subject=5, clip_frames=40,
-                         frame_size=64)
+  micro = synth.generate(
+    "casme2", str(root / "casme2"), seed=3, subjects=3, clips_per_subject=5, clip_frames=40, frame_size=64
+  )
   macro = synth.generate("ck", str(root / "ck"), seed=3, subjects=3, frame_size=64)
-  data = [f"--config.data.roots.casme2={micro}", f"--config.data.roots.ck={macro}",
-          f"--config.data.cache_dir={root / 'tfds'}"]
+  data = [
+    f"--config.data.roots.casme2={micro}",
+    f"--config.data.roots.ck={macro}",
+    f"--config.data.cache_dir={root / 'tfds'}",
+  ]
   wd = str(tmp_path_factory.mktemp("leak") / "exp")
-  rc = leakage.main(["--workdir", wd, "--config=configs/synth_demo.py", "--bootstrap-samples=200",
-                     *data, *OVERRIDES])
+  rc = leakage.main(["--workdir", wd, "--config=configs/synth_demo.py", "--bootstrap-samples=200", *data, *OVERRIDES])
   assert rc == 0
   return wd
 
@@ -59,7 +72,8 @@ def test_three_runs_from_one_pretraining(finished):
   for v in ("test-subject", "last-epoch"):
     assert not os.path.exists(os.path.join(wd, v, "pretrain"))
     assert _json(os.path.join(wd, v, "config.json"))["pretrained_checkpoint"] == os.path.join(
-        wd, "validation", "pretrain")
+      wd, "validation", "pretrain"
+    )
   assert runs["validation"]["model_selection"] == "validation split of the training subjects only"
   assert runs["test-subject"]["test_fold_early_stopping"] is True
   assert runs["last-epoch"]["model_selection"].startswith("none: the last epoch's weights")
@@ -70,8 +84,11 @@ def test_three_runs_from_one_pretraining(finished):
     assert f["model_selection"] == "test_fold" and f["n_val"] == f["n"]
   # Same pretrained weights, seeds and split: where the default run kept its last epoch, the last-epoch run
   # made exactly the same predictions (the in-memory pretraining equals the reloaded checkpoint).
-  same = [(a, b) for a, b in zip(runs["validation"]["folds"], runs["last-epoch"]["folds"])
-          if a["best_epoch"] == a["epochs_trained"] - 1 == 2]
+  same = [
+    (a, b)
+    for a, b in zip(runs["validation"]["folds"], runs["last-epoch"]["folds"])
+    if a["best_epoch"] == a["epochs_trained"] - 1 == 2
+  ]
   for a, b in same:
     np.testing.assert_allclose(a["probs"], b["probs"], atol=1e-5)
 
@@ -86,21 +103,24 @@ def test_leakage_report_matches_the_runs(finished):
       assert out["scores"][v]["Mixed"][m] == pytest.approx(r["aggregate"]["Mixed"][m])
   infl = next(d for d in out["differences"] if d["comparison"].startswith("inflation"))
   assert (infl["a"], infl["b"]) == ("test-subject", "validation")
-  assert infl["uf1"]["diff"] == pytest.approx(runs["test-subject"]["aggregate"]["Mixed"]["uf1"]
-                                              - runs["validation"]["aggregate"]["Mixed"]["uf1"])
+  assert infl["uf1"]["diff"] == pytest.approx(
+    runs["test-subject"]["aggregate"]["Mixed"]["uf1"] - runs["validation"]["aggregate"]["Mixed"]["uf1"]
+  )
   md = open(os.path.join(wd, "leakage.md")).read()
   assert "| Selection on the held-out subject (leaky) |" in md and "## Per-fold results" in md
   for f in out["folds"]:
     assert f"| {f['subject']} | {f['n']} |" in md
   # A second call reuses the finished runs (nothing retrained) and rewrites the same numbers.
-  assert leakage.main(["--workdir", wd, "--config=configs/synth_demo.py", "--assemble-only",
-                       "--bootstrap-samples=200"]) == 0
+  assert (
+    leakage.main(["--workdir", wd, "--config=configs/synth_demo.py", "--assemble-only", "--bootstrap-samples=200"]) == 0
+  )
   assert _json(os.path.join(wd, "leakage.json"))["differences"] == out["differences"]
 
 
 # ---------------------------------------------------------------------------------------------
 # Fast checks: the commands, the analysis on fabricated runs, the last-epoch switch in the loop
 # ---------------------------------------------------------------------------------------------
+
 
 def test_plan_shares_the_default_pretraining_unless_told_otherwise():
   cmds = dict(leakage.plan("py", "configs/cde.py", "w", ["--config.finetune.epochs=2"]))
@@ -118,11 +138,26 @@ def test_plan_shares_the_default_pretraining_unless_told_otherwise():
 def _fake_run(preds, subjects, truth, sources=None):
   folds = []
   for s, (t, p) in zip(subjects, zip(truth, preds)):
-    folds.append({"subject": s, "n": len(t), "clip_ids": [f"{s}_{i}" for i in range(len(t))],
-                  "clip_sources": (sources or {}).get(s, ["casme2"] * len(t)), "y_true": t, "y_pred": p,
-                  "accuracy": float(np.mean(np.asarray(t) == np.asarray(p))), "best_epoch": 1, "epochs_trained": 2})
-  return {"class_names": ["negative", "positive", "surprise"], "sources": ["casme2"], "folds": folds,
-          "git_commit": "g", "seed": 0}
+    folds.append(
+      {
+        "subject": s,
+        "n": len(t),
+        "clip_ids": [f"{s}_{i}" for i in range(len(t))],
+        "clip_sources": (sources or {}).get(s, ["casme2"] * len(t)),
+        "y_true": t,
+        "y_pred": p,
+        "accuracy": float(np.mean(np.asarray(t) == np.asarray(p))),
+        "best_epoch": 1,
+        "epochs_trained": 2,
+      }
+    )
+  return {
+    "class_names": ["negative", "positive", "surprise"],
+    "sources": ["casme2"],
+    "folds": folds,
+    "git_commit": "g",
+    "seed": 0,
+  }
 
 
 def test_analyse_pairs_subjects_and_scores_pooled():
@@ -138,8 +173,9 @@ def test_analyse_pairs_subjects_and_scores_pooled():
     assert out["scores"][v]["Mixed"]["uf1"] == pytest.approx(metrics.compute(yt, np.concatenate(p), 3)["uf1"])
   d = out["differences"][0]
   assert d["comparison"].startswith("inflation") and d["groups"] == 8
-  assert d["uar"]["diff"] == pytest.approx(out["scores"]["test-subject"]["Mixed"]["uar"]
-                                           - out["scores"]["validation"]["Mixed"]["uar"])
+  assert d["uar"]["diff"] == pytest.approx(
+    out["scores"]["test-subject"]["Mixed"]["uar"] - out["scores"]["validation"]["Mixed"]["uar"]
+  )
   assert [f["subject"] for f in out["folds"]] == subjects
   assert out["folds"][1]["test-subject"]["correct"] == len(truth[1])
   # Runs over other clips cannot be paired.
@@ -155,8 +191,9 @@ def test_select_best_false_keeps_the_last_epoch_and_never_stops_early():
   ds = train_data.fabricate(subject_sizes=(6, 6, 6))
   model = build_model(config.model)
   init = jax.device_get(jit_init(model, jax.random.PRNGKey(0), train_data.SIZE, 3))
-  run = loop.RunData(name="r", train_x=ds.images[:12], train_y=ds.labels[:12], val_x=ds.images[12:],
-                     val_y=ds.labels[12:], seed=0)
+  run = loop.RunData(
+    name="r", train_x=ds.images[:12], train_y=ds.labels[:12], val_x=ds.images[12:], val_y=ds.labels[12:], seed=0
+  )
   ft.select_best = False
   res = loop.fit(model_apply(model), init, run, ft, num_classes=3, progress=False)
   assert (res.epochs_trained, res.best_epoch) == (4, 3)
@@ -164,8 +201,11 @@ def test_select_best_false_keeps_the_last_epoch_and_never_stops_early():
   many = loop.fit_many(model_apply(model), [init, init], [run, run], ft, num_classes=3, progress=False)
   assert [(r.epochs_trained, r.best_epoch) for r in many] == [(4, 3), (4, 3)]
   apply_fn = model_apply(model)
-  np.testing.assert_allclose(loop.predict_probs(apply_fn, many[0].variables, run.val_x, 4),
-                             loop.predict_probs(apply_fn, res.variables, run.val_x, 4), atol=1e-5)
+  np.testing.assert_allclose(
+    loop.predict_probs(apply_fn, many[0].variables, run.val_x, 4),
+    loop.predict_probs(apply_fn, res.variables, run.val_x, 4),
+    atol=1e-5,
+  )
   # The default (select_best=True) stops early on this run and keeps its best epoch.
   ft.select_best = True
   best = loop.fit(apply_fn, init, run, ft, num_classes=3, progress=False)

@@ -63,10 +63,18 @@ def make_runs(names=("fold_a", "fold_b"), sizes=(12, 8), run_dirs=None):
   ds = train_data.fabricate(subject_sizes=(8, 8, 8))
   runs = []
   for i, (name, n) in enumerate(zip(names, sizes)):
-    runs.append(loop.RunData(
-        name=name, train_x=ds.images[:n].copy(), train_y=ds.labels[:n].copy(), val_x=ds.images[16:].copy(),
-        val_y=ds.labels[16:].copy(), seed=3 + i, run_dir=run_dirs[i] if run_dirs else None,
-        metadata={"kind": "finetune", "fingerprint": "fp", "config": {"name": "tiny", "seed": 0}}))
+    runs.append(
+      loop.RunData(
+        name=name,
+        train_x=ds.images[:n].copy(),
+        train_y=ds.labels[:n].copy(),
+        val_x=ds.images[16:].copy(),
+        val_y=ds.labels[16:].copy(),
+        seed=3 + i,
+        run_dir=run_dirs[i] if run_dirs else None,
+        metadata={"kind": "finetune", "fingerprint": "fp", "config": {"name": "tiny", "seed": 0}},
+      )
+    )
   return runs
 
 
@@ -106,6 +114,7 @@ def test_a_resumed_run_continues_the_tensorboard_steps(tiny, tmp_path, mode):
   def crash(epoch):
     if epoch == 0:
       raise Crash()
+
   writer = metric_writers.create_default_writer(logdir, asynchronous=False)
   with pytest.raises(Crash):
     train(tiny, mode, runs, writer=writer, log_every_steps=1, progress=False, on_epoch_end=crash, **kw)
@@ -123,8 +132,14 @@ def test_a_resumed_run_continues_the_tensorboard_steps(tiny, tmp_path, mode):
   assert per_step == list(range(1, len(per_step) + 1)), per_step
   # the largest fold is active in every step of the group
   config = tiny[0]
-  n_a = len(loop.epoch_plan(runs[0].train_y, int(config.finetune.batch_size), loop.epoch_rng(runs[0].seed, 0),
-                            bool(config.finetune.balanced_sampling)))
+  n_a = len(
+    loop.epoch_plan(
+      runs[0].train_y,
+      int(config.finetune.batch_size),
+      loop.epoch_rng(runs[0].seed, 0),
+      bool(config.finetune.balanced_sampling),
+    )
+  )
   assert sorted(steps[f"{names[0]}/step_train_loss"]) == list(range(1, 3 * n_a + 1))
   for n in names:
     for what in ("train_loss", "val_loss", "val_accuracy", "lr"):
@@ -155,6 +170,7 @@ def test_one_epoch_makes_no_implicit_transfer(tiny, tmp_path, mode, capsys, monk
       guard.enter_context(jax.transfer_guard("disallow"))
       on.append(True)
     return real_plan(*a, **k)
+
   monkeypatch.setattr(loop, "epoch_plan", plan)
   guarded = []
 
@@ -162,6 +178,7 @@ def test_one_epoch_makes_no_implicit_transfer(tiny, tmp_path, mode, capsys, monk
     guarded.append(bool(on))
     guard.close()
     on.clear()
+
   kw = dict(num_classes=3, writer=rec, log_every_steps=1, checkpoint_async=False, on_epoch_end=end)
   with guard:
     if mode == "single":
@@ -175,11 +192,15 @@ def test_one_epoch_makes_no_implicit_transfer(tiny, tmp_path, mode, capsys, monk
   assert {"fold_a/step_train_loss", "fold_a/val_accuracy", "steps_per_sec", "uptime"} <= written, written
   out = capsys.readouterr().out
   if mode == "single":
-    pattern = (r"\[fold_a\] epoch 1/1 loss \d\.\d{4} val_loss \d\.\d{4} val_acc \d\.\d{3} lr 0\.01 \* \| "
-               r"[\d.e+]+ steps/s, 0:00:\d\d elapsed, ETA <= 0:00:00\n")
+    pattern = (
+      r"\[fold_a\] epoch 1/1 loss \d\.\d{4} val_loss \d\.\d{4} val_acc \d\.\d{3} lr 0\.01 \* \| "
+      r"[\d.e+]+ steps/s, 0:00:\d\d elapsed, ETA <= 0:00:00\n"
+    )
   else:
-    pattern = (r"\[fold_a\.\.fold_b \(2 vmapped\)\] epoch 1/1 active 2/2 val_acc \[\d\.\d\d \d\.\d\d\] \| "
-               r"[\d.e+]+ steps/s, 0:00:\d\d elapsed, ETA <= 0:00:00\n")
+    pattern = (
+      r"\[fold_a\.\.fold_b \(2 vmapped\)\] epoch 1/1 active 2/2 val_acc \[\d\.\d\d \d\.\d\d\] \| "
+      r"[\d.e+]+ steps/s, 0:00:\d\d elapsed, ETA <= 0:00:00\n"
+    )
   assert re.fullmatch(pattern, out), out
 
 
@@ -191,18 +212,22 @@ def test_another_fold_grouping_is_logged_before_its_latest_is_deleted(tiny, tmp_
   loop.fit_many(model_apply(model), [v0, v0], make_runs(), cfg, num_classes=3, group_dir=group, progress=False)
   assert ckpt.latest_epoch(group, "latest") == 1
   with caplog.at_level(logging.WARNING):
-    res = loop.fit_many(model_apply(model), [v0, v0], make_runs(("fold_a", "fold_c")), cfg, num_classes=3,
-                        group_dir=group, progress=False)
+    res = loop.fit_many(
+      model_apply(model), [v0, v0], make_runs(("fold_a", "fold_c")), cfg, num_classes=3, group_dir=group, progress=False
+    )
   assert res[0].resumed_from_epoch == 0
   text = caplog.text
-  assert f"{os.path.join(group, 'latest')} holds the vmapped group ['fold_a', 'fold_b'], not ['fold_a', 'fold_c']" \
-      in text and "deleting it" in text, text
+  assert (
+    f"{os.path.join(group, 'latest')} holds the vmapped group ['fold_a', 'fold_b'], not ['fold_a', 'fold_c']" in text
+    and "deleting it" in text
+  ), text
   assert ckpt.read_metadata(group, "latest")["runs"] == ["fold_a", "fold_c"]
 
 
 def test_only_the_primary_process_writes_tensorboard_files(tmp_path, monkeypatch):
   from mer_jax import main
   from mer_jax.train import distributed
+
   for primary, name in ((True, "p0"), (False, "p1")):
     monkeypatch.setattr(distributed, "is_primary", lambda p=primary: p)
     writer = main._make_writer(str(tmp_path / name))
@@ -213,8 +238,9 @@ def test_only_the_primary_process_writes_tensorboard_files(tmp_path, monkeypatch
 
 
 def _unraisable(exc: BaseException):
-  return types.SimpleNamespace(exc_type=type(exc), exc_value=exc, exc_traceback=exc.__traceback__,
-                               err_msg=None, object=None)
+  return types.SimpleNamespace(
+    exc_type=type(exc), exc_value=exc, exc_traceback=exc.__traceback__, err_msg=None, object=None
+  )
 
 
 def test_a_failed_restore_leaves_stderr_alone_and_filters_only_closed_loop_callbacks(tmp_path, monkeypatch):
@@ -230,8 +256,10 @@ def test_a_failed_restore_leaves_stderr_alone_and_filters_only_closed_loop_callb
     def restore(*_a, **_k):
       seen.append((sys.stderr, sys.unraisablehook))
       raise ValueError("unreadable")
+
     mngr.restore = restore
     return mngr
+
   monkeypatch.setattr(ckpt, "_manager", manager)
   passed = []
   monkeypatch.setattr(sys, "unraisablehook", lambda u: passed.append(u.exc_value))
@@ -241,7 +269,7 @@ def test_a_failed_restore_leaves_stderr_alone_and_filters_only_closed_loop_callb
       ckpt.restore(str(tmp_path), "latest")
   assert [s for s, _ in seen] == [stderr, stderr] and sys.stderr is stderr
   hook = sys.unraisablehook
-  assert [h for _, h in seen] == [hook, hook]          # installed once, never swapped back and forth
+  assert [h for _, h in seen] == [hook, hook]  # installed once, never swapped back and forth
 
   closed = asyncio.new_event_loop()
   closed.close()
@@ -250,7 +278,7 @@ def test_a_failed_restore_leaves_stderr_alone_and_filters_only_closed_loop_callb
   except RuntimeError as e:
     asyncio_error = e
   assert "Event loop is closed" in str(asyncio_error)
-  other = RuntimeError("Event loop is closed")          # same text, not raised by asyncio
+  other = RuntimeError("Event loop is closed")  # same text, not raised by asyncio
   hook(_unraisable(asyncio_error))
   hook(_unraisable(ValueError("x")))
   hook(_unraisable(other))

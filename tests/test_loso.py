@@ -25,13 +25,14 @@ def setup():
   config = train_data.tiny_config(epochs=3)
   ds = train_data.fabricate(subject_sizes=(5, 7, 6, 4))
   model = build_model(config.model)
-  init = (lambda r: jit_init(model, r, train_data.SIZE, 3))
+  init = lambda r: jit_init(model, r, train_data.SIZE, 3)
   inits = {}
 
   def init_fn(i):
     if i not in inits:
       inits[i] = jax.device_get(init(jax.random.PRNGKey(100 + i)))
     return inits[i]
+
   return config, ds, model, init_fn
 
 
@@ -42,8 +43,9 @@ def _run(setup, workdir, **overrides):
   for k, v in overrides.items():
     *section, key = k.split(".")
     (config[section[0]] if section else config)[key] = v
-  return loso.run_loso(config, ds, str(workdir), apply_fn=model_apply(model), init_fn=init_fn, progress=False,
-                       on_epoch_end=hook)
+  return loso.run_loso(
+    config, ds, str(workdir), apply_fn=model_apply(model), init_fn=init_fn, progress=False, on_epoch_end=hook
+  )
 
 
 @pytest.fixture(scope="module")
@@ -106,14 +108,15 @@ def test_resume_skips_finished_folds_and_reproduces(setup, reference, tmp_path, 
   def spy(*args, **kwargs):
     trained.append(args[2].name)
     return real_fit(*args, **kwargs)
+
   monkeypatch.setattr(loop, "fit", spy)
   records = _run(setup, tmp_path)
-  assert trained == [f"fold{r['fold_id']}" for r in ref[1:]]   # fold 0 not retrained
+  assert trained == [f"fold{r['fold_id']}" for r in ref[1:]]  # fold 0 not retrained
   assert os.path.getmtime(os.path.join(folds, ref[0]["fold_id"] + ".json")) == mtime
-  assert records[1]["resumed_from_epoch"] == 2                  # continued after its epoch index 1
+  assert records[1]["resumed_from_epoch"] == 2  # continued after its epoch index 1
   for a, b in zip(records, ref):
     assert a["y_pred"] == b["y_pred"]
-    assert a["probs"] == b["probs"]                             # bit-identical
+    assert a["probs"] == b["probs"]  # bit-identical
     assert (a["best_epoch"], a["epochs_trained"]) == (b["best_epoch"], b["epochs_trained"])
 
 
@@ -139,10 +142,11 @@ def test_vmapped_group_resumes_after_a_crash(setup, reference, tmp_path):
   def crash(group, epoch):
     if epoch == 1:
       raise Crash()
+
   with pytest.raises(Crash):
     _run(setup, tmp_path, on_epoch_end=crash, **{"finetune.parallel_folds": 2})
   records = _run(setup, tmp_path, **{"finetune.parallel_folds": 2})
-  assert [r["resumed_from_epoch"] for r in records] == [2, 2, 0, 0]   # first group continued, second fresh
+  assert [r["resumed_from_epoch"] for r in records] == [2, 2, 0, 0]  # first group continued, second fresh
   for a, b in zip(records, ref):
     assert a["y_pred"] == b["y_pred"]
     np.testing.assert_allclose(a["probs"], b["probs"], atol=1e-5)
@@ -156,6 +160,7 @@ def test_leakage_guard_model_selection_never_sees_held_out_subject(setup, tmp_pa
   def spy(apply_fn, init_vars, run, *args, **kwargs):
     seen.append(run)
     return real_fit(apply_fn, init_vars, run, *args, **kwargs)
+
   monkeypatch.setattr(loop, "fit", spy)
   records = _run(setup, tmp_path, **{"finetune.epochs": 1})
   assert len(seen) == len(records) == 4
@@ -172,21 +177,29 @@ def test_leakage_guard_rejects_a_leaky_split(setup):
   _, ds, _, _ = setup
   split = loso.split_fold(ds, "casme2/s01", 0.2, seed=0)
   loso.check_no_leakage(ds, split)
-  leaky = loso.FoldSplit(split.subject, split.train_idx, np.concatenate([split.val_idx, split.test_idx[:1]]),
-                         split.test_idx, loso.VALIDATION)
+  leaky = loso.FoldSplit(
+    split.subject, split.train_idx, np.concatenate([split.val_idx, split.test_idx[:1]]), split.test_idx, loso.VALIDATION
+  )
   with pytest.raises(loso.LeakageError, match="'casme2/s01': held-out clips in the model-selection"):
     loso.check_no_leakage(ds, leaky)
-  leaky = loso.FoldSplit(split.subject, np.concatenate([split.train_idx, split.test_idx[:1]]), split.val_idx,
-                         split.test_idx, loso.VALIDATION)
+  leaky = loso.FoldSplit(
+    split.subject, np.concatenate([split.train_idx, split.test_idx[:1]]), split.val_idx, split.test_idx, loso.VALIDATION
+  )
   with pytest.raises(loso.LeakageError, match="'casme2/s01': held-out clips in the training"):
     loso.check_no_leakage(ds, leaky)
 
 
 def _with_duplicate_row(ds, i: int):
   """ds with row i appended again at index len(ds) (same subject, clip id and image)."""
-  cat = lambda a: np.concatenate([a, a[i:i + 1]])  # noqa: E731
-  return dataclasses.replace(ds, images=cat(ds.images), labels=cat(ds.labels), subjects=cat(ds.subjects),
-                             sources=cat(ds.sources), clip_ids=cat(ds.clip_ids))
+  cat = lambda a: np.concatenate([a, a[i : i + 1]])  # noqa: E731
+  return dataclasses.replace(
+    ds,
+    images=cat(ds.images),
+    labels=cat(ds.labels),
+    subjects=cat(ds.subjects),
+    sources=cat(ds.sources),
+    clip_ids=cat(ds.clip_ids),
+  )
 
 
 @pytest.mark.parametrize("where", ["training", "model-selection"])
@@ -197,9 +210,9 @@ def test_leakage_guard_catches_the_held_out_subject_by_name(setup, how, where):
   split = loso.split_fold(ds, "casme2/s01", 0.2, seed=0)
   held = split.test_idx
   assert held.size == 7
-  if how == "another clip of the subject":      # test_idx misses one clip of the subject; that clip leaks
+  if how == "another clip of the subject":  # test_idx misses one clip of the subject; that clip leaks
     leaked, test_idx = held[:1], held[1:]
-  else:                                         # the same clip twice in the data: the copy leaks
+  else:  # the same clip twice in the data: the copy leaks
     ds, leaked, test_idx = _with_duplicate_row(ds, int(held[0])), np.array([len(ds)]), held
     assert ds.clip_ids[leaked[0]] == ds.clip_ids[held[0]]
   assert not np.intersect1d(leaked, test_idx).size and ds.subjects[leaked[0]] == "casme2/s01"
@@ -211,7 +224,7 @@ def test_leakage_guard_catches_the_held_out_subject_by_name(setup, how, where):
   leaky = loso.FoldSplit(split.subject, train_idx, val_idx, test_idx, loso.VALIDATION)
   with pytest.raises(loso.LeakageError, match=f"fold 'casme2/s01': held-out clips in the {where}"):
     loso.check_no_leakage(ds, leaky)
-  if where == "model-selection":     # selecting on the held-out subject is allowed only when labelled as such
+  if where == "model-selection":  # selecting on the held-out subject is allowed only when labelled as such
     loso.check_no_leakage(ds, loso.FoldSplit(split.subject, train_idx, val_idx, test_idx, loso.TEST_FOLD))
 
 
@@ -235,8 +248,9 @@ def test_test_fold_early_stopping_runs_are_labelled_in_reports(setup, tmp_path):
     assert json.load(f)["test_fold_early_stopping"] is True
 
 
-@pytest.mark.parametrize("override", [{"finetune.learning_rate": 0.5},
-                                      {"pretrained_checkpoint": "/elsewhere/pretrain"}])
+@pytest.mark.parametrize(
+  "override", [{"finetune.learning_rate": 0.5}, {"pretrained_checkpoint": "/elsewhere/pretrain"}]
+)
 def test_changed_config_refuses_to_mix_folds(setup, reference, override):
   """Folds trained with other settings, or started from other pretrained weights, are never pooled."""
   wd, _ = reference
@@ -285,13 +299,19 @@ _FOUR_DEVICES = textwrap.dedent("""
 
 def test_four_devices_equal_one():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-c", _FOUR_DEVICES, os.path.join(REPO, "tests")], env=env,
-                        capture_output=True, text=True, timeout=600, cwd=REPO)
+  proc = subprocess.run(
+    [sys.executable, "-c", _FOUR_DEVICES, os.path.join(REPO, "tests")],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    cwd=REPO,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")][0]
-  out = json.loads(line[len("RESULT"):])
+  out = json.loads(line[len("RESULT") :])
   assert out["devices"] == [1, 4]
-  assert out["bn_diff"] < 1e-6, out["bn_diff"]          # global batch statistics, as on one device
+  assert out["bn_diff"] < 1e-6, out["bn_diff"]  # global batch statistics, as on one device
   assert abs(out["loss"][0] - out["loss"][1]) < 1e-6
   for (p1, q1, b1), (p4, q4, b4) in zip(out["1"], out["4"]):
     assert p1 == p4 and b1 == b4

@@ -10,26 +10,23 @@ N, P, S, X = "negative", "positive", "surprise", None
 
 # Table 2 (Section 4.1.1), one row per own label; X = excluded.
 TABLE2 = {
-    "ck": {"anger": N, "contempt": N, "disgust": N, "fear": N, "sadness": N, "happy": P,
-           "surprise": S, "neutral": X},
-    "rafdb": {"fear": N, "disgust": N, "sadness": N, "anger": N, "happiness": P, "surprise": S,
-              "neutral": X},
-    "fer2013": {"angry": N, "fear": N, "disgust": N, "sad": N, "happy": P, "surprise": S,
-                "neutral": X},
-    "casme2": {"disgust": N, "repression": N, "happiness": P, "surprise": S, "others": X,
-               "fear": X, "sadness": X},
-    "samm": {"anger": N, "fear": N, "disgust": N, "contempt": N, "happiness": P, "surprise": S,
-             "other": X, "sadness": X},
-    "smic": {"negative": N, "positive": P, "surprise": S},
+  "ck": {"anger": N, "contempt": N, "disgust": N, "fear": N, "sadness": N, "happy": P, "surprise": S, "neutral": X},
+  "rafdb": {"fear": N, "disgust": N, "sadness": N, "anger": N, "happiness": P, "surprise": S, "neutral": X},
+  "fer2013": {"angry": N, "fear": N, "disgust": N, "sad": N, "happy": P, "surprise": S, "neutral": X},
+  "casme2": {"disgust": N, "repression": N, "happiness": P, "surprise": S, "others": X, "fear": X, "sadness": X},
+  "samm": {"anger": N, "fear": N, "disgust": N, "contempt": N, "happiness": P, "surprise": S, "other": X, "sadness": X},
+  "smic": {"negative": N, "positive": P, "surprise": S},
 }
 
 FIVE = {
-    "casme2": (("disgust", "happiness", "repression", "surprise", "others"),
-               {"disgust": 0, "happiness": 1, "repression": 2, "surprise": 3, "others": 4,
-                "fear": X, "sadness": X}),
-    "samm": (("anger", "contempt", "happiness", "surprise", "others"),
-             {"anger": 0, "contempt": 1, "happiness": 2, "surprise": 3, "other": 4,
-              "disgust": X, "fear": X, "sadness": X}),
+  "casme2": (
+    ("disgust", "happiness", "repression", "surprise", "others"),
+    {"disgust": 0, "happiness": 1, "repression": 2, "surprise": 3, "others": 4, "fear": X, "sadness": X},
+  ),
+  "samm": (
+    ("anger", "contempt", "happiness", "surprise", "others"),
+    {"anger": 0, "contempt": 1, "happiness": 2, "surprise": 3, "other": 4, "disgust": X, "fear": X, "sadness": X},
+  ),
 }
 
 
@@ -48,17 +45,24 @@ def test_megc2019_differs_only_in_samm_sadness(dataset):
   for label, want in TABLE2[dataset].items():
     got = mappings.map_label(dataset, label, "3class", "megc2019")
     if (dataset, label) == ("samm", "sadness"):
-      assert got == 0   # MEGC 2019 CDE: SAMM negative = anger, contempt, disgust, fear, sadness
+      assert got == 0  # MEGC 2019 CDE: SAMM negative = anger, contempt, disgust, fear, sadness
     else:
       assert (None if got is None else (N, P, S)[got]) == want, (dataset, label)
 
 
 def test_real_sample_counts():
   # Published label counts -> the class sizes the protocols are known for.
-  samm = {"anger": 57, "contempt": 12, "disgust": 9, "fear": 8, "sadness": 6, "happiness": 26,
-          "surprise": 15, "other": 26}
-  casme2 = {"happiness": 32, "disgust": 63, "repression": 27, "surprise": 25, "others": 99,
-            "fear": 2, "sadness": 7}
+  samm = {
+    "anger": 57,
+    "contempt": 12,
+    "disgust": 9,
+    "fear": 8,
+    "sadness": 6,
+    "happiness": 26,
+    "surprise": 15,
+    "other": 26,
+  }
+  casme2 = {"happiness": 32, "disgust": 63, "repression": 27, "surprise": 25, "others": 99, "fear": 2, "sadness": 7}
 
   def count(ds, counts, task, protocol):
     out = {}
@@ -68,7 +72,7 @@ def test_real_sample_counts():
         out[i] = out.get(i, 0) + n
     return [out.get(i, 0) for i in range(len(mappings.class_names(task, ds, protocol)))]
 
-  assert count("samm", samm, "3class", "megc2019") == [92, 26, 15]   # MEGC 2019 CDE
+  assert count("samm", samm, "3class", "megc2019") == [92, 26, 15]  # MEGC 2019 CDE
   assert count("samm", samm, "3class", "paper") == [86, 26, 15]
   assert sum(count("samm", samm, "5class", "paper")) == 136
   assert sum(count("casme2", casme2, "5class", "paper")) == 246
@@ -112,9 +116,11 @@ CK_DOC = {0: "neutral", 1: "anger", 2: "contempt", 3: "disgust", 4: "fear", 5: "
 RAFDB_DOC = {1: "surprise", 2: "fear", 3: "disgust", 4: "happiness", 5: "sadness", 6: "anger", 7: "neutral"}
 FER2013_DOC = {0: "angry", 1: "disgust", 2: "fear", 3: "happy", 4: "sad", 5: "surprise", 6: "neutral"}
 # The micro sets' label vocabularies: CASME II / SAMM 'Estimated Emotion' columns, SMIC-HS folder names.
-MICRO_DOC = {"casme2": {"happiness", "surprise", "disgust", "repression", "others", "fear", "sadness"},
-             "samm": {"anger", "contempt", "disgust", "fear", "happiness", "sadness", "surprise", "other"},
-             "smic": {"negative", "positive", "surprise"}}
+MICRO_DOC = {
+  "casme2": {"happiness", "surprise", "disgust", "repression", "others", "fear", "sadness"},
+  "samm": {"anger", "contempt", "disgust", "fear", "happiness", "sadness", "surprise", "other"},
+  "smic": {"negative", "positive", "surprise"},
+}
 
 
 def test_excluded_labels():
@@ -122,8 +128,10 @@ def test_excluded_labels():
   assert mappings.excluded_labels("3class", "samm", "megc2019") == ("other",)
 
 
-@pytest.mark.parametrize("dataset, table, doc", [("ck", "CK_CODES", CK_DOC), ("rafdb", "RAFDB_CODES", RAFDB_DOC),
-                                                 ("fer2013", "FER2013_CODES", FER2013_DOC)])
+@pytest.mark.parametrize(
+  "dataset, table, doc",
+  [("ck", "CK_CODES", CK_DOC), ("rafdb", "RAFDB_CODES", RAFDB_DOC), ("fer2013", "FER2013_CODES", FER2013_DOC)],
+)
 def test_code_tables_are_the_documented_ones(dataset, table, doc):
   assert dict(getattr(mappings, table)) == doc
   assert set(mappings.DATASET_LABELS[dataset]) == set(doc.values())

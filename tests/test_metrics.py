@@ -11,15 +11,21 @@ from mer_jax import metrics
 
 
 def _oracle(y_true, y_pred):
-  return (accuracy_score(y_true, y_pred),
-          f1_score(y_true, y_pred, average="macro", zero_division=0),
-          recall_score(y_true, y_pred, average="macro", zero_division=0))
+  return (
+    accuracy_score(y_true, y_pred),
+    f1_score(y_true, y_pred, average="macro", zero_division=0),
+    recall_score(y_true, y_pred, average="macro", zero_division=0),
+  )
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.integers(1, 6).flatmap(lambda k: st.tuples(
-    st.just(k),
-    st.lists(st.tuples(st.integers(0, k - 1), st.integers(0, k - 1)), min_size=1, max_size=60))))
+@given(
+  st.integers(1, 6).flatmap(
+    lambda k: st.tuples(
+      st.just(k), st.lists(st.tuples(st.integers(0, k - 1), st.integers(0, k - 1)), min_size=1, max_size=60)
+    )
+  )
+)
 def test_matches_sklearn_on_random_labels(case):
   k, pairs = case
   y_true = np.array([p[0] for p in pairs])
@@ -37,7 +43,7 @@ def test_seeded_loop_with_skewed_and_degenerate_distributions():
   for trial in range(500):
     k = int(rng.integers(2, 6))
     n = int(rng.integers(1, 40))
-    p = rng.dirichlet(np.full(k, 0.3))          # very skewed class frequencies: classes go missing
+    p = rng.dirichlet(np.full(k, 0.3))  # very skewed class frequencies: classes go missing
     y_true = rng.choice(k, n, p=p)
     y_pred = y_true.copy() if trial % 7 == 0 else rng.choice(k, n, p=rng.dirichlet(np.full(k, 0.3)))
     m = metrics.compute(y_true, y_pred, k)
@@ -45,13 +51,16 @@ def test_seeded_loop_with_skewed_and_degenerate_distributions():
       assert got == pytest.approx(want, abs=1e-12), (trial, y_true, y_pred)
 
 
-@pytest.mark.parametrize("y_true,y_pred,k,expected", [
-    ([0, 0, 0], [0, 0, 0], 3, (1.0, 1.0, 1.0)),          # one class only, all right: classes 1, 2 absent
-    ([0, 0, 0], [1, 1, 1], 3, (0.0, 0.0, 0.0)),          # all wrong
+@pytest.mark.parametrize(
+  "y_true,y_pred,k,expected",
+  [
+    ([0, 0, 0], [0, 0, 0], 3, (1.0, 1.0, 1.0)),  # one class only, all right: classes 1, 2 absent
+    ([0, 0, 0], [1, 1, 1], 3, (0.0, 0.0, 0.0)),  # all wrong
     ([0, 1], [1, 0], 2, (0.0, 0.0, 0.0)),
-    ([2], [2], 5, (1.0, 1.0, 1.0)),                      # a single sample
-    ([0, 0, 1], [0, 2, 1], 3, (2 / 3, (2 / 3 + 1 + 0) / 3, (0.5 + 1 + 0) / 3)),   # predicted-only class 2 counts
-])
+    ([2], [2], 5, (1.0, 1.0, 1.0)),  # a single sample
+    ([0, 0, 1], [0, 2, 1], 3, (2 / 3, (2 / 3 + 1 + 0) / 3, (0.5 + 1 + 0) / 3)),  # predicted-only class 2 counts
+  ],
+)
 def test_degenerate_cases_have_no_nan(y_true, y_pred, k, expected):
   m = metrics.compute(y_true, y_pred, k)
   got = (m["accuracy"], m["uf1"], m["uar"])
@@ -82,7 +91,7 @@ def test_loso_pooling_uses_the_accumulated_confusion_not_mean_of_folds():
   assert pooled["uf1"] == pytest.approx(f1_score(pooled_true, pooled_pred, average="macro"))
   assert pooled["uar"] == pytest.approx(recall_score(pooled_true, pooled_pred, average="macro"))
   mean_of_folds = np.mean([metrics.compute(t, p, 3)["uf1"] for t, p in folds])
-  assert pooled["uf1"] != pytest.approx(mean_of_folds)     # the two conventions really differ here
+  assert pooled["uf1"] != pytest.approx(mean_of_folds)  # the two conventions really differ here
 
 
 def test_per_class_scores_match_sklearn():
@@ -104,8 +113,7 @@ def test_by_source_breaks_down_the_composite():
   assert out["Mixed"]["uf1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
   for name in ("casme2", "samm", "smic"):
     mask = sources == name
-    assert out[name]["uar"] == pytest.approx(recall_score(y_true[mask], y_pred[mask], average="macro",
-                                                          zero_division=0))
+    assert out[name]["uar"] == pytest.approx(recall_score(y_true[mask], y_pred[mask], average="macro", zero_division=0))
     assert out[name]["num_samples"] == int(mask.sum())
 
 
@@ -128,12 +136,15 @@ def test_stacked_confusions_score_like_each_matrix_and_sklearn():
     yt, yp = rng.choice(present, n), rng.choice(present, n) if rng.random() < 0.5 else rng.integers(0, k, n)
     stack.append(metrics.confusion_matrix(yt, yp, k))
     cases.append((yt, yp))
-  out = metrics.scores(np.stack(stack).reshape(41, 1, k, k))     # any leading shape
+  out = metrics.scores(np.stack(stack).reshape(41, 1, k, k))  # any leading shape
   assert out["uf1"].shape == (41, 1) and out["per_class_f1"].shape == (41, 1, k)
   for i, (c, (yt, yp)) in enumerate(zip(stack, cases)):
     single = metrics.from_confusion(c)
     assert (single["uf1"], single["uar"], single["accuracy"]) == (
-        out["uf1"][i, 0], out["uar"][i, 0], out["accuracy"][i, 0])
+      out["uf1"][i, 0],
+      out["uar"][i, 0],
+      out["accuracy"][i, 0],
+    )
     if len(yt):
       assert (single["accuracy"], single["uf1"], single["uar"]) == pytest.approx(_oracle(yt, yp), abs=1e-12)
   batched = metrics.from_confusion(np.stack(stack))

@@ -45,7 +45,7 @@ def tiny_cfg(**kw):
 def test_paper_configuration_has_the_paper_parameter_count():
   n = shapes_only_params(paper_cfg())
   assert abs(n - PAPER_PARAMS) / PAPER_PARAMS < 0.02, n
-  assert n == 3_135_541     # documented in mer_jax/models/backbones.py and the README
+  assert n == 3_135_541  # documented in mer_jax/models/backbones.py and the README
 
 
 def test_readme_counts_residual_params_and_batchnorm_statistics():
@@ -66,11 +66,13 @@ def test_variant_parameter_counts(backbone, attention):
   # Every ablation variant stays within 4% of the paper's size (attention adds ~70k, spatial 51 params).
   assert abs(n - PAPER_PARAMS) / PAPER_PARAMS < 0.04, n
   none = shapes_only_params(paper_cfg(backbone=backbone, attention="none"))
-  c = 32 + 24 * 5, (32 + 24 * 5) // 2 + 24 * 10, ((32 + 24 * 5) // 2 + 24 * 10) // 2 + 24 * 10   # block widths
+  c = 32 + 24 * 5, (32 + 24 * 5) // 2 + 24 * 10, ((32 + 24 * 5) // 2 + 24 * 10) // 2 + 24 * 10  # block widths
   channel_extra = sum(w * (w // 8) + w // 8 + (w // 8) * w + w for w in c)
   spatial_extra = 3 * (5 * 5 * 2 + 1)
-  expected = none + {"none": 0, "channel": channel_extra, "spatial": spatial_extra,
-                     "mixed": channel_extra + spatial_extra}[attention]
+  expected = (
+    none
+    + {"none": 0, "channel": channel_extra, "spatial": spatial_extra, "mixed": channel_extra + spatial_extra}[attention]
+  )
   assert n == expected
 
 
@@ -92,19 +94,20 @@ def test_other_input_sizes_pool_to_7x7(size):
   variables = init_variables(model, jax.random.key(0), size)
   x = jax.random.uniform(jax.random.key(1), (2, size, size, 3))
   logits, feats = jax.jit(lambda v, x: model.apply(v, x, train=False, return_features=True))(variables, x)
-  feats_c = 8 + 2 * 4                    # block 0 output
-  feats_c = feats_c // 2 + 2 * 4         # block 1 output
+  feats_c = 8 + 2 * 4  # block 0 output
+  feats_c = feats_c // 2 + 2 * 4  # block 1 output
   assert logits.shape == (2, 3) and feats.shape == (2, size // 8, size // 8, feats_c)
   head = variables["params"]["head"]
   assert head["kernel"].shape == (49 * feats_c, 3)
-  m = adaptive_pool_matrix(size // 8, 7)                                            # [7, size/8]
+  m = adaptive_pool_matrix(size // 8, 7)  # [7, size/8]
   pooled = np.einsum("oh,nhwc,pw->nopc", m, np.asarray(feats, np.float64), m).reshape(2, -1)
   ref = pooled @ np.asarray(head["kernel"], np.float64) + np.asarray(head["bias"], np.float64)
   np.testing.assert_allclose(np.asarray(logits), ref, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("backbone,attention", [
-    ("dense", "none"), ("dense", "mixed"), ("residual", "channel"), ("residual", "spatial")])
+@pytest.mark.parametrize(
+  "backbone,attention", [("dense", "none"), ("dense", "mixed"), ("residual", "channel"), ("residual", "spatial")]
+)
 def test_gradients_reach_every_parameter(backbone, attention):
   cfg = tiny_cfg(backbone=backbone, attention=attention)
   model = build_model(cfg)
@@ -113,8 +116,9 @@ def test_gradients_reach_every_parameter(backbone, attention):
   y = jnp.array([0, 1, 2, 1])
 
   def loss(params):
-    logits, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, train=True,
-                            mutable=["batch_stats"])
+    logits, _ = model.apply(
+      {"params": params, "batch_stats": variables["batch_stats"]}, x, train=True, mutable=["batch_stats"]
+    )
     return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1))
 
   grads = jax.jit(jax.grad(loss))(variables["params"])
@@ -160,7 +164,7 @@ def test_channel_attention_weights_match_eq5():
   z = mlp(xn.mean(axis=(1, 2))) + mlp(xn.max(axis=(1, 2)))
   ref = 1 / (1 + np.exp(-z))
   np.testing.assert_allclose(mc, ref, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(out, xn * ref[:, None, None, :], rtol=1e-5, atol=1e-6)   # eq. (6)
+  np.testing.assert_allclose(out, xn * ref[:, None, None, :], rtol=1e-5, atol=1e-6)  # eq. (6)
   assert p["fc0"]["kernel"].shape == (16, 4) and p["fc1"]["kernel"].shape == (4, 16)
 
 
@@ -175,16 +179,16 @@ def test_spatial_attention_weights_match_eq7():
   # Independent 'SAME' 5x5 cross-correlation of [mean_c, max_c] in numpy.
   xn = np.asarray(x, np.float64)
   desc = np.stack([xn.mean(-1), xn.max(-1)], -1)
-  k = np.asarray(variables["params"]["conv"]["kernel"], np.float64)   # [5, 5, 2, 1]
+  k = np.asarray(variables["params"]["conv"]["kernel"], np.float64)  # [5, 5, 2, 1]
   pad = np.pad(desc, ((0, 0), (2, 2), (2, 2), (0, 0)))
   z = np.zeros((2, 9, 7))
   for i in range(9):
     for j in range(7):
-      z[:, i, j] = np.einsum("nhwc,hwc->n", pad[:, i:i + 5, j:j + 5, :], k[..., 0])
+      z[:, i, j] = np.einsum("nhwc,hwc->n", pad[:, i : i + 5, j : j + 5, :], k[..., 0])
   z += float(variables["params"]["conv"]["bias"][0])
   ref = 1 / (1 + np.exp(-z))
   np.testing.assert_allclose(ms[..., 0], ref, rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(out, xn * ref[..., None], rtol=1e-4, atol=1e-5)   # eq. (8)
+  np.testing.assert_allclose(out, xn * ref[..., None], rtol=1e-4, atol=1e-5)  # eq. (8)
 
 
 def test_mixed_is_channel_then_spatial():
@@ -201,17 +205,19 @@ def test_attention_none_is_identity_on_the_skip_path():
   x = jax.random.normal(jax.random.key(0), (2, 6, 6, 8))
   mod = MixedAttention(kind="none")
   v = mod.init(jax.random.key(1), x)
-  assert not jax.tree_util.tree_leaves(v)        # no parameters
+  assert not jax.tree_util.tree_leaves(v)  # no parameters
   np.testing.assert_array_equal(mod.apply(v, x), x)
   # In the whole network: with attention=none, no attention parameters exist and nothing is sown.
   cfg = tiny_cfg(attention="none")
   model = build_model(cfg)
   variables = init_variables(model, jax.random.key(0), 32)
-  _, state = jax.eval_shape(lambda v: model.apply(v, jnp.ones((1, 32, 32, 3)), train=False,
-                                                  mutable=["intermediates"]), variables)
+  _, state = jax.eval_shape(
+    lambda v: model.apply(v, jnp.ones((1, 32, 32, 3)), train=False, mutable=["intermediates"]), variables
+  )
   assert "intermediates" not in state or not jax.tree_util.tree_leaves(state["intermediates"])
-  assert not any("attention" in jax.tree_util.keystr(p) for p, _ in
-                 jax.tree_util.tree_flatten_with_path(variables["params"])[0])
+  assert not any(
+    "attention" in jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(variables["params"])[0]
+  )
 
 
 def test_attention_sown_once_per_block_with_block_shapes():
@@ -225,7 +231,7 @@ def test_attention_sown_once_per_block_with_block_shapes():
   assert inter["block0_attention"]["channel"]["channel_attention"][0].shape == (2, 16)
   assert inter["block0_attention"]["spatial"]["spatial_attention"][0].shape == (2, 8, 8, 1)
   assert inter["block1_attention"]["spatial"]["spatial_attention"][0].shape == (2, 4, 4, 1)
-  for block in ("block0_attention", "block1_attention"):     # sigmoid weights, per sample
+  for block in ("block0_attention", "block1_attention"):  # sigmoid weights, per sample
     for kind, name in (("channel", "channel_attention"), ("spatial", "spatial_attention")):
       w = np.asarray(inter[block][kind][name][0])
       assert np.all((w > 0) & (w < 1)) and not np.allclose(w[0], w[1]), (block, name)
@@ -236,8 +242,12 @@ def test_layer_placement_attends_each_new_feature_map():
   model = build_model(cfg)
   variables = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), 32))
   names = [k for k in variables["params"]["backbone"] if "attention" in k]
-  assert sorted(names) == ["block0_layer0_attention", "block0_layer1_attention",
-                           "block1_layer0_attention", "block1_layer1_attention"]
+  assert sorted(names) == [
+    "block0_layer0_attention",
+    "block0_layer1_attention",
+    "block1_layer0_attention",
+    "block1_layer1_attention",
+  ]
 
 
 def test_dense_layer_order_is_conv_relu_bn():
@@ -247,8 +257,9 @@ def test_dense_layer_order_is_conv_relu_bn():
   x = jnp.array([-2.0, -1.0, 1.0, 2.0]).reshape(4, 1, 1, 1)
   variables = layer.init(jax.random.key(0), x, train=True)
   params = dict(variables["params"], conv={"kernel": jnp.ones((1, 1, 1, 1)), "bias": jnp.zeros(1)})
-  out, state = layer.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, train=True,
-                           mutable=["batch_stats"])
+  out, state = layer.apply(
+    {"params": params, "batch_stats": variables["batch_stats"]}, x, train=True, mutable=["batch_stats"]
+  )
   eps = layer.bn_epsilon
   expected = (np.array([0.0, 0.0, 1.0, 2.0]) - 0.75) / np.sqrt(0.6875 + eps)
   np.testing.assert_allclose(np.asarray(out).ravel(), expected, rtol=1e-6, atol=1e-6)
@@ -260,7 +271,8 @@ def test_dense_layer_order_is_conv_relu_bn():
   model = build_model(tiny_cfg(attention="none"))
   v = init_variables(model, jax.random.key(0), 32)
   _, st = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(
-      v, jax.random.normal(jax.random.key(1), (4, 32, 32, 3)))
+    v, jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+  )
   mean = np.asarray(st["batch_stats"]["backbone"]["stem"]["bn"]["mean"])
   assert np.all(mean >= 0) and np.any(mean > 0)
 
@@ -269,13 +281,15 @@ def test_batchnorm_variance_survives_a_large_mean():
   """Train-mode BN of activations ~1000 +- 0.05 (|mean| >> std) equals the float64 two-pass reference;
   E[x^2] - E[x]^2 in float32 would lose the variance (1e6 has a float32 spacing of 0.0625)."""
   from mer_jax.models.layers import ConvReluBN
+
   layer = ConvReluBN(features=2, kernel_size=1)
   x = 1000.0 + 0.05 * np.random.default_rng(0).standard_normal((8, 4, 4, 2)).astype(np.float32)
   variables = layer.init(jax.random.key(0), x, train=True)
   params = dict(variables["params"])
   params["conv"] = {"kernel": jnp.eye(2, dtype=jnp.float32).reshape(1, 1, 2, 2), "bias": jnp.zeros(2)}
-  out, _ = layer.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, train=True,
-                       mutable=["batch_stats"])
+  out, _ = layer.apply(
+    {"params": params, "batch_stats": variables["batch_stats"]}, x, train=True, mutable=["batch_stats"]
+  )
   y = x.astype(np.float64)
   ref = (y - y.mean(axis=(0, 1, 2))) / np.sqrt(y.var(axis=(0, 1, 2)) + layer.bn_epsilon)
   np.testing.assert_allclose(np.asarray(out), ref, rtol=2e-2, atol=2e-2)
@@ -292,12 +306,15 @@ def test_adaptive_pool_matches_definition():
       np.testing.assert_allclose(y[0, i, j], xn[0, h0:h1, w0:w1].mean(axis=(0, 1)), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("field,value,needle", [
+@pytest.mark.parametrize(
+  "field,value,needle",
+  [
     ("backbone", "vgg", "config.model.backbone"),
     ("attention", "self", "config.model.attention"),
     ("dtype", "float16", "config.model.dtype"),
     ("attention_placement", "head", "config.model.attention_placement"),
-])
+  ],
+)
 def test_bad_model_config_is_a_clear_error(field, value, needle):
   cfg = tiny_cfg()
   setattr(cfg, field, value)
@@ -315,13 +332,14 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
   assert logits.dtype == jnp.float32
   f32 = build_model(tiny_cfg())
   ref = jax.jit(lambda v, x: f32.apply(v, x, train=False))(variables, x)
-  assert not np.array_equal(np.asarray(logits), np.asarray(ref))          # bf16 compute really happened
-  np.testing.assert_allclose(np.asarray(logits), np.asarray(ref), atol=0.1)   # ~3 significant digits
+  assert not np.array_equal(np.asarray(logits), np.asarray(ref))  # bf16 compute really happened
+  np.testing.assert_allclose(np.asarray(logits), np.asarray(ref), atol=0.1)  # ~3 significant digits
 
 
 # ---------------------------------------------------------------------------------------------
 # float32 gradients against a float64 program (config.model.dtype='float64' under JAX's x64 mode)
 # ---------------------------------------------------------------------------------------------
+
 
 def _shift_conv_biases(params, offset):
   """Adds ``offset`` to the conv bias of every Conv -> ReLU -> BN unit: every BatchNorm then normalises
@@ -345,11 +363,12 @@ def _conv_dtypes(jaxpr) -> list:
       if eqn.primitive.name == "conv_general_dilated":
         found.append(str(eqn.outvars[0].aval.dtype))
       for p in eqn.params.values():
-        for sub in (p if isinstance(p, (tuple, list)) else (p,)):
+        for sub in p if isinstance(p, (tuple, list)) else (p,):
           if hasattr(sub, "eqns"):
             walk(sub)
           elif hasattr(sub, "jaxpr") and hasattr(sub.jaxpr, "eqns"):
             walk(sub.jaxpr)
+
   walk(jaxpr.jaxpr if hasattr(jaxpr, "jaxpr") else jaxpr)
   return found
 
@@ -364,6 +383,7 @@ def _first_step_gradients(model_cfg, variables, images, labels, *, dtype, folds=
   """
   from mer_jax.train import loop, parallel
   from mer_jax.train.state import create_state, model_apply
+
   cfg = ml_collections.ConfigDict(model_cfg.to_dict())
   cfg.dtype = dtype
   model = build_model(cfg)
@@ -373,10 +393,16 @@ def _first_step_gradients(model_cfg, variables, images, labels, *, dtype, folds=
   mesh = parallel.make_mesh(jax.devices()[:1])
   fns = loop._compiled(mesh, bool(folds), apply_fn)
   if folds:
-    per_fold = [create_state(apply_fn, cast(jax.tree_util.tree_map(lambda a, f=f: a[f], variables)), train_cfg)
-                for f in range(folds)]
-    state = per_fold[0].replace(**{k: loop._stack([getattr(s, k) for s in per_fold])
-                                   for k in ("step", "params", "opt_state", "batch_stats", "epoch", "plateau")})
+    per_fold = [
+      create_state(apply_fn, cast(jax.tree_util.tree_map(lambda a, f=f: a[f], variables)), train_cfg)
+      for f in range(folds)
+    ]
+    state = per_fold[0].replace(
+      **{
+        k: loop._stack([getattr(s, k) for s in per_fold])
+        for k in ("step", "params", "opt_state", "batch_stats", "epoch", "plateau")
+      }
+    )
     args = (state, jnp.asarray(images), jnp.asarray(labels), jnp.ones(folds, bool))
   else:
     state = create_state(apply_fn, cast(variables), train_cfg)
@@ -390,7 +416,7 @@ def _first_step_gradients(model_cfg, variables, images, labels, *, dtype, folds=
 def _relative_error(got, ref) -> float:
   """||got - ref|| / ||ref|| over all parameters (float64 on the host)."""
   num = sum(float(np.sum((g - r) ** 2)) for g, r in zip(got, ref))
-  return float(np.sqrt(num / sum(float(np.sum(r ** 2)) for r in ref)))
+  return float(np.sqrt(num / sum(float(np.sum(r**2)) for r in ref)))
 
 
 def test_float64_model_is_float64_end_to_end():

@@ -63,7 +63,7 @@ def free_port() -> int:
 
 
 def result_of(stdout: str) -> dict:
-  return json.loads([ln for ln in stdout.splitlines() if ln.startswith("RESULT")][0][len("RESULT"):])
+  return json.loads([ln for ln in stdout.splitlines() if ln.startswith("RESULT")][0][len("RESULT") :])
 
 
 def base_env() -> dict:
@@ -76,10 +76,17 @@ def test_two_processes_equal_one_process(tmp_path):
   port = free_port()
   procs = []
   for pid in range(2):
-    env = dict(base_env(), JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
-               JAX_PROCESS_ID=str(pid))
-    procs.append(subprocess.Popen([sys.executable, "-c", DRIVER, str(tmp_path / "multi"), REPO], env=env,
-                                  cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    env = dict(base_env(), JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(pid))
+    procs.append(
+      subprocess.Popen(
+        [sys.executable, "-c", DRIVER, str(tmp_path / "multi"), REPO],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+      )
+    )
   outs = []
   try:
     for p in procs:
@@ -91,8 +98,14 @@ def test_two_processes_equal_one_process(tmp_path):
       if p.poll() is None:
         p.kill()
   env = dict(base_env(), XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  single = subprocess.run([sys.executable, "-c", DRIVER, str(tmp_path / "single"), REPO], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=400)
+  single = subprocess.run(
+    [sys.executable, "-c", DRIVER, str(tmp_path / "single"), REPO],
+    env=env,
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=400,
+  )
   assert single.returncode == 0, single.stderr[-4000:]
   ref = result_of(single.stdout)
 
@@ -100,12 +113,12 @@ def test_two_processes_equal_one_process(tmp_path):
   for pid, got in enumerate(outs):
     assert got["multi"] is True and got["process_index"] == pid and got["process_count"] == 2
     assert got["global_devices"] == 2 and got["local_devices"] == 1
-    assert got["rows"] == [4 * pid, 4 * pid + 4]        # its half of the global batch
+    assert got["rows"] == [4 * pid, 4 * pid + 4]  # its half of the global batch
     assert got["sum_ok"]
     assert len(got["records"]) == 3
     # same subjects, predictions, probabilities and selected epochs as the single-process run
     assert got["records"] == ref["records"]
-    assert got["wrote_reports"] == (pid == 0)           # one process writes the reports
+    assert got["wrote_reports"] == (pid == 0)  # one process writes the reports
   # one set of reports, readable, with the same predictions
   with open(tmp_path / "multi" / "results.json") as f:
     res = json.load(f)
@@ -114,12 +127,14 @@ def test_two_processes_equal_one_process(tmp_path):
 
 def test_resolve_settings_from_flags_and_environment():
   assert not distributed.resolve(environ={}).multi_process
-  spec = distributed.resolve(environ={"JAX_COORDINATOR_ADDRESS": "h0:1234", "JAX_NUM_PROCESSES": "4",
-                                      "JAX_PROCESS_ID": "3"})
+  spec = distributed.resolve(
+    environ={"JAX_COORDINATOR_ADDRESS": "h0:1234", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "3"}
+  )
   assert spec == distributed.Spec("h0:1234", 4, 3) and spec.multi_process
   # flags win over the environment
-  spec = distributed.resolve("h1:99", 2, 0, environ={"JAX_COORDINATOR_ADDRESS": "h0:1234",
-                                                      "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "3"})
+  spec = distributed.resolve(
+    "h1:99", 2, 0, environ={"JAX_COORDINATOR_ADDRESS": "h0:1234", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "3"}
+  )
   assert spec == distributed.Spec("h1:99", 2, 0)
   # under srun with several tasks JAX detects the rest itself
   assert distributed.resolve(environ={"SLURM_NTASKS": "8", "SLURM_PROCID": "2"}).auto
@@ -127,13 +142,16 @@ def test_resolve_settings_from_flags_and_environment():
   assert not distributed.resolve(num_processes=1, environ={}).multi_process
 
 
-@pytest.mark.parametrize("kwargs, env, needle", [
+@pytest.mark.parametrize(
+  "kwargs, env, needle",
+  [
     (dict(num_processes=2), {}, "--coordinator_address"),
     (dict(coordinator_address="h0:1", num_processes=2, process_id=2), {}, "must be in 0..1"),
     (dict(coordinator_address="h0", num_processes=2, process_id=0), {}, "host:port"),
     ({}, {"JAX_NUM_PROCESSES": "two"}, "JAX_NUM_PROCESSES"),
     (dict(num_processes=0), {}, ">= 1"),
-])
+  ],
+)
 def test_resolve_rejects_incomplete_or_inconsistent_settings(kwargs, env, needle):
   with pytest.raises(ConfigError, match=needle):
     distributed.resolve(environ=env, **kwargs)
@@ -144,6 +162,7 @@ def test_local_rows_single_process():
   assert distributed.local_rows(4 * mesh.devices.size, mesh) == slice(0, 4 * mesh.devices.size)
   x = np.ones((2 * mesh.devices.size, 3), np.float32)
   from mer_jax.train import parallel
+
   np.testing.assert_array_equal(np.asarray(distributed.put_global(x, parallel.batch_sharding(mesh))), x)
 
 
@@ -154,6 +173,7 @@ def test_fold_shards_on_a_shared_workdir_then_assemble_equal_one_run(tmp_path, m
   import train_data
   from mer_jax import main as main_mod
   from mer_jax.train import loop
+
   config = train_data.tiny_config(epochs=2, batch_size=4)
   config.pretrain.enabled = False
   micro = train_data.fabricate(subject_sizes=(5, 6, 4))
@@ -169,8 +189,9 @@ def test_fold_shards_on_a_shared_workdir_then_assemble_equal_one_run(tmp_path, m
   assert done == [subjects[1::2], subjects[0::2]]
   monkeypatch.setattr(loop, "fit", lambda *a, **k: pytest.fail("a finished fold was trained again"))
   final = main_mod.run(config, str(shared), load_arrays=load, progress=False)
-  assert [(r["subject"], r["y_pred"], r["probs"]) for r in final["records"]] == \
-      [(r["subject"], r["y_pred"], r["probs"]) for r in ref["records"]]
+  assert [(r["subject"], r["y_pred"], r["probs"]) for r in final["records"]] == [
+    (r["subject"], r["y_pred"], r["probs"]) for r in ref["records"]
+  ]
   with open(final["reports"]["results_json"]) as f:
     assert [fo["y_pred"] for fo in json.load(f)["folds"]] == [r["y_pred"] for r in ref["records"]]
 
@@ -178,6 +199,7 @@ def test_fold_shards_on_a_shared_workdir_then_assemble_equal_one_run(tmp_path, m
 @pytest.mark.parametrize("text", ["2/2", "a/b", "1", "-1/3", "0/0"])
 def test_fold_shard_flag_rejects_bad_values(text):
   from mer_jax import main as main_mod
+
   with pytest.raises(ConfigError, match="--fold_shard"):
     main_mod.parse_fold_shard(text)
   assert main_mod.parse_fold_shard("1/3") == (1, 3) and main_mod.parse_fold_shard(None) is None

@@ -44,7 +44,7 @@ def test_shipped_list_is_the_official_one():
   assert subjects == {"casme2": 24, "samm": 28, "smic": 16}
   keys = {r.key for r in rows}
   assert ("casme2", "sub04", "EP12_01f") not in keys and ("casme2", "sub05", "EP09_05f") not in keys
-  with open(official_layout.GT, newline="") as fh:   # the package data, read independently
+  with open(official_layout.GT, newline="") as fh:  # the package data, read independently
     assert [tuple(r) for r in csv.reader(fh)] == [(r.dataset, r.subject, r.clip, str(r.label)) for r in rows]
 
 
@@ -60,9 +60,11 @@ def test_megc2019_protocol_gives_the_list_clip_for_clip_and_label_for_label(read
 
 def test_paper_protocol_counts(read):
   """Table 2 on a correct copy: CASME II keeps the two disgust clips the list leaves out, SAMM drops sadness."""
+
   def per_class(d):
     c = collections.Counter(selected(read[d], "paper").values())
     return [c[k] for k in range(3)]
+
   assert per_class("casme2") == [90, 32, 25]
   assert per_class("samm") == [86, 26, 15]
   assert per_class("smic") == [70, 51, 43]
@@ -70,14 +72,14 @@ def test_paper_protocol_counts(read):
 
 def test_summary_reports_a_copy_that_differs_from_the_list(tmp_path, capsys):
   drop = {("samm", "6", "006_1_2"), ("smic", "s01", "s01_ne_01")}
-  relabel = {("casme2", "sub01", "EP02_01f"): "others"}   # the list says positive
+  relabel = {("casme2", "sub01", "EP02_01f"): "others"}  # the list says positive
   assert ("samm", "6", "006_1_2") in {r.key for r in official.megc2019_composite()}
   roots = official_layout.write(str(tmp_path), relabel=relabel, drop=drop)
   res = {d: readers.read_dataset(d, roots[d]) for d in DATASETS}
 
   s = summary.summarize(res["casme2"], "casme2", "3class", "megc2019")
   assert s["official_list"]["relabelled"] == ["sub01/EP02_01f"] and not s["official_list"]["comparable"]
-  assert s["per_class"] == {"negative": 88, "positive": 32, "surprise": 25}   # the list's label is used
+  assert s["per_class"] == {"negative": 88, "positive": 32, "surprise": 25}  # the list's label is used
   assert s["not_in_official_list"] == 2
   s = summary.summarize(res["samm"], "samm", "3class", "megc2019")
   assert s["official_list"]["missing"] == ["6/006_1_2"] and s["official_list"]["found"] == 132
@@ -95,30 +97,38 @@ def test_summary_reports_a_copy_that_differs_from_the_list(tmp_path, capsys):
 def test_summary_text_on_a_correct_copy(copy_roots, capsys):
   assert summary.main(["--dataset", "casme2", "--root", copy_roots["casme2"], "--protocol", "megc2019"]) == 0
   text = capsys.readouterr().out
-  assert ("MEGC 2019 list: 145/145 CASME II clips found; 2 mapped clips not in the list left out "
-          "(sub04/EP12_01f, sub05/EP09_05f) -> comparable with published MEGC 2019 composite results") in text
+  assert (
+    "MEGC 2019 list: 145/145 CASME II clips found; 2 mapped clips not in the list left out "
+    "(sub04/EP12_01f, sub05/EP09_05f) -> comparable with published MEGC 2019 composite results"
+  ) in text
   assert "not in the MEGC 2019 list 2" in text
 
 
-@pytest.mark.parametrize("reader_name, list_name", [
+@pytest.mark.parametrize(
+  "reader_name, list_name",
+  [
     (("samm", "006", "006_1_2"), ("samm", "6", "006_1_2")),
     (("smic", "s1", "s1_ne_01"), ("smic", "s01", "s01_ne_01")),
     (("smic", "s12", "s12_sur_03"), ("smic", "s12", "s12_sur_03")),
     (("casme2", "sub01", "EP02_01f"), ("casme2", "sub01", "EP02_01f")),
     (("SAMM", "6", "006_1_2"), ("samm", "6", "006_1_2")),
-])
+  ],
+)
 def test_megc_key(reader_name, list_name):
   assert official.megc_key(*reader_name) == list_name
   assert official.megc_key(*list_name) == list_name
 
 
-@pytest.mark.parametrize("text, message", [
+@pytest.mark.parametrize(
+  "text, message",
+  [
     ("casme2,sub01,EP02_01f,1\ncasme2,sub01,EP02_01f,0\n", "row 2: casme2/sub01/EP02_01f repeats row 1"),
     ("casme2,sub01,EP02_01f,happy\n", "row 1: unknown label 'happy'"),
     ("casme2,sub01,1\n", "row 1: expected 4 columns"),
     ("smic,s1,s1_ne_01,0\nsmic,s01,s01_ne_01,0\n", "row 2: smic/s01/s01_ne_01 repeats row 1"),
     ("", "has no rows"),
-])
+  ],
+)
 def test_read_list_errors(tmp_path, text, message):
   p = tmp_path / "gt.csv"
   p.write_text(text)
@@ -139,7 +149,7 @@ def test_cache_build_under_megc2019_selects_the_list_and_says_how_the_copy_diffe
   from mer_jax import config_defaults
   from mer_jax.data import pipeline
 
-  relabel = {("smic", "s02", "s02_po_01"): "negative"}   # the list says positive
+  relabel = {("smic", "s02", "s02_po_01"): "negative"}  # the list says positive
   assert ("smic", "s02", "s02_po_01") in {r.key for r in official.megc2019_composite()}
   roots = official_layout.write(str(tmp_path / "copy"), relabel=relabel, drop={("smic", "s01", "s01_ne_01")})
   c = config_defaults.get_base_config()
@@ -149,8 +159,10 @@ def test_cache_build_under_megc2019_selects_the_list_and_says_how_the_copy_diffe
   logs = []
   data = pipeline.load_arrays(c, str(tmp_path / "run"), "micro", log=logs.append)
   want = {(s, cl): lab for d, s, cl, lab in official_layout.official_rows() if d == "smic" and cl != "s01_ne_01"}
-  got = {official.megc_key("smic", sub.split("/")[1], cl)[1:]: int(lab)
-         for sub, cl, lab in zip(data.subjects, data.clip_ids, data.labels)}
+  got = {
+    official.megc_key("smic", sub.split("/")[1], cl)[1:]: int(lab)
+    for sub, cl, lab in zip(data.subjects, data.clip_ids, data.labels)
+  }
   assert got == want
   text = "\n".join(logs)
   assert "MEGC 2019 list: 163/164 SMIC-HS clips found; 1 missing (s01/s01_ne_01); 1 labelled differently" in text
@@ -161,12 +173,13 @@ def test_megc2019_with_synthme_is_a_clear_config_error(tmp_path):
   from mer_jax import config_defaults
   from mer_jax.data import pipeline
   from mer_jax.errors import ConfigError
+
   c = config_defaults.get_base_config()
   c.data.synthetic, c.data.protocol = True, "megc2019"
   with pytest.raises(ConfigError, match="SynthME's SAMM clips are not on it; use data.protocol=paper"):
     pipeline.resolve_root(c, str(tmp_path), "samm")
   assert not (tmp_path / "synthme").exists()
   c.data.protocol = "paper"
-  c.data.task = "5class"   # the list is 3-class only: other tasks are not restricted
+  c.data.task = "5class"  # the list is 3-class only: other tasks are not restricted
   assert official.applies("samm", "3class", "megc2019") and not official.applies("samm", "5class", "megc2019")
   assert not official.applies("ck", "3class", "megc2019")

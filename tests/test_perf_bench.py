@@ -13,7 +13,7 @@ def test_synthetic_cde_has_the_cde_subjects_and_clip_counts():
   ds = loso_bench.synthetic_cde(size=8)
   assert len(ds) == 442 and ds.images.shape == (442, 8, 8, 3) and ds.images.dtype == np.float32
   subjects = collections.Counter(str(s).split("/")[0] for s in sorted(set(ds.subjects)))
-  assert subjects == {"casme2": 24, "samm": 28, "smic": 16}          # 68 LOSO folds
+  assert subjects == {"casme2": 24, "samm": 28, "smic": 16}  # 68 LOSO folds
   clips = collections.Counter(str(s) for s in ds.sources)
   assert clips == {"casme2": 145, "samm": 133, "smic": 164}
   assert all(str(subj).startswith(src + "/") for subj, src in zip(ds.subjects, ds.sources))
@@ -38,21 +38,23 @@ class FakeClock:
 
 def test_peaks_measure_positive_ceilings_and_map_datasheets():
   from benchmarks import peaks
+
   # The rates are work / best time: run with a clock whose timed intervals are known (3, 1, 2 ms: best 1 ms).
   clock = FakeClock([0.003, 0.001, 0.002])
   with mock.patch.object(peaks.time, "perf_counter", clock):
-    assert peaks.matmul_gflops(n=128, repeats=3) == pytest.approx(2 * 128 ** 3 / 0.001 / 1e9)
-  assert clock.reads == 6                                   # one start and one stop per repeat
+    assert peaks.matmul_gflops(n=128, repeats=3) == pytest.approx(2 * 128**3 / 0.001 / 1e9)
+  assert clock.reads == 6  # one start and one stop per repeat
   with mock.patch.object(peaks.time, "perf_counter", FakeClock([0.004, 0.002, 0.008])):
     # y = 2x + 1 over 4 MiB of float32: 4 MiB read + 4 MiB written in the best 2 ms
-    assert peaks.bandwidth_gbs(mbytes=4, repeats=3) == pytest.approx(2 * 4 * 2 ** 20 / 0.002 / 1e9)
+    assert peaks.bandwidth_gbs(mbytes=4, repeats=3) == pytest.approx(2 * 4 * 2**20 / 0.002 / 1e9)
   fake = lambda kind: type("Dev", (), {"device_kind": kind})()
   assert peaks.datasheet(fake("NVIDIA H100 80GB HBM3")) == peaks.DATASHEET["H100 SXM"]
   assert peaks.datasheet(fake("NVIDIA H100 PCIe")) == peaks.DATASHEET["H100 PCIe"]
   assert peaks.datasheet(fake("NVIDIA H200"))["bandwidth"] == 4800.0
   assert peaks.datasheet(fake("cpu")) is None
   assert peaks.describe(50.0, 200.0, 1000.0, "GB/s") == (
-      "50.0 GB/s = 25.0% of the measured peak (200.0 GB/s); 5.0% of the datasheet's 1,000 GB/s")
+    "50.0 GB/s = 25.0% of the measured peak (200.0 GB/s); 5.0% of the datasheet's 1,000 GB/s"
+  )
   assert peaks.describe(50.0, 200.0, None, "GB/s") == "50.0 GB/s = 25.0% of the measured peak (200.0 GB/s)"
 
 

@@ -34,8 +34,9 @@ def run(tmp_path_factory):
 def _reference(run, folder):
   """Independent path: read frames, preprocess with apex spotting, apply the model, softmax."""
   cfg = predict.inference_config(run["cfg"], "spot")
-  frames = preprocess.read_frames(sorted(glob.glob(os.path.join(folder, "*.png")),
-                                         key=lambda p: int(os.path.basename(p)[3:-4])))
+  frames = preprocess.read_frames(
+    sorted(glob.glob(os.path.join(folder, "*.png")), key=lambda p: int(os.path.basename(p)[3:-4]))
+  )
   notes = preprocess.Notes()
   img = preprocess.preprocess_clip(frames, None, onset=None, apex=None, offset=None, config=cfg, notes=notes)
   logits = run["model"].apply(run["variables"], img[None], train=False)
@@ -43,7 +44,7 @@ def _reference(run, folder):
 
 
 def test_folder_of_clips_matches_per_clip_model_output(run):
-  res = predict.predict(run["run_dir"], run["clips"], batch_size=2)   # 3 clips: one padded chunk
+  res = predict.predict(run["run_dir"], run["clips"], batch_size=2)  # 3 clips: one padded chunk
   assert res["class_names"] == CLASSES
   preds = res["predictions"]
   assert [os.path.basename(p["input"]) for p in preds] == ["clip0", "clip1", "clip2"]
@@ -53,7 +54,7 @@ def test_folder_of_clips_matches_per_clip_model_output(run):
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
     assert p["label"] == CLASSES[int(ref.argmax())] and p["index"] == int(ref.argmax())
     assert p["apex"] == apex and p["frames"] == 7
-  assert [p["apex"] for p in preds] == [4, 3, 4]          # the spotted apex of each clip
+  assert [p["apex"] for p in preds] == [4, 3, 4]  # the spotted apex of each clip
   # One clip alone (a frame folder) gives the same numbers as inside the batch.
   single = predict.predict(run["run_dir"], os.path.join(run["clips"], "clip1"))["predictions"]
   assert len(single) == 1
@@ -73,8 +74,9 @@ def test_cli_prints_json_and_text(run, capsys):
   assert predict.main(["--checkpoint", run["run_dir"], "--input", clip0]) == 0
   text = capsys.readouterr().out
   ref, _ = _reference(run, clip0)
-  assert text.strip() == (f"{clip0}: {CLASSES[int(ref.argmax())]}  (red {ref[0]:.3f}  blue {ref[1]:.3f}; "
-                          "7 frames, apex frame 4)")
+  assert text.strip() == (
+    f"{clip0}: {CLASSES[int(ref.argmax())]}  (red {ref[0]:.3f}  blue {ref[1]:.3f}; 7 frames, apex frame 4)"
+  )
 
 
 def test_user_errors_are_clear(run, tmp_path):
@@ -97,20 +99,23 @@ def test_user_errors_are_clear(run, tmp_path):
 
 def test_predict_on_a_synthme_clip(run, tmp_path):
   from mer_jax.data import synth
+
   root = synth.generate("casme2", str(tmp_path / "synthme"), subjects=1, clips_per_subject=1, clip_frames=16)
   clip = os.path.dirname(glob.glob(os.path.join(root, "**", "*.jpg"), recursive=True)[0])
   cfg = fx.tiny_config(attention="none")
-  cfg.data.face_crop = True           # SynthME draws faces: the Haar cascade finds them
+  cfg.data.face_crop = True  # SynthME draws faces: the Haar cascade finds them
   face_run = fx.save_run(str(tmp_path / "face_run"), cfg, run["variables"], CLASSES)
   res = predict.predict(face_run, clip, fps=200)
   (p,) = res["predictions"]
   assert p["face_found"] is True and p["fps"] == 200 and p["frames"] == len(os.listdir(clip))
   # the same numbers as face crop + preprocessing + the model applied by hand
-  frames = preprocess.read_frames(sorted(glob.glob(os.path.join(clip, "*.jpg")),
-                                         key=lambda f: int(os.path.basename(f)[3:-4])))
+  frames = preprocess.read_frames(
+    sorted(glob.glob(os.path.join(clip, "*.jpg")), key=lambda f: int(os.path.basename(f)[3:-4]))
+  )
   notes = preprocess.Notes()
-  img = preprocess.preprocess_clip(frames, 200, onset=None, apex=None, offset=None,
-                                   config=predict.inference_config(cfg, "spot"), notes=notes)
+  img = preprocess.preprocess_clip(
+    frames, 200, onset=None, apex=None, offset=None, config=predict.inference_config(cfg, "spot"), notes=notes
+  )
   ref = np.asarray(jax.nn.softmax(run["model"].apply(run["variables"], img[None], train=False), -1))[0]
   np.testing.assert_allclose([p["probabilities"][c] for c in CLASSES], ref, rtol=1e-5, atol=1e-6)
   assert p["apex"] == notes.apex and 0 <= p["apex"] < p["frames"]
@@ -118,6 +123,7 @@ def test_predict_on_a_synthme_clip(run, tmp_path):
 
 def test_video_file_is_read_with_its_frame_rate(run, tmp_path):
   from mer_jax import video_io
+
   clip = fx.patch_clip(np.random.default_rng(5), 1)
   folder = tmp_path / "videos"
   folder.mkdir()

@@ -1,6 +1,5 @@
 """Face crop, apex spotting and clip/image preprocessing (mer_jax.data.face / apex / preprocess)."""
 
-
 import cv2
 import ml_collections
 import numpy as np
@@ -29,14 +28,15 @@ def draw_face(size=(160, 200), centre=(100, 85), scale=1.0, mouth_open=0.0, brow
 
   def A(a, b):
     return (int(round(a * f)), int(round(b * f)))
+
   cv2.ellipse(img, P(cx, cy), A(38 * s, 50 * s), 0, 0, 360, (215, 185, 170), -1, cv2.LINE_AA, sh)
   for dx in (-15, 15):
     cv2.ellipse(img, P(cx + dx * s, cy - 12 * s), A(7 * s, 3.5 * s), 0, 0, 360, (30, 30, 40), -1, cv2.LINE_AA, sh)
-    cv2.ellipse(img, P(cx + dx * s, cy - (22 + brow_lift) * s), A(10 * s, 2.5 * s), 0, 0, 360, (40, 40, 50), -1,
-                cv2.LINE_AA, sh)
+    cv2.ellipse(
+      img, P(cx + dx * s, cy - (22 + brow_lift) * s), A(10 * s, 2.5 * s), 0, 0, 360, (40, 40, 50), -1, cv2.LINE_AA, sh
+    )
   cv2.ellipse(img, P(cx, cy + 6 * s), A(4 * s, 10 * s), 0, 0, 360, (180, 150, 140), -1, cv2.LINE_AA, sh)
-  cv2.ellipse(img, P(cx, cy + 24 * s), A(14 * s, (4 + mouth_open) * s), 0, 0, 360, (120, 60, 60), -1,
-              cv2.LINE_AA, sh)
+  cv2.ellipse(img, P(cx, cy + 24 * s), A(14 * s, (4 + mouth_open) * s), 0, 0, 360, (120, 60, 60), -1, cv2.LINE_AA, sh)
   out = img.astype(np.float32) / 255.0
   if seed is not None:
     out = out + np.random.default_rng(seed).normal(0, 0.01, out.shape).astype(np.float32)
@@ -51,8 +51,7 @@ def make_clip(T=12, peak=7, amp=3.0, shift_after=0, size=(160, 200), seed=0, noi
   for t in range(T):
     a = amp * (t / peak if t <= peak else (T - 1 - t) / (T - 1 - peak))
     dx = shift_after if t > 0 else 0
-    frames.append(draw_face(size=size, centre=(100 + dx, 85), mouth_open=a,
-                             seed=seed * 100 + t if noise else None))
+    frames.append(draw_face(size=size, centre=(100 + dx, 85), mouth_open=a, seed=seed * 100 + t if noise else None))
   return np.stack(frames)
 
 
@@ -143,7 +142,7 @@ def test_spotting_is_inside_the_face_box():
   box = face_lib.clip_face_box(clip)
   assert box.x > 20
   assert apex_lib.spot_apex(clip, box) == 8
-  assert apex_lib.spot_apex(clip, None) == 2   # whole frame: the flash wins
+  assert apex_lib.spot_apex(clip, None) == 2  # whole frame: the flash wins
 
 
 def test_choose_apex_modes():
@@ -172,7 +171,7 @@ def test_clip_without_evm_is_the_cropped_resized_apex_frame():
   assert out.min() >= 0.0 and out.max() <= 1.0
   box = face_lib.clip_face_box(clip[1:], margin=face_lib.DEFAULT_MARGIN)
   assert notes.box == box and notes.apex == 6 and notes.apex_rule == "annotated"
-  assert box.size > 112   # shrinking: area interpolation
+  assert box.size > 112  # shrinking: area interpolation
   ref = cv2.resize(box.crop(clip[6]), (112, 112), interpolation=cv2.INTER_AREA)
   np.testing.assert_allclose(out, np.clip(ref, 0, 1), atol=1e-6)
 
@@ -197,7 +196,7 @@ def test_grey_clip_is_replicated_to_three_channels():
   assert out.shape == (40, 40, 3)
   np.testing.assert_array_equal(out[..., 0], out[..., 2])
   c = cfg(size=40, evm=True)
-  c.evm.freq_band = (20.0, 40.0)   # 6 frames at 200 fps: the 33.3 Hz bin
+  c.evm.freq_band = (20.0, 40.0)  # 6 frames at 200 fps: the 33.3 Hz bin
   mag = preprocess.preprocess_clip(grey, 200.0, onset=0, apex=3, offset=5, config=c)
   assert mag.shape == (40, 40, 3) and mag.dtype == np.float32 and 0 <= mag.min() and mag.max() <= 1
   np.testing.assert_array_equal(mag[..., 0], mag[..., 1])
@@ -235,8 +234,17 @@ def test_preprocess_sample_reads_frames_and_reports_bad_files(tmp_path):
     p = str(tmp_path / f"img{t}.jpg")
     cv2.imwrite(p, cv2.cvtColor((fr * 255).round().astype(np.uint8), cv2.COLOR_RGB2BGR))
     paths.append(p)
-  s = Sample(dataset="casme2", subject="sub01", clip_id="EP01", label="happiness", frame_paths=tuple(paths),
-             onset=0, apex=None, offset=7, fps=200.0)
+  s = Sample(
+    dataset="casme2",
+    subject="sub01",
+    clip_id="EP01",
+    label="happiness",
+    frame_paths=tuple(paths),
+    onset=0,
+    apex=None,
+    offset=7,
+    fps=200.0,
+  )
   n = preprocess.Notes()
   out = preprocess.preprocess_sample(s, cfg(size=48), notes=n)
   assert out.shape == (48, 48, 3) and n.apex == 5 and n.face_found
@@ -249,9 +257,19 @@ def test_preprocess_sample_reads_frames_and_reports_bad_files(tmp_path):
 
 def test_settings_capture_every_evm_field():
   """The cache key (settings_from_config, used by the TFDS builders) changes with every evm field."""
-  changed = {"enabled": False, "order": "fast", "alpha": 20.0, "freq_band": (0.2, 0.4), "pyramid": "gaussian",
-             "levels": 3, "lambda_c": 20.0, "chrom_attenuation": 1.0, "temporal_filter": "iir",
-             "on_empty_band": "fallback", "band_units": "mit_rates"}
+  changed = {
+    "enabled": False,
+    "order": "fast",
+    "alpha": 20.0,
+    "freq_band": (0.2, 0.4),
+    "pyramid": "gaussian",
+    "levels": 3,
+    "lambda_c": 20.0,
+    "chrom_attenuation": 1.0,
+    "temporal_filter": "iir",
+    "on_empty_band": "fallback",
+    "band_units": "mit_rates",
+  }
   a = preprocess.settings_from_config(cfg(evm=True))
   assert a["image_size"] == 48 and a["apex"] == "annotated" and a["evm"]["order"] == "paper"
   keys = set(cfg().evm.keys())
@@ -270,11 +288,13 @@ def test_settings_capture_every_evm_field():
 
 def test_tfds_cache_names_distinguish_the_orders():
   from mer_jax.data import tfds_builders as tb
+
   paper, fast = cfg(size=112, evm=True), cfg(size=112, evm=True)
   fast.evm.order = "fast"
   assert tb.config_name("casme2", paper) == "evm_112"
-  assert tb.config_name("casme2", fast).startswith("evm_112_") and \
-      tb.canonical_settings("casme2", fast) != tb.canonical_settings("casme2", paper)
+  assert tb.config_name("casme2", fast).startswith("evm_112_") and tb.canonical_settings(
+    "casme2", fast
+  ) != tb.canonical_settings("casme2", paper)
 
 
 # ---------------------------------------------------------------------------- EVM
@@ -282,7 +302,7 @@ def test_tfds_cache_names_distinguish_the_orders():
 
 def _evm_cfg(size=112, band=(10.0, 40.0), **evm):
   c = cfg(size=size, evm=True)
-  c.evm.freq_band = band       # T=12 at 200 fps: bins every 16.7 Hz, two of them in 10-40 Hz
+  c.evm.freq_band = band  # T=12 at 200 fps: bins every 16.7 Hz, two of them in 10-40 Hz
   for k, v in evm.items():
     c.evm[k] = v
   return c
@@ -308,21 +328,24 @@ def test_evm_leaves_a_static_clip_unchanged():
 
 def test_evm_empty_band_error_and_fallback_name_the_clip():
   clip = make_clip(T=12, peak=6, amp=1.0)
-  c = _evm_cfg(size=32, band=(0.1, 0.4))   # the paper's band: no FFT bin in a 0.06 s clip
-  with pytest.raises(EVMError, match=r"casme2/sub01/EP01 \(12 frames onset..offset at 200 fps, 0.060 s\)"
-                                     r".*empty passband"):
+  c = _evm_cfg(size=32, band=(0.1, 0.4))  # the paper's band: no FFT bin in a 0.06 s clip
+  with pytest.raises(
+    EVMError,
+    match=r"casme2/sub01/EP01 \(12 frames onset..offset at 200 fps, 0.060 s\)"
+    r".*empty passband",
+  ):
     preprocess.preprocess_clip(clip, 200.0, onset=0, apex=6, offset=11, config=c, name="casme2/sub01/EP01")
   c.evm.on_empty_band = "fallback"
   n = preprocess.Notes()
   with pytest.warns(preprocess.PreprocessWarning, match=r"casme2/sub01/EP01: .*passband"):
-    out = preprocess.preprocess_clip(clip, 200.0, onset=0, apex=6, offset=11, config=c, name="casme2/sub01/EP01",
-                                     notes=n)
+    out = preprocess.preprocess_clip(
+      clip, 200.0, onset=0, apex=6, offset=11, config=c, name="casme2/sub01/EP01", notes=n
+    )
   assert out.shape == (32, 32, 3) and len(n.warnings) == 1
   # a second clip of the same shape (jit cache hit in mer_jax.evm) is still reported, by its own name
   n = preprocess.Notes()
   with pytest.warns(preprocess.PreprocessWarning, match=r"casme2/sub02/EP09: .*passband.*Falling back"):
-    preprocess.preprocess_clip(clip, 200.0, onset=0, apex=6, offset=11, config=c, name="casme2/sub02/EP09",
-                               notes=n)
+    preprocess.preprocess_clip(clip, 200.0, onset=0, apex=6, offset=11, config=c, name="casme2/sub02/EP09", notes=n)
   assert len(n.warnings) == 1
 
 
@@ -335,7 +358,7 @@ def test_spotting_ignores_a_steady_illumination_ramp():
   box = face_lib.clip_face_box(clip)
   luminance = clip[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32)
   onset_only = np.abs(box.crop(luminance[..., None])[..., 0] - box.crop(luminance[..., None])[0, ..., 0])
-  assert int(np.argmax(onset_only.mean(axis=(1, 2)))) == T - 1     # the naive rule picks the offset
+  assert int(np.argmax(onset_only.mean(axis=(1, 2)))) == T - 1  # the naive rule picks the offset
   assert apex_lib.spot_apex(clip, box) == peak
 
 
@@ -349,11 +372,19 @@ def test_every_evm_field_reaches_the_preprocessed_image():
 
   base = run()
   # field: (settings of the reference run, the changed value)
-  cases = {"enabled": ({}, False), "order": ({}, "fast"), "alpha": ({}, 5.0), "freq_band": ({}, (25.0, 40.0)),
-           "pyramid": ({}, "gaussian"), "levels": ({}, 2), "lambda_c": ({}, 40.0),
-           "chrom_attenuation": ({}, 1.0), "temporal_filter": ({}, "butterworth"),
-           "band_units": ({"temporal_filter": "iir"}, "mit_rates"),
-           "on_empty_band": ({"freq_band": (0.1, 0.4)}, "fallback")}
+  cases = {
+    "enabled": ({}, False),
+    "order": ({}, "fast"),
+    "alpha": ({}, 5.0),
+    "freq_band": ({}, (25.0, 40.0)),
+    "pyramid": ({}, "gaussian"),
+    "levels": ({}, 2),
+    "lambda_c": ({}, 40.0),
+    "chrom_attenuation": ({}, 1.0),
+    "temporal_filter": ({}, "butterworth"),
+    "band_units": ({"temporal_filter": "iir"}, "mit_rates"),
+    "on_empty_band": ({"freq_band": (0.1, 0.4)}, "fallback"),
+  }
   keys = set(_evm_cfg().evm.keys())
   assert keys <= set(cases), f"no case for evm field(s) {sorted(keys - set(cases))}"
   for k in sorted(keys - {"on_empty_band"}):
@@ -381,8 +412,8 @@ def textured_clip(n, cycles, T=60, apex=30, shift=0.5):
   right by ``shift`` px with a raised-cosine profile: 0 at frame 0, ``shift`` at ``apex``, back to 0."""
   x = np.arange(n, dtype=np.float64)
   d = shift * 0.5 * (1 - np.cos(np.pi * np.arange(T) / apex))
-  rows = 0.5 + 0.25 * np.cos(2 * np.pi * cycles * (x[None, :] - d[:, None]) / n)         # [T, n]
-  rgb = rows[:, None, :, None] * np.array([1.0, 0.9, 0.8]) + np.array([0.0, 0.05, 0.1])   # a little colour
+  rows = 0.5 + 0.25 * np.cos(2 * np.pi * cycles * (x[None, :] - d[:, None]) / n)  # [T, n]
+  rgb = rows[:, None, :, None] * np.array([1.0, 0.9, 0.8]) + np.array([0.0, 0.05, 0.1])  # a little colour
   return np.ascontiguousarray(np.broadcast_to(rgb, (T, n, n, 3)).astype(np.float32))
 
 
@@ -398,6 +429,7 @@ def test_paper_order_keeps_the_native_resolution_gain(n):
   (216 -> 235, 333 -> 362, 432 -> 470 px: the largest region growth, 2^(1/8)); CDE's EVM settings."""
   from configs import cde
   from mer_jax import evm
+
   c = cde.get_config()
   assert c.evm.order == "paper" and c.evm.temporal_filter in preprocess.CAUSAL_FILTERS
   assert preprocess.work_size(n, c.evm) / n > 1.08
@@ -408,9 +440,9 @@ def test_paper_order_keeps_the_native_resolution_gain(n):
     ref = _area112(np.asarray(evm.magnify_from_config(video, 200.0, c.evm))[30]) - plain
     for order in ("paper", "fast"):
       c.evm.order = order
-      with pytest.warns(face_lib.FaceWarning, match="no face"):   # the texture is no face: the box is the frame
+      with pytest.warns(face_lib.FaceWarning, match="no face"):  # the texture is no face: the box is the frame
         out = preprocess.preprocess_clip(video, 200.0, onset=0, apex=30, offset=59, config=c, name="tex")
-      ratios[order].append(float(((out - plain) * ref).sum() / (ref * ref).sum()))   # projection on ref
+      ratios[order].append(float(((out - plain) * ref).sum() / (ref * ref).sum()))  # projection on ref
   assert all(0.8 <= r <= 1.2 for r in ratios["paper"]), ratios
   assert ratios["fast"][2] < 0.6 and min(ratios["fast"]) < 0.8, ratios
 
@@ -419,6 +451,7 @@ def test_causal_filters_ignore_appended_frames_and_ideal_does_not():
   """Why the paper order may pad the time axis for butterworth / iir (frames before the pad are exactly
   unchanged, and the apex needs no later frame) but keeps the ideal filter's clip exact."""
   from mer_jax import evm
+
   video = np.random.default_rng(0).uniform(0.2, 0.8, (20, 36, 44, 3)).astype(np.float32)
   padded = np.concatenate([video, np.repeat(video[-1:], 7, axis=0)])
   e = ml_collections.ConfigDict({**config_defaults.get_evm_config().to_dict(), "freq_band": (2.0, 20.0)})
@@ -440,6 +473,7 @@ def test_working_sizes_and_lengths():
   series = sorted({preprocess.geometric_bucket(n, 8) for n in range(150, 700)})
   assert series[:4] == [152, 166, 181, 197] and all(b / a < 1.1 for a, b in zip(series, series[1:]))
   from mer_jax.evm import pyramids
+
   for n in range(150, 700):
     b = preprocess.work_size(n, e)
     assert n <= b <= max(n, round(n * 2 ** (1 / 8))), n
@@ -452,6 +486,7 @@ def test_paper_order_compiles_once_per_working_size_and_length():
   """Clips with different face sizes (236-256 px -> working size 256) and onset..apex lengths (24-27 frames
   -> 27) share one compiled EVM; another working size compiles again (the counter counts)."""
   import jax
+
   compiles = []
 
   def listener(event, duration, **kw):

@@ -90,9 +90,8 @@ def test_samm_subject_format_and_grey(roots):
 
 def test_ck_peak_is_last_and_unlabelled_skipped(roots):
   res = readers.read_dataset("ck", roots["ck"])
-  seq_dirs = {os.path.dirname(p) for p in
-              glob.glob(os.path.join(roots["ck"], "cohn-kanade-images", "*", "*", "*.png"))}
-  assert len(seq_dirs) > len(res.samples)          # unlabelled sequences exist and are not read
+  seq_dirs = {os.path.dirname(p) for p in glob.glob(os.path.join(roots["ck"], "cohn-kanade-images", "*", "*", "*.png"))}
+  assert len(seq_dirs) > len(res.samples)  # unlabelled sequences exist and are not read
   for s in res.samples:
     (peak,) = s.frame_paths
     assert peak == sorted(os.path.join(os.path.dirname(peak), f) for f in os.listdir(os.path.dirname(peak)))[-1]
@@ -114,6 +113,7 @@ def test_rafdb_and_fer_splits_and_pixels(roots):
 
 # ------------------------------------------------------------------ summary
 
+
 def test_summary_json(roots, capsys):
   assert summary.main(["--dataset", "casme2", "--root", roots["casme2"], "--task", "3class", "--json"]) == 0
   out = json.loads(capsys.readouterr().out)
@@ -121,8 +121,7 @@ def test_summary_json(roots, capsys):
     assert k in out
   man = manifest(roots["casme2"])["per_label"]
   neg = man.get("disgust", 0) + man.get("repression", 0)
-  assert out["per_class"] == {"negative": neg, "positive": man.get("happiness", 0),
-                              "surprise": man.get("surprise", 0)}
+  assert out["per_class"] == {"negative": neg, "positive": man.get("happiness", 0), "surprise": man.get("surprise", 0)}
   excl = sum(man.get(k, 0) for k in ("others", "fear", "sadness"))
   assert out["excluded"] == excl and out["read"] == sum(man.values())
   assert sum(out["per_subject"].values()) == sum(out["per_class"].values()) == out["read"] - excl
@@ -139,6 +138,7 @@ def test_summary_text_and_5class(roots, capsys):
 
 # ------------------------------------------------------------------ bad inputs
 
+
 def test_missing_folder(tmp_path):
   with pytest.raises(DataError, match=r"CASME II folder .*missing_dir does not exist"):
     readers.read_dataset("casme2", str(tmp_path / "missing_dir"))
@@ -146,12 +146,15 @@ def test_missing_folder(tmp_path):
     readers.read_dataset("samm", "")
 
 
-@pytest.mark.parametrize("name,label_file,pattern", [
+@pytest.mark.parametrize(
+  "name,label_file,pattern",
+  [
     ("casme2", "CASME2-coding-20140508.xlsx", "CASME2-coding"),
     ("samm", "SAMM_Micro_FACS_Codes_v2.xlsx", "SAMM_Micro_FACS_Codes_v2.xlsx"),
     ("rafdb", "EmoLabel/list_patition_label.txt", "list_patition_label.txt is missing"),
     ("fer2013", "fer2013.csv", "fer2013.csv is missing"),
-])
+  ],
+)
 def test_missing_label_file(roots, tmp_path, name, label_file, pattern):
   root = copy(roots, name, tmp_path)
   os.remove(os.path.join(root, label_file))
@@ -180,9 +183,11 @@ def test_xlsx_without_column(roots, tmp_path):
     for c in ws[1]:
       if c.value == "Estimated Emotion":
         c.value = "Emotion guess"
+
   _edit_xlsx(xlsx, drop)
-  with pytest.raises(DataError,
-                     match=r"CASME2-coding-20140508.xlsx: no header row with the columns 'Estimated Emotion'"):
+  with pytest.raises(
+    DataError, match=r"CASME2-coding-20140508.xlsx: no header row with the columns 'Estimated Emotion'"
+  ):
     readers.read_dataset("casme2", root)
 
 
@@ -190,11 +195,18 @@ def test_samm_header_found_below_description_rows(roots, tmp_path):
   root = copy(roots, "samm", tmp_path)
   xlsx = os.path.join(root, "SAMM_Micro_FACS_Codes_v2.xlsx")
   wb = openpyxl.load_workbook(xlsx)
-  assert [c.value for c in wb.active[14]][:6] == ["Subject", "Filename", "Inducement Code",
-                                                  "Onset Frame", "Apex Frame", "Offset Frame"]
+  assert [c.value for c in wb.active[14]][:6] == [
+    "Subject",
+    "Filename",
+    "Inducement Code",
+    "Onset Frame",
+    "Apex Frame",
+    "Offset Frame",
+  ]
 
   def drop(ws):
     ws.cell(row=14, column=4).value = "Start"
+
   _edit_xlsx(xlsx, drop)
   with pytest.raises(DataError, match="'Onset Frame'"):
     readers.read_dataset("samm", root)
@@ -206,6 +218,7 @@ def test_label_outside_mapping(roots, tmp_path):
 
   def bad(ws):
     ws.cell(row=3, column=9).value = "joy"
+
   _edit_xlsx(xlsx, bad)
   with pytest.raises(DataError, match=r"CASME2-coding-20140508.xlsx row 3 .*'joy' is not a casme2 label"):
     readers.read_dataset("casme2", root)
@@ -228,8 +241,11 @@ def test_frame_listed_but_missing(roots, tmp_path):
   m = manifest(root)["samples"][2]
   frame_no = m["onset_frame"] + 3
   os.remove(os.path.join(root, m["folder"], f"{m['subject']}_{frame_no:05d}.jpg"))
-  with pytest.raises(DataError, match=rf"SAMM_Micro_FACS_Codes_v2.xlsx row \d+ \({m['subject']}/{m['clip_id']}\): "
-                                      rf"frame {frame_no} .* is listed but missing"):
+  with pytest.raises(
+    DataError,
+    match=rf"SAMM_Micro_FACS_Codes_v2.xlsx row \d+ \({m['subject']}/{m['clip_id']}\): "
+    rf"frame {frame_no} .* is listed but missing",
+  ):
     readers.read_dataset("samm", root)
   res = readers.read_dataset("samm", root, skip_bad=True)
   assert len(res.samples) == manifest(root)["n_samples"] - 1
@@ -250,7 +266,7 @@ def test_truncated_key_frame_does_not_decode(roots, tmp_path):
   root = copy(roots, "rafdb", tmp_path)
   path = os.path.join(root, "Image", "aligned", "train_00002_aligned.jpg")
   with open(path, "r+b") as f:
-    f.truncate(40)      # JPEG signature kept, data gone
+    f.truncate(40)  # JPEG signature kept, data gone
   with pytest.raises(DataError, match=r"line 2 \(train_00002.jpg\): image .*train_00002_aligned.jpg is corrupt"):
     readers.read_dataset("rafdb", root)
 
@@ -323,6 +339,7 @@ def test_apex_outside_onset_offset_keeps_the_clip_and_is_spotted(roots, tmp_path
   """A coding-sheet apex outside onset..offset is an annotation error: the clip is kept, and the
   'annotated' apex rule spots the apex and says why (never a silently wrong frame)."""
   from mer_jax.data import apex as apex_lib
+
   root = copy(roots, "casme2", tmp_path)
   xlsx = os.path.join(root, "CASME2-coding-20140508.xlsx")
   header = [c.value for c in openpyxl.load_workbook(xlsx).active[1]]
@@ -330,6 +347,7 @@ def test_apex_outside_onset_offset_keeps_the_clip_and_is_spotted(roots, tmp_path
 
   def push_apex_past_offset(ws):
     ws.cell(row=2, column=apex_col).value = int(ws.cell(row=2, column=offset_col).value) + 5
+
   _edit_xlsx(xlsx, push_apex_past_offset)
   before = readers.read_dataset("casme2", roots["casme2"])
   after = readers.read_dataset("casme2", root)

@@ -13,7 +13,7 @@ from mer_jax import config_defaults
 
 # A stand-in for `python -m mer_jax.main`: records its argv and writes a results.json whose
 # Mixed accuracy encodes the attention override, so the assembled table can be checked.
-FAKE = r'''#!{python}
+FAKE = r"""#!{python}
 import json, os, sys
 args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
 with open(os.environ["FAKE_LOG"], "a") as f:
@@ -26,7 +26,7 @@ os.makedirs(args["workdir"], exist_ok=True)
 json.dump({{"label": "x", "sources": ["casme2", "samm", "smic"], "aggregate": agg, "seed": 0,
            "git_commit": "f", "test_fold_early_stopping": False, "bootstrap": {{}}}},
           open(os.path.join(args["workdir"], "results.json"), "w"))
-'''
+"""
 
 
 def _read(path):
@@ -50,8 +50,9 @@ def _calls(log):
 
 def test_dry_run_prints_valid_override_commands(capsys, tmp_path):
   root = str(tmp_path / "abl")
-  assert ablation.main(["--workdir", root, "--config=configs/synth_demo.py", "--dry-run",
-                        "--config.finetune.epochs=2"]) == 0
+  assert (
+    ablation.main(["--workdir", root, "--config=configs/synth_demo.py", "--dry-run", "--config.finetune.epochs=2"]) == 0
+  )
   out = capsys.readouterr().out
   cmds = [shlex.split(ln) for ln in out.splitlines() if not ln.startswith("#")]
   assert len(cmds) == len(ablation.VARIANTS)
@@ -59,17 +60,17 @@ def test_dry_run_prints_valid_override_commands(capsys, tmp_path):
   workdirs = set()
   for cmd in cmds:
     assert cmd[1:3] == ["-m", "mer_jax.main"] and "--config=configs/synth_demo.py" in cmd
-    assert cmd[-1] == "--config.finetune.epochs=2"      # extra overrides reach every run
+    assert cmd[-1] == "--config.finetune.epochs=2"  # extra overrides reach every run
     workdirs.add(next(a for a in cmd if a.startswith("--workdir=")))
     for a in cmd:
       if a.startswith("--config."):
-        key, value = a[len("--config."):].split("=", 1)
+        key, value = a[len("--config.") :].split("=", 1)
         node = base
         for part in key.split(".")[:-1]:
           node = node[part]
-        assert key.split(".")[-1] in node, f"{key} is not a config field"   # schema drift guard
-  assert len(workdirs) == len(cmds)                       # sibling workdirs, one per variant
-  assert not os.path.exists(root)                         # a dry run creates nothing
+        assert key.split(".")[-1] in node, f"{key} is not a config field"  # schema drift guard
+  assert len(workdirs) == len(cmds)  # sibling workdirs, one per variant
+  assert not os.path.exists(root)  # a dry run creates nothing
   assert "table11_attention_kinds/table.md" in out and "Spatial attention only <- " in out
   evm = next(c for c in cmds if "--config.evm.enabled=False" in c)
   assert f"--config.pretrained_checkpoint={os.path.join(root, 'proposed', 'pretrain')}" in evm
@@ -80,13 +81,17 @@ def test_runs_variants_skips_finished_and_assembles_tables(fake_python, tmp_path
   root = str(tmp_path / "abl")
   assert ablation.main(["--workdir", root, "--sets", "attention", "--python", python]) == 0
   calls = _calls(log)
-  assert len(calls) == 4                                   # proposed + none/channel/spatial
-  assert calls[0][3] == f"--workdir={os.path.join(root, 'proposed')}"   # the baseline runs first
+  assert len(calls) == 4  # proposed + none/channel/spatial
+  assert calls[0][3] == f"--workdir={os.path.join(root, 'proposed')}"  # the baseline runs first
   table = _read(os.path.join(root, "table11_attention_kinds", "table.md"))
   rows = [ln for ln in table.splitlines() if ln.startswith("| ") and "Method" not in ln and "CI" not in ln]
-  assert [r.split(" | ")[0][2:] for r in rows] == ["No attention", "Channel attention only",
-                                                  "Spatial attention only", "Mixed attention (proposed)"]
-  assert [r.split(" | ")[3] for r in rows] == ["50.00", "60.00", "70.00", "90.00"]   # Mixed Acc (%)
+  assert [r.split(" | ")[0][2:] for r in rows] == [
+    "No attention",
+    "Channel attention only",
+    "Spatial attention only",
+    "Mixed attention (proposed)",
+  ]
+  assert [r.split(" | ")[3] for r in rows] == ["50.00", "60.00", "70.00", "90.00"]  # Mixed Acc (%)
   assert "w/o Attention" in _read(os.path.join(root, "ablation.md"))
   # Again: every run is finished, nothing starts.
   assert ablation.main(["--workdir", root, "--sets", "attention", "--python", python]) == 0

@@ -49,9 +49,9 @@ TWO = video("15_0401", "s15", iv(1, 5), iv(6, 10))
 
 
 def test_iou_counts_inclusive_frames_exactly():
-  assert ev.iou((1, 10), (1, 5)) == Fraction(1, 2)        # 5 shared of 10
-  assert ev.iou((1, 1), (1, 1)) == 1                       # one frame is length 1, not 0
-  assert ev.iou((1, 5), (5, 9)) == Fraction(1, 9)          # frame 5 shared; union 1..9
+  assert ev.iou((1, 10), (1, 5)) == Fraction(1, 2)  # 5 shared of 10
+  assert ev.iou((1, 1), (1, 1)) == 1  # one frame is length 1, not 0
+  assert ev.iou((1, 5), (5, 9)) == Fraction(1, 9)  # frame 5 shared; union 1..9
   assert ev.iou((1, 5), (6, 9)) == 0
   assert ev.passes(Fraction(1, 2), Fraction("0.5"), strict=False)
   assert not ev.passes(Fraction(1, 2), Fraction("0.5"), strict=True)
@@ -75,16 +75,16 @@ def test_one_prediction_overlapping_two_ground_truths():
 @pytest.mark.parametrize("rule", ev.MATCHINGS)
 def test_iou_exactly_half_counts_with_ge_not_with_strict(rule):
   g = gt(video("15_0401", "s15", iv(1, 5)))
-  p = [pred("15_0401", 1, 10)]                                  # IoU exactly 5/10
+  p = [pred("15_0401", 1, 10)]  # IoU exactly 5/10
   assert counts(ev.evaluate([g], p, rule=rule)) == (1, 0, 0)
   assert counts(ev.evaluate([g], p, rule=rule, strict=True)) == (0, 1, 1)
-  assert counts(ev.evaluate([g], [pred("15_0401", 1, 11)], rule=rule)) == (0, 1, 1)    # 5/11 < 0.5
+  assert counts(ev.evaluate([g], [pred("15_0401", 1, 11)], rule=rule)) == (0, 1, 1)  # 5/11 < 0.5
 
 
 @pytest.mark.parametrize("rule", ev.MATCHINGS)
 def test_subject_without_predictions_adds_its_false_negatives(rule):
   s15 = video("15_0401", "s15", iv(1, 5), iv(100, 140, "macro"))
-  s16 = video("16_0401", "s16", iv(20, 30), iv(40, 50), iv(200, 260, "macro"))   # no predictions at all
+  s16 = video("16_0401", "s16", iv(20, 30), iv(40, 50), iv(200, 260, "macro"))  # no predictions at all
   p = [pred("15_0401", 1, 5), pred("15_0401", 100, 140, "macro")]
   r = ev.evaluate([gt(s15, s16)], p, rule=rule)
   # micro: s15's one found (TP 1), s16's two missed (FN 2); macro: TP 1, FN 1. P = 1, R = 1/3 and 1/2.
@@ -98,7 +98,7 @@ def test_subject_without_predictions_adds_its_false_negatives(rule):
 @pytest.mark.parametrize("rule", ev.MATCHINGS)
 def test_type_mismatch_is_a_false_positive_and_a_miss(rule):
   g = gt(video("15_0401", "s15", iv(1, 5)))
-  r = ev.evaluate([g], [pred("15_0401", 1, 5, "macro")], rule=rule)   # exact frames, wrong type
+  r = ev.evaluate([g], [pred("15_0401", 1, 5, "macro")], rule=rule)  # exact frames, wrong type
   assert counts(r, t="micro") == (0, 0, 1)
   assert counts(r, t="macro") == (0, 1, 0)
   assert counts(r, t="all") == (0, 1, 1)
@@ -121,8 +121,9 @@ def test_one_to_one_takes_predictions_by_score():
   # GT [1, 10]; P1 [1, 10] (IoU 1, score 0.2) and P2 [2, 10] (IoU 0.9, score 0.9): P2 goes first and takes it.
   g = gt(video("15_0401", "s15", iv(1, 10, emotion="negative")))
   p = [pred("15_0401", 1, 10, score=0.2, emotion="negative"), pred("15_0401", 2, 10, score=0.9, emotion="positive")]
-  c, pairs = ev.match([(1, 10), (2, 10)], [0.2, 0.9], [(1, 10)], threshold=Fraction(1, 2), strict=False,
-                      rule="one-to-one")
+  c, pairs = ev.match(
+    [(1, 10), (2, 10)], [0.2, 0.9], [(1, 10)], threshold=Fraction(1, 2), strict=False, rule="one-to-one"
+  )
   assert (c.tp, c.fp, c.fn) == (1, 1, 0) and pairs == [(0, 1)]
   # STRS emotion: one-to-one pairs the GT with P2 (positive: wrong); megc2020 with its best-IoU P1 (right).
   assert ev.evaluate([g], p, rule="one-to-one")["strs"][CAS_LONG]["analysis_uf1"] == 0.0
@@ -141,12 +142,22 @@ def test_counts_pool_over_datasets_before_f1():
 
 
 def test_strs_uses_uf1_over_correctly_spotted_micro_expressions():
-  g = gt(video("15_0401", "s15", iv(1, 10, emotion="negative"), iv(20, 29, emotion="positive"),
-               iv(40, 49, emotion="surprise"), iv(100, 150, "macro", emotion="positive")))
-  p = [pred("15_0401", 1, 10, emotion="negative"),       # spotted, right emotion
-       pred("15_0401", 20, 29, emotion="surprise"),      # spotted, wrong emotion
-       pred("15_0401", 60, 70, emotion="negative"),      # false positive: not analysed
-       pred("15_0401", 100, 150, "macro", emotion="negative")]  # macro: not analysed
+  g = gt(
+    video(
+      "15_0401",
+      "s15",
+      iv(1, 10, emotion="negative"),
+      iv(20, 29, emotion="positive"),
+      iv(40, 49, emotion="surprise"),
+      iv(100, 150, "macro", emotion="positive"),
+    )
+  )
+  p = [
+    pred("15_0401", 1, 10, emotion="negative"),  # spotted, right emotion
+    pred("15_0401", 20, 29, emotion="surprise"),  # spotted, wrong emotion
+    pred("15_0401", 60, 70, emotion="negative"),  # false positive: not analysed
+    pred("15_0401", 100, 150, "macro", emotion="negative"),
+  ]  # macro: not analysed
   s = ev.evaluate([g], p)["strs"][CAS_LONG]
   # spot micro: TP 2 FP 1 FN 1 -> P = R = F1 = 2/3. Analysis pairs (neg, neg), (pos, sur): F1 negative 1,
   # positive 0, surprise 0 (others absent) -> UF1 1/3; recalls 1, 0, and 0 for surprise -> UAR 1/3.
@@ -158,10 +169,18 @@ def test_strs_uses_uf1_over_correctly_spotted_micro_expressions():
 
 # ---------------------------------------------------------------------------- prediction files
 
+
 def test_json_and_megc_csv_predictions(tmp_path):
   js = tmp_path / "p.json"
-  js.write_text(json.dumps({"predictions": [{"video": "15_0401", "onset": 3, "offset": 9, "type": "me",
-                                             "score": 0.5, "emotion": "Positive"}]}))
+  js.write_text(
+    json.dumps(
+      {
+        "predictions": [
+          {"video": "15_0401", "onset": 3, "offset": 9, "type": "me", "score": 0.5, "emotion": "Positive"}
+        ]
+      }
+    )
+  )
   (p,) = ev.load_predictions(str(js))
   assert (p.video, p.onset, p.offset, p.type, p.score, p.emotion) == ("15_0401", 3, 9, "micro", 0.5, "positive")
   c1 = tmp_path / "a.csv"
@@ -175,13 +194,17 @@ def test_json_and_megc_csv_predictions(tmp_path):
   assert (h.video, h.onset, h.offset, h.type, h.score) == ("006_1", 100, 400, "macro", 0.25)
 
 
-@pytest.mark.parametrize("text,needle", [
+@pytest.mark.parametrize(
+  "text,needle",
+  [
     ("15_0401,9,3,me\n", "b.csv line 1: bad interval: offset 3 is before onset 9"),
     ("15_0401,0,3,me\n", "b.csv line 1: bad interval: onset 0"),
     ("15_0401,3,x,me\n", "b.csv line 1: offset 'x' is not a frame number"),
     ("15_0401,3,9,blink\n", "b.csv line 1: type 'blink' is not one of micro, macro"),
     ("15_0401,3,9\n", "b.csv line 1: expected vid,pred_onset,pred_offset,type"),
-], ids=["offset-before-onset", "onset-0", "offset-not-a-number", "unknown-type", "too-few-columns"])
+  ],
+  ids=["offset-before-onset", "onset-0", "offset-not-a-number", "unknown-type", "too-few-columns"],
+)
 def test_bad_prediction_lines(tmp_path, text, needle):
   f = tmp_path / "b.csv"
   f.write_text(text)
@@ -201,18 +224,24 @@ def test_unknown_video_and_aliases():
 
 # ---------------------------------------------------------------------------- command line
 
+
 @pytest.fixture(scope="module")
 def gt_files(tmp_path_factory):
   root = tmp_path_factory.mktemp("spot_gt")
   cas = synth_long.generate_long(CAS_LONG, str(root / "cas"), seed=5, subjects=2, videos_per_subject=2, frames=False)
-  samm = synth_long.generate_long(SAMM_LV, str(root / "samm"), seed=5, subjects=2, videos_per_subject=2,
-                                  frames=False)
+  samm = synth_long.generate_long(SAMM_LV, str(root / "samm"), seed=5, subjects=2, videos_per_subject=2, frames=False)
   return cas, samm
 
 
 def run(*args):
-  return subprocess.run([sys.executable, "-m", "mer_jax.spot_eval", *map(str, args)], capture_output=True,
-                        text=True, cwd=REPO, env=ENV, timeout=120)
+  return subprocess.run(
+    [sys.executable, "-m", "mer_jax.spot_eval", *map(str, args)],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    env=ENV,
+    timeout=120,
+  )
 
 
 def one_error(proc) -> str:
@@ -235,8 +264,16 @@ def test_cli_perfect_predictions_of_the_truth(gt_files, tmp_path):
   for root in gt_files:
     for v in manifest(root)["videos"]:
       for i in v["intervals"]:
-        preds.append({"video": v["video"], "onset": i["onset"], "offset": i["offset"], "type": i["type"],
-                      "score": 1.0, "emotion": i["emotion"]})
+        preds.append(
+          {
+            "video": v["video"],
+            "onset": i["onset"],
+            "offset": i["offset"],
+            "type": i["type"],
+            "score": 1.0,
+            "emotion": i["emotion"],
+          }
+        )
   pf = tmp_path / "p.json"
   pf.write_text(json.dumps(preds))
   out = tmp_path / "r.json"
@@ -270,14 +307,20 @@ def test_cli_strict_iou_flag(gt_files, tmp_path):
     assert json.loads(out.read_text())["results"]["megc2020"]["overall"]["micro"]["tp"] == tp
 
 
-@pytest.mark.parametrize("content,needles", [
+@pytest.mark.parametrize(
+  "content,needles",
+  [
     ('[{"video": "99_9999", "onset": 1, "offset": 5, "type": "micro"}]', ["p.json entry 1", "unknown video '99_9999'"]),
-    ('[{"video": "15_0101", "onset": 8, "offset": 5, "type": "micro"}]', ["p.json entry 1", "bad interval",
-                                                                          "offset 5 is before onset 8"]),
+    (
+      '[{"video": "15_0101", "onset": 8, "offset": 5, "type": "micro"}]',
+      ["p.json entry 1", "bad interval", "offset 5 is before onset 8"],
+    ),
     ('[{"video": "15_0101", "onset": 1, "type": "micro"}]', ["p.json entry 1", "missing key(s) offset"]),
     ('{"video": 1}', ["expected a JSON list"]),
     ('[{"video": "15_0101", "onset": 1, "offset', ["is not valid JSON"]),
-], ids=["unknown-video", "offset-before-onset", "missing-key", "not-a-list", "bad-json"])
+  ],
+  ids=["unknown-video", "offset-before-onset", "missing-key", "not-a-list", "bad-json"],
+)
 def test_cli_bad_predictions(gt_files, tmp_path, content, needles):
   pf = tmp_path / "p.json"
   pf.write_text(content)

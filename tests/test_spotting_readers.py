@@ -25,18 +25,31 @@ ANN = {CAS_LONG: readers.CAS_XLSX, SAMM_LV: synth_long.SAMM_XLSX}
 def annotations(tmp_path_factory):
   """Annotation files only (no frames): 3 subjects x 3 videos per layout."""
   root = tmp_path_factory.mktemp("long_ann")
-  return {lay: synth_long.generate_long(lay, str(root / lay), seed=2, subjects=3, videos_per_subject=3, frames=False)
-          for lay in synth_long.LAYOUTS}
+  return {
+    lay: synth_long.generate_long(lay, str(root / lay), seed=2, subjects=3, videos_per_subject=3, frames=False)
+    for lay in synth_long.LAYOUTS
+  }
 
 
 @pytest.fixture(scope="module")
 def with_frames(tmp_path_factory):
   """Small videos with frames: CAS(ME)^2 1 subject x 1 video of 8 s, SAMM-LV 1 x 1 of 3 s, 64 px, no noise."""
   root = tmp_path_factory.mktemp("long_frames")
-  kw = dict(seed=4, subjects=1, videos_per_subject=1, micro_per_video=2, macro_per_video=1, blinks_per_video=1,
-            head_moves_per_video=1, frame_size=64, noise_scale=0.0)
-  return {CAS_LONG: synth_long.generate_long(CAS_LONG, str(root / "cas"), seconds=8, **kw),
-          SAMM_LV: synth_long.generate_long(SAMM_LV, str(root / "samm"), seconds=3.5, **kw)}
+  kw = dict(
+    seed=4,
+    subjects=1,
+    videos_per_subject=1,
+    micro_per_video=2,
+    macro_per_video=1,
+    blinks_per_video=1,
+    head_moves_per_video=1,
+    frame_size=64,
+    noise_scale=0.0,
+  )
+  return {
+    CAS_LONG: synth_long.generate_long(CAS_LONG, str(root / "cas"), seconds=8, **kw),
+    SAMM_LV: synth_long.generate_long(SAMM_LV, str(root / "samm"), seconds=3.5, **kw),
+  }
 
 
 def manifest(root):
@@ -55,7 +68,7 @@ def expected_read(w: dict) -> tuple:
 def test_reader_reads_back_what_the_generator_wrote(annotations, layout):
   root = annotations[layout]
   man = manifest(root)
-  res = readers.read_long(os.path.join(root, ANN[layout]))       # the annotation file only
+  res = readers.read_long(os.path.join(root, ANN[layout]))  # the annotation file only
   assert res.dataset == layout and res.skipped == []
   assert {v.video for v in res.videos} == {v["video"] for v in man["videos"]}
   by_video = {v.video: v for v in res.videos}
@@ -71,7 +84,7 @@ def test_reader_reads_back_what_the_generator_wrote(annotations, layout):
       assert i.type == mi["type"] and i.aus == mi["aus"]
       assert i.emotion == (mi["emotion"] if layout == CAS_LONG else None)
       n_written += 1
-      if mi["written"]["offset"] != 0:         # every other row reads back the true frames
+      if mi["written"]["offset"] != 0:  # every other row reads back the true frames
         assert (i.onset, i.offset) == (mi["onset"], mi["offset"])
   assert res.read == n_written
   c = res.counts()
@@ -145,6 +158,7 @@ def test_frames_are_found_and_show_the_expressions(with_frames, layout):
 
 # ---------------------------------------------------------------------------- bad input
 
+
 def copy(root, tmp_path):
   dst = str(tmp_path / "copy")
   shutil.copytree(root, dst)
@@ -161,8 +175,11 @@ def test_samm_missing_sheet_and_column(annotations, tmp_path):
   root = copy(annotations[SAMM_LV], tmp_path)
   x = os.path.join(root, synth_long.SAMM_XLSX)
   edit(x, lambda wb: wb["FACS_Movement_Only"].cell(row=10, column=8, value="Kind"))
-  with pytest.raises(DataError, match=r"SAMM_LongVideos_V2_Release.xlsx: sheet 'FACS_Movement_Only' has no header "
-                     r"row with the column\(s\) 'Type'"):
+  with pytest.raises(
+    DataError,
+    match=r"SAMM_LongVideos_V2_Release.xlsx: sheet 'FACS_Movement_Only' has no header "
+    r"row with the column\(s\) 'Type'",
+  ):
     readers.read_long(x)
   edit(x, lambda wb: setattr(wb["FACS_Movement_Only"], "title", "Sheet1"))
   with pytest.raises(DataError, match=r"has no sheet 'FACS_Movement_Only' \(sheets: Sheet1\)"):
@@ -186,14 +203,19 @@ def test_bad_rows_raise_or_are_skipped_and_counted(annotations, tmp_path):
   root = copy(annotations[CAS_LONG], tmp_path)
   x = os.path.join(root, readers.CAS_XLSX)
   good = readers.read_long(x)
+
   def damage(wb):
     ws = wb.worksheets[0]
     ws.cell(row=2, column=8, value="mega-expression")
     ws.cell(row=3, column=3, value=500)
     ws.cell(row=3, column=5, value=400)
+
   edit(x, damage)
-  with pytest.raises(DataError, match=r"CAS\(ME\)\^2code_final.xlsx row 2 \(\w+_\d+\): type 'mega-expression' is "
-                     r"neither.*skip_bad_samples"):
+  with pytest.raises(
+    DataError,
+    match=r"CAS\(ME\)\^2code_final.xlsx row 2 \(\w+_\d+\): type 'mega-expression' is "
+    r"neither.*skip_bad_samples",
+  ):
     readers.read_long(x)
   res = readers.read_long(x, skip_bad=True)
   assert res.read == good.read and len(res.skipped) == 2

@@ -39,7 +39,7 @@ def test_deterministic_bytes(tmp_path):
   a = synth.generate("casme2", str(tmp_path / "a"), seed=5, subjects=1, clips_per_subject=2, clip_frames=8)
   b = synth.generate("casme2", str(tmp_path / "b"), seed=5, subjects=1, clips_per_subject=2, clip_frames=8)
   c = synth.generate("casme2", str(tmp_path / "c"), seed=6, subjects=1, clips_per_subject=2, clip_frames=8)
-  assert tree_hash(a) == tree_hash(b)          # includes the xlsx (zip times, doc dates pinned)
+  assert tree_hash(a) == tree_hash(b)  # includes the xlsx (zip times, doc dates pinned)
   assert tree_hash(a) != tree_hash(c)
   s1 = synth.generate("samm", str(tmp_path / "s1"), seed=5, subjects=1, clips_per_subject=2, clip_frames=8)
   s2 = synth.generate("samm", str(tmp_path / "s2"), seed=5, subjects=1, clips_per_subject=2, clip_frames=8)
@@ -47,8 +47,10 @@ def test_deterministic_bytes(tmp_path):
 
 
 def test_subjects_differ(sets):
-  imgs = [cv2.imread(sorted(glob.glob(os.path.join(sets["casme2"], "CASME2_RAW_selected", s, "*", "*.jpg")))[0])
-          for s in ("sub01", "sub02")]
+  imgs = [
+    cv2.imread(sorted(glob.glob(os.path.join(sets["casme2"], "CASME2_RAW_selected", s, "*", "*.jpg")))[0])
+    for s in ("sub01", "sub02")
+  ]
   assert np.abs(imgs[0].astype(int) - imgs[1].astype(int)).mean() > 10
 
 
@@ -59,25 +61,35 @@ def test_micro_layout_paths(sets):
   s = [rel(p, sets["samm"]) for p in glob.glob(os.path.join(sets["samm"], "SAMM", "*", "*", "*"))]
   assert s and all(re.fullmatch(r"SAMM/(\d{3})/\1_\d_\d/\1_\d{5}\.jpg", p) for p in s)
   m = [rel(p, sets["smic"]) for p in glob.glob(os.path.join(sets["smic"], "HS", "*", "micro", "*", "*", "*"))]
-  assert m and all(re.fullmatch(r"HS/(s\d+)/micro/(negative|positive|surprise)/\1_(ne|po|sur)_\d\d/image\d{6}\.bmp", p)
-                   for p in m)
+  assert m and all(
+    re.fullmatch(r"HS/(s\d+)/micro/(negative|positive|surprise)/\1_(ne|po|sur)_\d\d/image\d{6}\.bmp", p) for p in m
+  )
   for p in m:
     emo, clip = p.split("/")[3:5]
     assert clip.split("_")[1] == {"negative": "ne", "positive": "po", "surprise": "sur"}[emo]
-  assert cv2.imread(os.path.join(sets["samm"], s[0]), cv2.IMREAD_UNCHANGED).ndim == 2     # SAMM grey
+  assert cv2.imread(os.path.join(sets["samm"], s[0]), cv2.IMREAD_UNCHANGED).ndim == 2  # SAMM grey
   assert cv2.imread(os.path.join(sets["casme2"], c[0]), cv2.IMREAD_UNCHANGED).ndim == 3
 
 
 def test_xlsx_layouts(sets):
   ws = openpyxl.load_workbook(os.path.join(sets["casme2"], "CASME2-coding-20140508.xlsx")).active
-  assert [c.value for c in ws[1]] == ["Subject", "Filename", None, "OnsetFrame", "ApexFrame", "OffsetFrame",
-                                      None, "Action Units", "Estimated Emotion"]
+  assert [c.value for c in ws[1]] == [
+    "Subject",
+    "Filename",
+    None,
+    "OnsetFrame",
+    "ApexFrame",
+    "OffsetFrame",
+    None,
+    "Action Units",
+    "Estimated Emotion",
+  ]
   rows = list(ws.iter_rows(min_row=2, values_only=True))
   assert all(isinstance(r[0], int) for r in rows) and any(r[4] == "/" for r in rows)
   ws = openpyxl.load_workbook(os.path.join(sets["samm"], "SAMM_Micro_FACS_Codes_v2.xlsx")).active
   header = [c.value for c in ws[14]]
   assert header[:6] == ["Subject", "Filename", "Inducement Code", "Onset Frame", "Apex Frame", "Offset Frame"]
-  assert "Estimated Emotion" in header and ws.cell(row=1, column=1).value     # description rows above
+  assert "Estimated Emotion" in header and ws.cell(row=1, column=1).value  # description rows above
   assert ws.cell(row=15, column=1).number_format == "000"
 
 
@@ -89,7 +101,7 @@ def test_macro_layouts(sets):
     assert re.fullmatch(r"   [1-7]\.0000000e\+00\n", text)
     subj, seq = f.split(os.sep)[-3:-1]
     frames = sorted(os.listdir(os.path.join(sets["ck"], "cohn-kanade-images", subj, seq)))
-    assert frames[-1] == os.path.basename(f).replace("_emotion.txt", ".png")   # peak last
+    assert frames[-1] == os.path.basename(f).replace("_emotion.txt", ".png")  # peak last
     assert all(re.fullmatch(rf"{subj}_{seq}_\d{{8}}\.png", x) for x in frames)
   lines = open(os.path.join(sets["rafdb"], "EmoLabel", "list_patition_label.txt")).read().splitlines()
   assert len(lines) == 14 and all(re.fullmatch(r"(train_\d{5}|test_\d{4})\.jpg [1-7]", ln) for ln in lines)
@@ -111,16 +123,28 @@ def test_macro_layouts(sets):
 CK_DOC = {0: "neutral", 1: "anger", 2: "contempt", 3: "disgust", 4: "fear", 5: "happy", 6: "sadness", 7: "surprise"}
 RAFDB_DOC = {1: "surprise", 2: "fear", 3: "disgust", 4: "happiness", 5: "sadness", 6: "anger", 7: "neutral"}
 FER2013_DOC = {0: "angry", 1: "disgust", 2: "fear", 3: "happy", 4: "sad", 5: "surprise", 6: "neutral"}
-MICRO_DOC = {"casme2": {"happiness", "surprise", "disgust", "repression", "others", "fear", "sadness"},
-             "samm": {"anger", "contempt", "disgust", "fear", "happiness", "sadness", "surprise", "other"},
-             "smic": {"negative", "positive", "surprise"}}
+MICRO_DOC = {
+  "casme2": {"happiness", "surprise", "disgust", "repression", "others", "fear", "sadness"},
+  "samm": {"anger", "contempt", "disgust", "fear", "happiness", "sadness", "surprise", "other"},
+  "smic": {"negative", "positive", "surprise"},
+}
 # One action unit each expression must show (FACS prototypes); neutral shows none.
-KEY_AU = {"happy": "AU12", "happiness": "AU12", "sadness": "AU15", "sad": "AU15", "surprise": "AU26",
-          "fear": "AU20", "anger": "AU7", "angry": "AU7", "disgust": "AU9", "contempt": "R14"}
+KEY_AU = {
+  "happy": "AU12",
+  "happiness": "AU12",
+  "sadness": "AU15",
+  "sad": "AU15",
+  "surprise": "AU26",
+  "fear": "AU20",
+  "anger": "AU7",
+  "angry": "AU7",
+  "disgust": "AU9",
+  "contempt": "R14",
+}
 
 
 def test_code_tables_are_the_documented_ones():
-  assert synth.CK_CODES == {k: v for k, v in CK_DOC.items() if k}     # labelled CK+ sequences never carry 0
+  assert synth.CK_CODES == {k: v for k, v in CK_DOC.items() if k}  # labelled CK+ sequences never carry 0
   assert synth.RAFDB_CODES == RAFDB_DOC
   assert synth.FER_CODES == FER2013_DOC
   for name, cycle in synth.MICRO_CYCLES.items():
@@ -175,8 +199,17 @@ def test_haar_detects_faces(sets):
 def _clip(label, amplitude, n=21, apex=10, grey=False):
   ident = synth.make_identity(np.random.default_rng(0), grey=grey)
   aus = synth.expression_aus(label, np.random.default_rng(1))
-  spec = synth.ClipSpec(subject="x", clip_id="x", label=label, n_frames=n, apex=apex,
-                        amplitude=amplitude, aus=aus, blink_at=None, drift=(0.0, 0.0))
+  spec = synth.ClipSpec(
+    subject="x",
+    clip_id="x",
+    label=label,
+    n_frames=n,
+    apex=apex,
+    amplitude=amplitude,
+    aus=aus,
+    blink_at=None,
+    drift=(0.0, 0.0),
+  )
   frames = synth.render_clip(ident, spec, frame_size=140, rng=np.random.default_rng(2), noise_scale=0.0)
   return [f.astype(np.float64) for f in frames]
 
@@ -184,25 +217,25 @@ def _clip(label, amplitude, n=21, apex=10, grey=False):
 def _change(frames, apex=10):
   d = np.abs(frames[apex] - frames[0]).sum(axis=-1)
   h = d.shape[0]
-  return d[: int(h * 0.48)].sum(), d[int(h * 0.58):].sum()   # above the eyes-nose line, below the nose
+  return d[: int(h * 0.48)].sum(), d[int(h * 0.58) :].sum()  # above the eyes-nose line, below the nose
 
 
 def test_au_motion_where_expected():
   up, low = _change(_clip("happiness", 1.0))
-  assert low > 5 * up                 # lip corners move, brows do not
+  assert low > 5 * up  # lip corners move, brows do not
   up, low = _change(_clip("negative", 1.0))
-  assert up > 0 and low > 0           # brows down and together, lip corners down
+  assert up > 0 and low > 0  # brows down and together, lip corners down
   up, low = _change(_clip("surprise", 1.0))
-  assert up > 0 and low > up          # brows up and mouth opens
+  assert up > 0 and low > up  # brows up and mouth opens
   f = _clip("happiness", 1.0)
-  np.testing.assert_allclose(f[0], f[-1], atol=1e-9)     # back to neutral at the offset
+  np.testing.assert_allclose(f[0], f[-1], atol=1e-9)  # back to neutral at the offset
 
 
 def test_subpixel_motion_scales_with_amplitude():
   small = sum(_change(_clip("happiness", 0.5)))
   big = sum(_change(_clip("happiness", 1.0)))
   assert small > 0
-  assert 1.5 < big / small < 2.6      # sub-pixel rendering: change ~ proportional to displacement
+  assert 1.5 < big / small < 2.6  # sub-pixel rendering: change ~ proportional to displacement
 
 
 def test_displacement_peak_and_profile():

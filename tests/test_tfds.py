@@ -13,16 +13,17 @@ from mer_jax.data import mappings, pipeline, preprocess, readers, synth
 from mer_jax.data import tfds_builders as tb
 from mer_jax.errors import ConfigError, DataError, EVMError
 
-CLIP_FRAMES = 16   # at 200 fps: FFT bins every 12.5 Hz
+CLIP_FRAMES = 16  # at 200 fps: FFT bins every 12.5 Hz
 
 
 @pytest.fixture(scope="module")
 def roots(tmp_path_factory):
   base = tmp_path_factory.mktemp("synthme")
   return {
-      "casme2": synth.generate("casme2", str(base / "casme2"), seed=1, subjects=2, clips_per_subject=3,
-                               clip_frames=CLIP_FRAMES),
-      "ck": synth.generate("ck", str(base / "ck"), seed=1, subjects=2, images=4),
+    "casme2": synth.generate(
+      "casme2", str(base / "casme2"), seed=1, subjects=2, clips_per_subject=3, clip_frames=CLIP_FRAMES
+    ),
+    "ck": synth.generate("ck", str(base / "ck"), seed=1, subjects=2, images=4),
   }
 
 
@@ -30,7 +31,7 @@ def cfg(roots, size=48, evm=False, **data):
   c = config_defaults.get_base_config()
   c.image_size = size
   c.evm.enabled = evm
-  c.evm.freq_band = (10.0, 40.0)   # holds bins of a 16-frame clip at 200 fps
+  c.evm.freq_band = (10.0, 40.0)  # holds bins of a 16-frame clip at 200 fps
   for k, v in roots.items():
     c.data.roots[k] = v
   for k, v in data.items():
@@ -134,7 +135,7 @@ def test_config_names_separate_every_setting():
   c = config_defaults.get_base_config()
   c.evm.enabled = False
   assert tb.config_name("smic", c) == "noevm_112"
-  c.evm.alpha = 30.0    # irrelevant when EVM is off
+  c.evm.alpha = 30.0  # irrelevant when EVM is off
   assert tb.config_name("smic", c) == "noevm_112"
   names = set()
   for change in ("alpha", "band", "filter", "size", "task", "apex", "margin"):
@@ -170,12 +171,18 @@ def test_paper_band_on_short_clips_errors_per_clip_or_is_counted(roots, tmp_path
   c = cfg({"casme2": roots["casme2"]}, evm=True)
   c.evm.freq_band = (0.1, 0.4)
   c.data.micro = ("casme2",)
-  with pytest.raises(EVMError, match=r"casme2/sub0\d/\w+ \(16 frames onset..offset at 200 fps, 0.080 s\)"
-                                     r".*empty passband"):
+  with pytest.raises(
+    EVMError,
+    match=r"casme2/sub0\d/\w+ \(16 frames onset..offset at 200 fps, 0.080 s\)"
+    r".*empty passband",
+  ):
     pipeline.load_arrays(c, str(tmp_path), "micro", log=lambda m: None)
   c.data.skip_bad_samples = True
-  with pytest.raises(DataError, match=r"(?s)no samples left in casme2 .*6 read, 1 excluded by the mapping, "
-                                     r"5 skipped, 0 samples.*skipped casme2/sub0.*empty passband"):
+  with pytest.raises(
+    DataError,
+    match=r"(?s)no samples left in casme2 .*6 read, 1 excluded by the mapping, "
+    r"5 skipped, 0 samples.*skipped casme2/sub0.*empty passband",
+  ):
     pipeline.load_arrays(c, str(tmp_path), "micro", log=lambda m: None)
 
 
@@ -184,7 +191,7 @@ def test_no_face_falls_back_with_a_warning_or_errors(roots, tmp_path):
   shutil.copytree(roots["ck"], root)
   sample = readers.read_dataset("ck", root).samples[0]
   h, w = cv2.imread(sample.frame_paths[0]).shape[:2]
-  cv2.imwrite(sample.frame_paths[0], np.full((h, w), 128, np.uint8))   # a flat grey image: no face
+  cv2.imwrite(sample.frame_paths[0], np.full((h, w), 128, np.uint8))  # a flat grey image: no face
   c = cfg({"ck": root})
   c.data.macro = ("ck",)
   logs = []

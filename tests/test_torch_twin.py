@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip(
-    "torch", reason="torch is an optional benchmark dependency: .venv/bin/pip install torch==2.13.0")
+  "torch", reason="torch is an optional benchmark dependency: .venv/bin/pip install torch==2.13.0"
+)
 
 from benchmarks import torch_twin  # noqa: E402
 from mer_jax import config_defaults  # noqa: E402
@@ -59,7 +60,8 @@ def test_same_logits_with_copied_weights(size, placement):
   # Non-trivial BatchNorm statistics, so that inference mode tests the running averages too.
   rng = np.random.default_rng(0)
   variables["batch_stats"] = jax.tree_util.tree_map(
-      lambda a: (rng.uniform(0.5, 1.5, a.shape) if a.ndim else a).astype(np.float32), variables["batch_stats"])
+    lambda a: (rng.uniform(0.5, 1.5, a.shape) if a.ndim else a).astype(np.float32), variables["batch_stats"]
+  )
   twin = torch_twin.load_flax_variables(torch_twin.from_model_config(c, image_size=size), variables)
   x = rng.uniform(0, 1, (4, size, size, 3)).astype(np.float32)
   xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())

@@ -33,15 +33,14 @@ def test_cross_entropy_is_eq10():
   np.testing.assert_allclose(cross_entropy(jnp.asarray(logits), jnp.asarray(labels)), ref, rtol=1e-6)
   w = np.array([1, 1, 1, 0, 0, 1], np.float32)
   ref_w = -np.mean(np.log(p[np.arange(6), labels])[w > 0])
-  np.testing.assert_allclose(cross_entropy(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(w)), ref_w,
-                             rtol=1e-6)
+  np.testing.assert_allclose(cross_entropy(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(w)), ref_w, rtol=1e-6)
 
 
 def test_stratified_split_holds_out_a_fifth_per_class():
   labels = np.array([0] * 10 + [1] * 5 + [2] * 1)
   tr, va = stratified_split(labels, 0.2, np.random.default_rng(0))
   assert np.intersect1d(tr, va).size == 0 and np.union1d(tr, va).tolist() == list(range(16))
-  assert np.bincount(labels[va], minlength=3).tolist() == [2, 1, 0]   # the single class-2 sample trains
+  assert np.bincount(labels[va], minlength=3).tolist() == [2, 1, 0]  # the single class-2 sample trains
   tr2, va2 = stratified_split(labels, 0.2, np.random.default_rng(0))
   np.testing.assert_array_equal(va, va2)
 
@@ -49,10 +48,10 @@ def test_stratified_split_holds_out_a_fifth_per_class():
 def test_epoch_plan_is_class_balanced_and_full():
   labels = np.array([0] * 12 + [1] * 3 + [2] * 5)
   plan = epoch_plan(labels, 8, np.random.default_rng(1), balanced=True)
-  assert plan.shape == (5, 8)                      # 3 classes x 12 = 36 draws -> 5 full batches of 8
+  assert plan.shape == (5, 8)  # 3 classes x 12 = 36 draws -> 5 full batches of 8
   counts = np.bincount(labels[plan.ravel()], minlength=3)
   assert counts.min() >= 12 and counts.max() - counts.min() <= 40 - 36
-  assert set(np.flatnonzero(labels == 1)) <= set(plan.ravel())   # minority class oversampled, all seen
+  assert set(np.flatnonzero(labels == 1)) <= set(plan.ravel())  # minority class oversampled, all seen
   plain = epoch_plan(labels, 8, np.random.default_rng(1), balanced=False)
   assert plain.shape == (3, 8) and set(plain.ravel()) == set(range(20))
 
@@ -61,7 +60,7 @@ def test_epoch_plan_is_class_balanced_and_full():
 def tiny():
   config = train_data.tiny_config(epochs=6)
   model = build_model(config.model)
-  init = (lambda r: jit_init(model, r, train_data.SIZE, 3))
+  init = lambda r: jit_init(model, r, train_data.SIZE, 3)
   return config, model, init
 
 
@@ -82,8 +81,9 @@ def test_plateau_scales_the_adam_step(tiny):
   grads = jax.tree_util.tree_map(jnp.ones_like, fresh.params)
   for state, lr in ((fresh, 0.01), (s, 0.01 * 0.01)):
     new = jax.jit(lambda t, g: t.apply_scaled_gradients(grads=g, batch_stats=t.batch_stats))(state, grads)
-    delta = jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda a, b: jnp.abs(a - b).max(), new.params,
-                                                             state.params))
+    delta = jax.tree_util.tree_leaves(
+      jax.tree_util.tree_map(lambda a, b: jnp.abs(a - b).max(), new.params, state.params)
+    )
     np.testing.assert_allclose(max(delta), lr, rtol=1e-3)
 
 
@@ -93,9 +93,21 @@ def fitted(tiny, tmp_path_factory):
   ds = train_data.fabricate(subject_sizes=(8, 8, 8), seed=3)
   tr, va = stratified_split(ds.labels, 0.25, np.random.default_rng(0))
   run_dir = str(tmp_path_factory.mktemp("fit"))
-  run = loop.RunData("unit", ds.images[tr], ds.labels[tr], ds.images[va], ds.labels[va], seed=5, run_dir=run_dir,
-                     metadata={"config": json.loads(config.to_json()), "class_names": list(ds.class_names),
-                               "image_size": train_data.SIZE, "kind": "pretrain"})
+  run = loop.RunData(
+    "unit",
+    ds.images[tr],
+    ds.labels[tr],
+    ds.images[va],
+    ds.labels[va],
+    seed=5,
+    run_dir=run_dir,
+    metadata={
+      "config": json.loads(config.to_json()),
+      "class_names": list(ds.class_names),
+      "image_size": train_data.SIZE,
+      "kind": "pretrain",
+    },
+  )
   v0 = jax.device_get(init(jax.random.PRNGKey(1)))
   res = loop.fit(model_apply(model), v0, run, config.finetune, num_classes=3, progress=False)
   return config, model, init, ds, run, v0, res
@@ -104,7 +116,7 @@ def fitted(tiny, tmp_path_factory):
 def test_fit_keeps_best_validation_weights_and_stops_early(fitted):
   config, model, _, _, run, _, res = fitted
   accs = [h["val_accuracy"] for h in res.history]
-  assert res.best_epoch == int(np.argmax(accs))            # first epoch with the highest accuracy
+  assert res.best_epoch == int(np.argmax(accs))  # first epoch with the highest accuracy
   assert res.best_val_accuracy == max(accs)
   patience = config.finetune.early_stopping_patience
   assert res.epochs_trained == min(config.finetune.epochs, res.best_epoch + 1 + patience)
@@ -117,13 +129,19 @@ def test_fit_keeps_best_validation_weights_and_stops_early(fitted):
   assert names == ["negative", "positive", "surprise"]
   assert ckpt.latest_epoch(run.run_dir, "latest") == res.epochs_trained
   assert ckpt.latest_epoch(run.run_dir, "best") == res.best_epoch
-  assert res.history[0]["train_loss"] > res.history[-1]["train_loss"]   # it learns
+  assert res.history[0]["train_loss"] > res.history[-1]["train_loss"]  # it learns
 
 
 def test_fit_is_deterministic(fitted):
   config, model, _, _, run, v0, res = fitted
-  again = loop.fit(model_apply(model), v0, loop.RunData(**{**run.__dict__, "run_dir": None}), config.finetune,
-                   num_classes=3, progress=False)
+  again = loop.fit(
+    model_apply(model),
+    v0,
+    loop.RunData(**{**run.__dict__, "run_dir": None}),
+    config.finetune,
+    num_classes=3,
+    progress=False,
+  )
   for a, b in zip(jax.tree_util.tree_leaves(again.variables), jax.tree_util.tree_leaves(res.variables)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   p1 = loop.predict_probs(model_apply(model), again.variables, run.val_x, 8)
@@ -136,8 +154,15 @@ def test_sync_checkpoints_and_device_inputs_give_the_same_run(fitted, tmp_path):
   initial variables (device arrays) survive fit although the train state is donated to every step."""
   config, model, init, _, run, v0, res = fitted
   v_dev = jax.device_put(v0)
-  sync = loop.fit(model_apply(model), v_dev, loop.RunData(**{**run.__dict__, "run_dir": str(tmp_path)}),
-                  config.finetune, num_classes=3, progress=False, checkpoint_async=False)
+  sync = loop.fit(
+    model_apply(model),
+    v_dev,
+    loop.RunData(**{**run.__dict__, "run_dir": str(tmp_path)}),
+    config.finetune,
+    num_classes=3,
+    progress=False,
+    checkpoint_async=False,
+  )
   assert not any(x.is_deleted() for x in jax.tree_util.tree_leaves(v_dev))
   for a, b in zip(jax.tree_util.tree_leaves(sync.variables), jax.tree_util.tree_leaves(res.variables)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -150,7 +175,7 @@ def test_sync_checkpoints_and_device_inputs_give_the_same_run(fitted, tmp_path):
 
 
 def test_batch_size_must_divide_devices():
-  two = type("Mesh", (), {"devices": np.empty(2)})()      # only .devices.size is consulted
+  two = type("Mesh", (), {"devices": np.empty(2)})()  # only .devices.size is consulted
   parallel.check_batch_size(8, two)
   with pytest.raises(Exception, match="not a multiple of the 2 devices"):
     parallel.check_batch_size(7, two)
@@ -165,7 +190,7 @@ def test_transfer_loads_backbone_and_attention(fitted):
   assert report == {"loaded": ["backbone", "head"], "reinitialised": []}
   flat = lambda t: dict(jax.tree_util.tree_flatten_with_path(t)[0])
   pre_flat, merged_flat = flat(pre["params"]), flat(merged["params"])
-  assert any("attention" in jax.tree_util.keystr(k).lower() for k in pre_flat)   # attention is in the backbone
+  assert any("attention" in jax.tree_util.keystr(k).lower() for k in pre_flat)  # attention is in the backbone
   for k, v in pre_flat.items():
     np.testing.assert_array_equal(np.asarray(merged_flat[k]), np.asarray(v))
   # a 2-class target: the head is re-initialised, the rest still loaded
@@ -179,8 +204,9 @@ def test_transfer_loads_backbone_and_attention(fitted):
   # the first fine-tuning step's loss differs between pretrained and fresh initialisation
   fns = loop._compiled(parallel.make_mesh(), False, model_apply(model))
   x, y = jnp.asarray(ds.images[:8]), jnp.asarray(ds.labels[:8])
-  losses = [float(fns["train"](st.create_state(model_apply(model), v, config.finetune), x, y)[1])
-            for v in (merged, fresh)]
+  losses = [
+    float(fns["train"](st.create_state(model_apply(model), v, config.finetune), x, y)[1]) for v in (merged, fresh)
+  ]
   assert abs(losses[0] - losses[1]) > 1e-3
   # an incompatible backbone is refused with a clear message
   cfg3 = config.model.copy_and_resolve_references()
@@ -207,12 +233,14 @@ def test_main_pipeline_pretrains_transfers_and_reports(tiny, tmp_path, monkeypat
   def load_arrays(cfg, workdir, kind):
     loads.append(kind)
     return micro if kind == "micro" else macro
+
   inits = []
   real = loso.run_loso
 
   def spy(*args, **kwargs):
     inits.append(kwargs["init_fn"](0))
     return real(*args, **kwargs)
+
   monkeypatch.setattr(loso, "run_loso", spy)
   out = main_mod.run(config, str(tmp_path), load_arrays=load_arrays, progress=False)
   assert loads == ["macro", "micro"]
@@ -224,7 +252,7 @@ def test_main_pipeline_pretrains_transfers_and_reports(tiny, tmp_path, monkeypat
     res = json.load(f)
   assert np.asarray(res["aggregate"]["Mixed"]["confusion"]).sum() == len(micro)
   assert len(out["records"]) == 3
-  assert os.listdir(os.path.join(tmp_path, "tb"))                    # TensorBoard event files
+  assert os.listdir(os.path.join(tmp_path, "tb"))  # TensorBoard event files
   summary = main_mod._summary(out)
   assert "results.json" in summary and "pretrain" in summary
   # a second run reuses pretraining and every fold
@@ -246,8 +274,13 @@ def test_main_pipeline_pretrains_transfers_and_reports(tiny, tmp_path, monkeypat
 
 def test_main_cli_without_workdir_is_a_usage_error_without_traceback():
   # (an unknown config key: tests/test_bad_inputs.py::test_unknown_config_key)
-  proc = subprocess.run([sys.executable, "-m", "mer_jax.main", "--config=configs/cde.py"],
-                        capture_output=True, text=True, cwd=REPO, timeout=300)
+  proc = subprocess.run(
+    [sys.executable, "-m", "mer_jax.main", "--config=configs/cde.py"],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    timeout=300,
+  )
   assert proc.returncode == 2 and "--workdir" in proc.stderr and "Traceback" not in proc.stderr
 
 

@@ -10,8 +10,14 @@ from mer_jax.data.types import ArrayDataset
 SIZE = 16
 
 
-def fabricate(subject_sizes=(5, 7, 6, 4), num_classes: int = 3, size: int = SIZE, seed: int = 0,
-              source: str = "casme2", prefix: str = "s") -> ArrayDataset:
+def fabricate(
+  subject_sizes=(5, 7, 6, 4),
+  num_classes: int = 3,
+  size: int = SIZE,
+  seed: int = 0,
+  source: str = "casme2",
+  prefix: str = "s",
+) -> ArrayDataset:
   """Noise images whose class shows as a bright quadrant (learnable), subjects of unequal size."""
   rng = np.random.default_rng(seed)
   images, labels, subjects, clips = [], [], [], []
@@ -21,15 +27,20 @@ def fabricate(subject_sizes=(5, 7, 6, 4), num_classes: int = 3, size: int = SIZE
       x = rng.uniform(0.0, 0.4, (size, size, 3)).astype(np.float32)
       h = size // 2
       r, c = divmod(y, 2)
-      x[r * h:(r + 1) * h, c * h:(c + 1) * h] += 0.5
+      x[r * h : (r + 1) * h, c * h : (c + 1) * h] += 0.5
       images.append(x)
       labels.append(y)
       subjects.append(f"{source}/{prefix}{si:02d}")
       clips.append(f"{prefix}{si:02d}_clip{j:02d}")
   n = len(labels)
-  return ArrayDataset(images=np.stack(images), labels=np.asarray(labels, np.int32),
-                      subjects=np.asarray(subjects), sources=np.asarray([source] * n),
-                      clip_ids=np.asarray(clips), class_names=tuple(["negative", "positive", "surprise"][:num_classes]))
+  return ArrayDataset(
+    images=np.stack(images),
+    labels=np.asarray(labels, np.int32),
+    subjects=np.asarray(subjects),
+    sources=np.asarray([source] * n),
+    clip_ids=np.asarray(clips),
+    class_names=tuple(["negative", "positive", "surprise"][:num_classes]),
+  )
 
 
 def tiny_config(epochs: int = 3, batch_size: int = 8):

@@ -38,8 +38,8 @@ import numpy as np
 from mer_jax.errors import ConfigError, DataError
 
 APEX_MODES = ("annotated", "spot", "middle")
-GRID = 8                # the face box is scored in GRID x GRID cells ...
-TOP_FRACTION = 0.1      # ... and the most-changed 10% of them count
+GRID = 8  # the face box is scored in GRID x GRID cells ...
+TOP_FRACTION = 0.1  # ... and the most-changed 10% of them count
 
 
 def difference_from_onset(frames: np.ndarray, box=None) -> np.ndarray:
@@ -65,7 +65,7 @@ def difference_from_onset(frames: np.ndarray, box=None) -> np.ndarray:
   diff = np.abs(y - ((1.0 - s) * y[0] + s * y[-1]))
   t, h, w = diff.shape
   g = GRID if min(h, w) >= 2 * GRID else 1
-  cells = diff[:, :h // g * g, :w // g * g].reshape(t, g, h // g, g, w // g).mean(axis=(2, 4)).reshape(t, -1)
+  cells = diff[:, : h // g * g, : w // g * g].reshape(t, g, h // g, g, w // g).mean(axis=(2, 4)).reshape(t, -1)
   k = max(1, int(round(TOP_FRACTION * cells.shape[1])))
   return np.sort(cells, axis=1)[:, -k:].mean(axis=1)
 
@@ -81,8 +81,16 @@ def spot_apex(frames: np.ndarray, box=None) -> int:
   return int(np.argmax(score))  # argmax returns the first maximum
 
 
-def choose_apex(mode: str, *, onset: int, offset: int, annotated: Optional[int],
-                frames: Optional[np.ndarray] = None, box=None, name: str = "clip") -> tuple[int, str]:
+def choose_apex(
+  mode: str,
+  *,
+  onset: int,
+  offset: int,
+  annotated: Optional[int],
+  frames: Optional[np.ndarray] = None,
+  box=None,
+  name: str = "clip",
+) -> tuple[int, str]:
   """Apex index in the clip's frame numbering (the same numbering as onset/offset).
 
   mode: one of :data:`APEX_MODES`.
@@ -100,8 +108,11 @@ def choose_apex(mode: str, *, onset: int, offset: int, annotated: Optional[int],
   if mode == "annotated":
     if annotated is not None and onset <= annotated <= offset:
       return int(annotated), "annotated"
-    how = ("spot (annotation missing)" if annotated is None
-           else f"spot (annotation {annotated} outside onset..offset {onset}..{offset})")
+    how = (
+      "spot (annotation missing)"
+      if annotated is None
+      else f"spot (annotation {annotated} outside onset..offset {onset}..{offset})"
+    )
   if frames is None:
     raise ValueError("spotting the apex needs the clip's frames")
   if len(frames) != offset - onset + 1:

@@ -37,7 +37,7 @@ CASCADE_FILE = "haarcascade_frontalface_default.xml"
 # Detector settings (cv2.CascadeClassifier.detectMultiScale).
 SCALE_FACTOR = 1.1
 MIN_NEIGHBORS = 5
-MIN_FACE_FRACTION = 0.2   # ignore detections smaller than 20 % of min(H, W)
+MIN_FACE_FRACTION = 0.2  # ignore detections smaller than 20 % of min(H, W)
 NO_FACE_POLICIES = ("fallback", "error")
 
 
@@ -52,6 +52,7 @@ class FaceBox:
   ``detected`` is False for the centre-square fallback; ``frame`` is the index
   (into the frames passed to :func:`clip_face_box`) where the face was found.
   """
+
   x: int
   y: int
   size: int
@@ -60,7 +61,7 @@ class FaceBox:
 
   def crop(self, image: np.ndarray) -> np.ndarray:
     """[..., H, W, C] -> [..., size, size, C] (works on a frame or a whole clip)."""
-    return image[..., self.y:self.y + self.size, self.x:self.x + self.size, :]
+    return image[..., self.y : self.y + self.size, self.x : self.x + self.size, :]
 
 
 @functools.lru_cache(maxsize=None)
@@ -96,8 +97,9 @@ def detect_faces(image: np.ndarray) -> np.ndarray:
   min_side = max(24, int(MIN_FACE_FRACTION * min(h, w)))
   if min(h, w) < 24:
     return np.zeros((0, 4), np.int32)
-  boxes = _cascade().detectMultiScale(gray, scaleFactor=SCALE_FACTOR, minNeighbors=MIN_NEIGHBORS,
-                                      minSize=(min_side, min_side))
+  boxes = _cascade().detectMultiScale(
+    gray, scaleFactor=SCALE_FACTOR, minNeighbors=MIN_NEIGHBORS, minSize=(min_side, min_side)
+  )
   boxes = np.asarray(boxes, np.int32).reshape(-1, 4)
   order = np.argsort(-(boxes[:, 2] * boxes[:, 3]), kind="stable")
   return boxes[order]
@@ -133,9 +135,15 @@ def _check_policy(on_no_face: str) -> None:
     raise ConfigError(f"on_no_face={on_no_face!r}: expected one of {NO_FACE_POLICIES}")
 
 
-def clip_face_box(frames: np.ndarray, *, onset: int = 0, margin: float = DEFAULT_MARGIN,
-                  on_no_face: str = "fallback", name: str = "clip",
-                  extra_tries: int = 4) -> FaceBox:
+def clip_face_box(
+  frames: np.ndarray,
+  *,
+  onset: int = 0,
+  margin: float = DEFAULT_MARGIN,
+  on_no_face: str = "fallback",
+  name: str = "clip",
+  extra_tries: int = 4,
+) -> FaceBox:
   """One face box for a whole clip, from its onset frame.
 
   frames: [T, H, W, C] (or [T, H, W]) float in [0, 1] or uint8.
@@ -165,21 +173,24 @@ def clip_face_box(frames: np.ndarray, *, onset: int = 0, margin: float = DEFAULT
     if len(boxes):
       x, y, s = square_box(boxes[0], hw, margin)
       return FaceBox(x, y, s, detected=True, frame=t)
-  msg = (f"{name}: OpenCV's Haar frontal-face cascade found no face (tried frames {candidates} of "
-         f"{T}, size {hw[1]}x{hw[0]})")
+  msg = (
+    f"{name}: OpenCV's Haar frontal-face cascade found no face (tried frames {candidates} of {T}, size {hw[1]}x{hw[0]})"
+  )
   if on_no_face == "error":
-    raise DataError(msg + "; set data.on_no_face='fallback' to use the centre-square crop, "
-                    "or data.face_crop=False to skip face cropping")
+    raise DataError(
+      msg + "; set data.on_no_face='fallback' to use the centre-square crop, "
+      "or data.face_crop=False to skip face cropping"
+    )
   warnings.warn(msg + "; using the centred square crop instead", FaceWarning, stacklevel=2)
   x, y, s = centre_square(hw)
   return FaceBox(x, y, s, detected=False, frame=onset)
 
 
-def image_face_box(image: np.ndarray, *, margin: float = DEFAULT_MARGIN, on_no_face: str = "fallback",
-                   name: str = "image") -> FaceBox:
+def image_face_box(
+  image: np.ndarray, *, margin: float = DEFAULT_MARGIN, on_no_face: str = "fallback", name: str = "image"
+) -> FaceBox:
   """:func:`clip_face_box` for a single image [H, W, C]."""
-  return clip_face_box(np.asarray(image)[None], onset=0, margin=margin, on_no_face=on_no_face,
-                       name=name, extra_tries=0)
+  return clip_face_box(np.asarray(image)[None], onset=0, margin=margin, on_no_face=on_no_face, name=name, extra_tries=0)
 
 
 def resize(image: np.ndarray, size: int) -> np.ndarray:

@@ -55,59 +55,67 @@ THREE_CLASSES = ("negative", "positive", "surprise")
 
 # The label names each reader emits (lower case), i.e. each dataset's full vocabulary.
 DATASET_LABELS: Mapping[str, tuple[str, ...]] = {
-    # CASME II 'Estimated Emotion' column (CASME2-coding-*.xlsx).
-    "casme2": ("happiness", "surprise", "disgust", "repression", "others", "fear", "sadness"),
-    # SAMM 'Estimated Emotion' column (SAMM_Micro_FACS_Codes_v2.xlsx); the file writes "Other".
-    "samm": ("anger", "contempt", "disgust", "fear", "happiness", "sadness", "surprise", "other"),
-    # SMIC-HS folder names HS/sN/micro/{negative,positive,surprise}.
-    "smic": ("negative", "positive", "surprise"),
-    # CK+ Emotion codes 0-7 (Lucey et al. 2010 README): 0 neutral .. 7 surprise.
-    "ck": ("neutral", "anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise"),
-    # RAF-DB basic labels 1-7: surprise, fear, disgust, happiness, sadness, anger, neutral.
-    "rafdb": ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral"),
-    # FER-2013 emotion 0-6: angry, disgust, fear, happy, sad, surprise, neutral.
-    "fer2013": ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"),
+  # CASME II 'Estimated Emotion' column (CASME2-coding-*.xlsx).
+  "casme2": ("happiness", "surprise", "disgust", "repression", "others", "fear", "sadness"),
+  # SAMM 'Estimated Emotion' column (SAMM_Micro_FACS_Codes_v2.xlsx); the file writes "Other".
+  "samm": ("anger", "contempt", "disgust", "fear", "happiness", "sadness", "surprise", "other"),
+  # SMIC-HS folder names HS/sN/micro/{negative,positive,surprise}.
+  "smic": ("negative", "positive", "surprise"),
+  # CK+ Emotion codes 0-7 (Lucey et al. 2010 README): 0 neutral .. 7 surprise.
+  "ck": ("neutral", "anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise"),
+  # RAF-DB basic labels 1-7: surprise, fear, disgust, happiness, sadness, anger, neutral.
+  "rafdb": ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral"),
+  # FER-2013 emotion 0-6: angry, disgust, fear, happy, sad, surprise, neutral.
+  "fer2013": ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"),
 }
 
 # Numeric codes of the image sets, code -> label name (readers use these).
-CK_CODES = {0: "neutral", 1: "anger", 2: "contempt", 3: "disgust", 4: "fear", 5: "happy",
-            6: "sadness", 7: "surprise"}
-RAFDB_CODES = {1: "surprise", 2: "fear", 3: "disgust", 4: "happiness", 5: "sadness", 6: "anger",
-               7: "neutral"}
-FER2013_CODES = {0: "angry", 1: "disgust", 2: "fear", 3: "happy", 4: "sad", 5: "surprise",
-                 6: "neutral"}
+CK_CODES = {0: "neutral", 1: "anger", 2: "contempt", 3: "disgust", 4: "fear", 5: "happy", 6: "sadness", 7: "surprise"}
+RAFDB_CODES = {1: "surprise", 2: "fear", 3: "disgust", 4: "happiness", 5: "sadness", 6: "anger", 7: "neutral"}
+FER2013_CODES = {0: "angry", 1: "disgust", 2: "fear", 3: "happy", 4: "sad", 5: "surprise", 6: "neutral"}
 
 # Table 2 of the paper: dataset -> class -> own labels. Labels not listed are excluded.
 TABLE2_3CLASS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
-    "ck": {"negative": ("anger", "contempt", "disgust", "fear", "sadness"),
-           "positive": ("happy",), "surprise": ("surprise",)},
-    "rafdb": {"negative": ("fear", "disgust", "sadness", "anger"),
-              "positive": ("happiness",), "surprise": ("surprise",)},
-    "fer2013": {"negative": ("angry", "fear", "disgust", "sad"),
-                "positive": ("happy",), "surprise": ("surprise",)},
-    "casme2": {"negative": ("disgust", "repression"),
-               "positive": ("happiness",), "surprise": ("surprise",)},
-    "samm": {"negative": ("anger", "fear", "disgust", "contempt"),
-             "positive": ("happiness",), "surprise": ("surprise",)},
-    "smic": {"negative": ("negative",), "positive": ("positive",), "surprise": ("surprise",)},
+  "ck": {
+    "negative": ("anger", "contempt", "disgust", "fear", "sadness"),
+    "positive": ("happy",),
+    "surprise": ("surprise",),
+  },
+  "rafdb": {"negative": ("fear", "disgust", "sadness", "anger"), "positive": ("happiness",), "surprise": ("surprise",)},
+  "fer2013": {"negative": ("angry", "fear", "disgust", "sad"), "positive": ("happy",), "surprise": ("surprise",)},
+  "casme2": {"negative": ("disgust", "repression"), "positive": ("happiness",), "surprise": ("surprise",)},
+  "samm": {"negative": ("anger", "fear", "disgust", "contempt"), "positive": ("happiness",), "surprise": ("surprise",)},
+  "smic": {"negative": ("negative",), "positive": ("positive",), "surprise": ("surprise",)},
 }
 
 # MEGC 2019 CDE: differs from Table 2 only in SAMM's negative class (adds sadness).
 MEGC2019_3CLASS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
-    **TABLE2_3CLASS,
-    "casme2": {"negative": ("disgust", "repression"),
-               "positive": ("happiness",), "surprise": ("surprise",)},
-    "samm": {"negative": ("anger", "contempt", "disgust", "fear", "sadness"),
-             "positive": ("happiness",), "surprise": ("surprise",)},
-    "smic": {"negative": ("negative",), "positive": ("positive",), "surprise": ("surprise",)},
+  **TABLE2_3CLASS,
+  "casme2": {"negative": ("disgust", "repression"), "positive": ("happiness",), "surprise": ("surprise",)},
+  "samm": {
+    "negative": ("anger", "contempt", "disgust", "fear", "sadness"),
+    "positive": ("happiness",),
+    "surprise": ("surprise",),
+  },
+  "smic": {"negative": ("negative",), "positive": ("positive",), "surprise": ("surprise",)},
 }
 
 # SDE 5-class sets: class name -> own labels (class order = key order).
 SDE_5CLASS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
-    "casme2": {"disgust": ("disgust",), "happiness": ("happiness",),
-               "repression": ("repression",), "surprise": ("surprise",), "others": ("others",)},
-    "samm": {"anger": ("anger",), "contempt": ("contempt",), "happiness": ("happiness",),
-             "surprise": ("surprise",), "others": ("other",)},
+  "casme2": {
+    "disgust": ("disgust",),
+    "happiness": ("happiness",),
+    "repression": ("repression",),
+    "surprise": ("surprise",),
+    "others": ("others",),
+  },
+  "samm": {
+    "anger": ("anger",),
+    "contempt": ("contempt",),
+    "happiness": ("happiness",),
+    "surprise": ("surprise",),
+    "others": ("other",),
+  },
 }
 
 
@@ -120,8 +128,9 @@ def _check(task: str, dataset: str, protocol: str) -> None:
     raise ConfigError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS} (config data.protocol)")
   if task == "5class" and dataset not in SDE_5CLASS:
     raise ConfigError(
-        f"task '5class' is defined for {sorted(SDE_5CLASS)} only, not {dataset!r}; "
-        "use data.task='3class' for this dataset")
+      f"task '5class' is defined for {sorted(SDE_5CLASS)} only, not {dataset!r}; "
+      "use data.task='3class' for this dataset"
+    )
 
 
 def table(task: str, dataset: str, protocol: str = "paper") -> Mapping[str, tuple[str, ...]]:
@@ -156,8 +165,9 @@ def map_label(dataset: str, label: str, task: str, protocol: str = "paper") -> O
   lab = normalize_label(label)
   if lab not in DATASET_LABELS[dataset]:
     raise DataError(
-        f"label {label!r} is not a {dataset} label (known: {', '.join(DATASET_LABELS[dataset])}); "
-        "check the label file or that the folder belongs to this dataset")
+      f"label {label!r} is not a {dataset} label (known: {', '.join(DATASET_LABELS[dataset])}); "
+      "check the label file or that the folder belongs to this dataset"
+    )
   for i, labels in enumerate(tab.values()):
     if lab in labels:
       return i

@@ -68,6 +68,7 @@ def _synth_kwargs(config, name: str) -> dict:
 def ensure_synthetic(config, workdir: str, name: str, log: Callable[[str], None] = _log) -> str:
   """Generates SynthME's ``name`` layout under ``<workdir>/synthme/<name>`` unless already there."""
   from mer_jax.data import synth  # imported lazily: only needed for the synthetic default
+
   out = synth_root(workdir, name)
   done = os.path.join(out, ".synthme_complete")
   kw = _synth_kwargs(config, name)
@@ -92,23 +93,30 @@ def ensure_synthetic(config, workdir: str, name: str, log: Callable[[str], None]
 def resolve_root(config, workdir: str, name: str, log: Callable[[str], None] = _log) -> str:
   """The folder to read ``name`` from (see module doc, step 1)."""
   if name not in readers.MANUAL_DOWNLOAD_INSTRUCTIONS:
-    raise ConfigError(f"unknown dataset {name!r} in config data.micro/data.macro; expected one of "
-                      f"{', '.join(MICRO_DATASETS + MACRO_DATASETS)}")
+    raise ConfigError(
+      f"unknown dataset {name!r} in config data.micro/data.macro; expected one of "
+      f"{', '.join(MICRO_DATASETS + MACRO_DATASETS)}"
+    )
   root = str(config.data.roots.get(name, "") or "")
   if not root:
     if bool(config.data.synthetic):
       if official.applies(name, str(config.data.task), str(config.data.protocol)):
-        raise ConfigError(f"data.protocol='megc2019' keeps only the clips of the official MEGC 2019 list, and "
-                          f"SynthME's {DISPLAY_NAMES[name]} clips are not on it; use data.protocol=paper with "
-                          f"SynthME, or set data.roots.{name} to your copy of the dataset")
+        raise ConfigError(
+          f"data.protocol='megc2019' keeps only the clips of the official MEGC 2019 list, and "
+          f"SynthME's {DISPLAY_NAMES[name]} clips are not on it; use data.protocol=paper with "
+          f"SynthME, or set data.roots.{name} to your copy of the dataset"
+        )
       return ensure_synthetic(config, workdir, name, log)
-    raise DataError(f"config data.roots.{name} is empty and data.synthetic is False. "
-                    f"{readers.MANUAL_DOWNLOAD_INSTRUCTIONS[name]} (or set data.synthetic=True for SynthME, "
-                    "the synthetic stand-in)")
+    raise DataError(
+      f"config data.roots.{name} is empty and data.synthetic is False. "
+      f"{readers.MANUAL_DOWNLOAD_INSTRUCTIONS[name]} (or set data.synthetic=True for SynthME, "
+      "the synthetic stand-in)"
+    )
   root = os.path.abspath(os.path.expanduser(root))
   if not os.path.isdir(root) or not os.listdir(root):
-    raise DataError(f"data.roots.{name} = {root} does not exist or is empty. "
-                    f"{readers.MANUAL_DOWNLOAD_INSTRUCTIONS[name]}")
+    raise DataError(
+      f"data.roots.{name} = {root} does not exist or is empty. {readers.MANUAL_DOWNLOAD_INSTRUCTIONS[name]}"
+    )
   return root
 
 
@@ -116,6 +124,7 @@ def load_dataset(config, workdir: str, name: str, log: Callable[[str], None] = _
   """Builds (or reuses) ``name``'s cache for ``config`` and returns its arrays (see tfds_builders.read_cache)
   plus ``class_names`` and ``metadata``."""
   from mer_jax.data import tfds_builders as tb  # TFDS import is slow; only here
+
   root = resolve_root(config, workdir, name, log)
   data_dir = cache_dir(config, workdir)
   skip = bool(config.data.get("skip_bad_samples", False))
@@ -126,12 +135,16 @@ def load_dataset(config, workdir: str, name: str, log: Callable[[str], None] = _
   if builder.data_path.exists() and (builder.data_path / "dataset_info.json").exists():
     meta = dict(builder.info.metadata or {})
     if meta.get("source_fingerprint") != fp or meta.get("settings") != builder.builder_config.settings:
-      log(f"[data] the cache {builder.data_path} was built from other data or settings "
-          f"({meta.get('manual_dir', '?')}); rebuilding it from {root}")
+      log(
+        f"[data] the cache {builder.data_path} was built from other data or settings "
+        f"({meta.get('manual_dir', '?')}); rebuilding it from {root}"
+      )
       force = True
   else:
-    log(f"[data] building the {DISPLAY_NAMES[name]} cache '{builder.builder_config.name}' in {builder.data_path} "
-        f"from {root} ({len(result.samples)} samples; built once, then reused)")
+    log(
+      f"[data] building the {DISPLAY_NAMES[name]} cache '{builder.builder_config.name}' in {builder.data_path} "
+      f"from {root} ({len(result.samples)} samples; built once, then reused)"
+    )
   tb.prepare(builder, root, force=force)
   if force:
     builder = tb.get_builder(name, config, data_dir, read_result=result)
@@ -161,18 +174,23 @@ def load_arrays(config, workdir: str, kind: str = "micro", *, log: Callable[[str
     want = mappings.class_names(str(config.data.task), name, str(config.data.protocol))
     if class_names is not None and want != class_names:
       raise ConfigError(
-          f"data.{kind} mixes datasets with different classes under task {config.data.task!r}: "
-          f"{names[0]} has {class_names}, {name} has {want}; use one dataset or data.task='3class'")
+        f"data.{kind} mixes datasets with different classes under task {config.data.task!r}: "
+        f"{names[0]} has {class_names}, {name} has {want}; use one dataset or data.task='3class'"
+      )
     class_names = want
     parts.append((name, load_dataset(config, workdir, name, log)))
   images = np.concatenate([a["image"] for _, a in parts]).astype(np.float32) / np.float32(255.0)
   labels = np.concatenate([a["label"] for _, a in parts]).astype(np.int32)
-  subjects = np.concatenate([
-      np.asarray([f"{n}/{s or c}" for s, c in zip(a["subject"], a["clip_id"])], dtype=str) for n, a in parts])
+  subjects = np.concatenate(
+    [np.asarray([f"{n}/{s or c}" for s, c in zip(a["subject"], a["clip_id"])], dtype=str) for n, a in parts]
+  )
   sources = np.concatenate([a["source"] for _, a in parts]).astype(str)
   clip_ids = np.concatenate([a["clip_id"] for _, a in parts]).astype(str)
   if len(labels) == 0:
-    raise DataError(f"no samples left in {', '.join(names)} after mapping to {config.data.task} "
-                    f"({config.data.protocol}) and skipping; see the summary above")
-  return ArrayDataset(images=images, labels=labels, subjects=subjects, sources=sources, clip_ids=clip_ids,
-                      class_names=tuple(class_names))
+    raise DataError(
+      f"no samples left in {', '.join(names)} after mapping to {config.data.task} "
+      f"({config.data.protocol}) and skipping; see the summary above"
+    )
+  return ArrayDataset(
+    images=images, labels=labels, subjects=subjects, sources=sources, clip_ids=clip_ids, class_names=tuple(class_names)
+  )

@@ -72,12 +72,12 @@ from mer_jax.data import face as face_lib
 from mer_jax.data.types import MACRO_DATASETS, Sample
 from mer_jax.errors import ConfigError, DataError, EVMError
 
-PRE_CROPPED = ("fer2013", "rafdb")   # images that are already face crops: no detection
-MIN_EVM_FRAMES = 3                    # fewer onset..offset frames than this cannot be band-passed
-ORDERS = ("paper", "fast")            # evm.order: magnify at native resolution first | crop + resize first
-LEGACY_ORDER = "fast"                 # the order of configs without evm.order (written before the key existed)
-SIZE_STEPS_PER_OCTAVE = 8             # working sizes of the magnified face region: round(2^(j / 8)) px
-LENGTH_STEPS_PER_OCTAVE = 4           # padded lengths for the causal filters: round(2^(j / 4)) frames
+PRE_CROPPED = ("fer2013", "rafdb")  # images that are already face crops: no detection
+MIN_EVM_FRAMES = 3  # fewer onset..offset frames than this cannot be band-passed
+ORDERS = ("paper", "fast")  # evm.order: magnify at native resolution first | crop + resize first
+LEGACY_ORDER = "fast"  # the order of configs without evm.order (written before the key existed)
+SIZE_STEPS_PER_OCTAVE = 8  # working sizes of the magnified face region: round(2^(j / 8)) px
+LENGTH_STEPS_PER_OCTAVE = 4  # padded lengths for the causal filters: round(2^(j / 4)) frames
 CAUSAL_FILTERS = ("butterworth", "iir")
 
 
@@ -88,10 +88,11 @@ class PreprocessWarning(UserWarning):
 @dataclasses.dataclass
 class Notes:
   """What happened to one sample (collected into the build summary)."""
+
   name: str = ""
   box: Optional[face_lib.FaceBox] = None
-  face_found: Optional[bool] = None      # None: no detection ran
-  apex: Optional[int] = None             # in the sample's frame numbering
+  face_found: Optional[bool] = None  # None: no detection ran
+  apex: Optional[int] = None  # in the sample's frame numbering
   apex_rule: str = ""
   evm: bool = False
   warnings: list = dataclasses.field(default_factory=list)
@@ -111,9 +112,11 @@ def face_options(config) -> tuple[bool, float, str]:
   ``data.face_margin`` and ``data.on_no_face`` are optional keys (defaults
   :data:`mer_jax.data.face.DEFAULT_MARGIN` and "fallback").
   """
-  return (bool(_data_opt(config, "face_crop", True)),
-          float(_data_opt(config, "face_margin", face_lib.DEFAULT_MARGIN)),
-          str(_data_opt(config, "on_no_face", "fallback")))
+  return (
+    bool(_data_opt(config, "face_crop", True)),
+    float(_data_opt(config, "face_margin", face_lib.DEFAULT_MARGIN)),
+    str(_data_opt(config, "on_no_face", "fallback")),
+  )
 
 
 def _fix_channels(image: np.ndarray, channels: int, name: str) -> np.ndarray:
@@ -149,8 +152,9 @@ def _finish(frame: np.ndarray, box, config, name: str) -> np.ndarray:
   return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
-def preprocess_image(image: np.ndarray, config, *, name: str = "image", detect: bool = True,
-                     notes: Optional[Notes] = None) -> np.ndarray:
+def preprocess_image(
+  image: np.ndarray, config, *, name: str = "image", detect: bool = True, notes: Optional[Notes] = None
+) -> np.ndarray:
   """A macro-expression image -> float32 [S, S, channels] in [0, 1].
 
   image: [H, W, C] or [H, W], uint8 or float in [0, 1].
@@ -167,9 +171,16 @@ def preprocess_image(image: np.ndarray, config, *, name: str = "image", detect: 
   return _finish(img, box, config, name)
 
 
-def magnify(video: np.ndarray, fps: float, evm_config, *, name: str = "clip",
-            notes: Optional[Notes] = None, num_frames: Optional[int] = None,
-            only: Optional[int] = None) -> np.ndarray:
+def magnify(
+  video: np.ndarray,
+  fps: float,
+  evm_config,
+  *,
+  name: str = "clip",
+  notes: Optional[Notes] = None,
+  num_frames: Optional[int] = None,
+  only: Optional[int] = None,
+) -> np.ndarray:
   """mer_jax.evm.magnify_from_config with the clip's name on its errors and warnings.
 
   Args:
@@ -186,6 +197,7 @@ def magnify(video: np.ndarray, fps: float, evm_config, *, name: str = "clip",
     float32 [T, H, W, C], or [H, W, C] with ``only``.
   """
   from mer_jax import evm  # imported here: JAX start-up is only paid when EVM runs
+
   n = video.shape[0] if num_frames is None else int(num_frames)
   own = _empty_band_fallback(video.shape[0], float(fps), evm_config)
   with warnings.catch_warnings(record=True) as caught:
@@ -193,9 +205,7 @@ def magnify(video: np.ndarray, fps: float, evm_config, *, name: str = "clip",
     try:
       out = evm.magnify_from_config(np.asarray(video, np.float32), float(fps), evm_config)
     except EVMError as e:
-      raise EVMError(
-          f"{name} ({n} frames onset..offset at {fps:g} fps, "
-          f"{n / fps:.3f} s): {e}") from e
+      raise EVMError(f"{name} ({n} frames onset..offset at {fps:g} fps, {n / fps:.3f} s): {e}") from e
   # mer_jax.evm warns while tracing, i.e. only for the first clip of each shape; the empty-band
   # fallback is therefore detected here for every clip.
   msgs = [own] if own else []
@@ -214,27 +224,34 @@ def _empty_band_fallback(num_frames: int, fps: float, evm_config) -> str:
   import importlib
 
   from mer_jax.evm import filters
-  evm_magnify = importlib.import_module("mer_jax.evm.magnify")   # the module (the package exports the function)
-  if str(evm_config.get("temporal_filter", "ideal")) != "ideal" or \
-      str(evm_config.get("on_empty_band", "error")) != "fallback":
+
+  evm_magnify = importlib.import_module("mer_jax.evm.magnify")  # the module (the package exports the function)
+  if (
+    str(evm_config.get("temporal_filter", "ideal")) != "ideal"
+    or str(evm_config.get("on_empty_band", "error")) != "fallback"
+  ):
     return ""
   try:
     band = tuple(float(f) for f in evm_config.freq_band)
     bins, _ = filters.ideal_bin_gains(num_frames, fps, band, bool(evm_config.get("mit_compatible", False)))
   except (TypeError, ValueError):
-    return ""   # a malformed band: mer_jax.evm raises the ConfigError
+    return ""  # a malformed band: mer_jax.evm raises the ConfigError
   if bins.size:
     return ""
-  return (f"{evm_magnify.empty_band_message(num_frames, fps, band)} Falling back to temporal_filter="
-          f"'{evm_magnify.FALLBACK_FILTER}' on the same band (onset-referenced).")
+  return (
+    f"{evm_magnify.empty_band_message(num_frames, fps, band)} Falling back to temporal_filter="
+    f"'{evm_magnify.FALLBACK_FILTER}' on the same band (onset-referenced)."
+  )
 
 
 def clip_order(evm_config) -> str:
   """``evm.order`` ("paper" | "fast"); configs without the key get :data:`LEGACY_ORDER`."""
   order = evm_config.get("order", LEGACY_ORDER) if hasattr(evm_config, "get") else LEGACY_ORDER
   if order not in ORDERS:
-    raise ConfigError(f"evm.order must be one of {ORDERS}, got {order!r} (paper: magnify at native resolution, "
-                      "then take the apex and resize; fast: resize to image_size first)")
+    raise ConfigError(
+      f"evm.order must be one of {ORDERS}, got {order!r} (paper: magnify at native resolution, "
+      "then take the apex and resize; fast: resize to image_size first)"
+    )
   return str(order)
 
 
@@ -252,9 +269,11 @@ def geometric_bucket(n: int, steps_per_octave: int) -> int:
 def _pyramid_levels(side: int, evm_config) -> Optional[int]:
   """Levels mer_jax.evm would use for side x side frames with these settings (None: too small / invalid)."""
   from mer_jax.evm import pyramids
+
   try:
-    return pyramids.check_levels(side, side, evm_config.get("levels", "auto"),
-                                 str(evm_config.get("pyramid", "laplacian")))
+    return pyramids.check_levels(
+      side, side, evm_config.get("levels", "auto"), str(evm_config.get("pyramid", "laplacian"))
+    )
   except (TypeError, ValueError):
     return None
 
@@ -274,7 +293,7 @@ def work_size(side: int, evm_config) -> int:
   b = geometric_bucket(side, SIZE_STEPS_PER_OCTAVE)
   if _pyramid_levels(b, evm_config) == levels:
     return b
-  lo, hi = side, b          # levels(lo) == levels, levels(hi) != levels; levels grow with the side
+  lo, hi = side, b  # levels(lo) == levels, levels(hi) != levels; levels grow with the side
   while hi - lo > 1:
     mid = (lo + hi) // 2
     if _pyramid_levels(mid, evm_config) == levels:
@@ -309,9 +328,16 @@ def _axis_window(start: int, size: int, want: int, full: int) -> tuple[int, int,
   return 0, full, before, want - full - before, before + start
 
 
-def _magnified_apex_paper(clip: np.ndarray, box: Optional[face_lib.FaceBox], apex_index: int, fps: float,
-                          config, name: str, notes: Optional[Notes]) -> np.ndarray:
-  """"paper" order: magnify the face region at native resolution, take the apex, crop the box.
+def _magnified_apex_paper(
+  clip: np.ndarray,
+  box: Optional[face_lib.FaceBox],
+  apex_index: int,
+  fps: float,
+  config,
+  name: str,
+  notes: Optional[Notes],
+) -> np.ndarray:
+  """ "paper" order: magnify the face region at native resolution, take the apex, crop the box.
 
   clip: [T, H, W, C] onset..offset. Returns the magnified apex face [s, s, C] (box) or [H, W, C] (no box),
   before the resize to image_size.
@@ -328,15 +354,23 @@ def _magnified_apex_paper(clip: np.ndarray, box: Optional[face_lib.FaceBox], ape
     region, sh, sw = clip[:used, y0:y1, x0:x1], box.size, box.size
     if py0 or py1 or px0 or px1:
       region = np.pad(region, ((0, 0), (py0, py1), (px0, px1), (0, 0)), mode="reflect")
-  if length > used:                       # causal filters: repeats of the apex frame change no earlier frame
+  if length > used:  # causal filters: repeats of the apex frame change no earlier frame
     region = np.concatenate([region, np.repeat(region[-1:], length - used, axis=0)])
   out = magnify(region, fps, evm_config, name=name, notes=notes, num_frames=t, only=apex_index)
-  return out[oy:oy + sh, ox:ox + sw]
+  return out[oy : oy + sh, ox : ox + sw]
 
 
-def preprocess_clip(frames: np.ndarray, fps: Optional[float], *, onset: Optional[int], apex: Optional[int],
-                    offset: Optional[int], config, name: str = "clip",
-                    notes: Optional[Notes] = None) -> np.ndarray:
+def preprocess_clip(
+  frames: np.ndarray,
+  fps: Optional[float],
+  *,
+  onset: Optional[int],
+  apex: Optional[int],
+  offset: Optional[int],
+  config,
+  name: str = "clip",
+  notes: Optional[Notes] = None,
+) -> np.ndarray:
   """A micro-expression clip -> its (magnified) apex face, float32 [S, S, channels] in [0, 1].
 
   With EVM the "paper" order magnifies the face region at native resolution
@@ -371,35 +405,35 @@ def preprocess_clip(frames: np.ndarray, fps: Optional[float], *, onset: Optional
   onset = 0 if onset is None else int(onset)
   offset = T - 1 if offset is None else int(offset)
   if not (0 <= onset <= offset < T):
-    raise DataError(f"{name}: onset {onset} / offset {offset} do not fit a clip of {T} frames "
-                    "(check the label file's onset/offset columns)")
-  clip = frames[onset:offset + 1]
+    raise DataError(
+      f"{name}: onset {onset} / offset {offset} do not fit a clip of {T} frames "
+      "(check the label file's onset/offset columns)"
+    )
+  clip = frames[onset : offset + 1]
   evm_on = bool(config.evm.enabled)
   if evm_on:
     if len(clip) < MIN_EVM_FRAMES:
       raise DataError(
-          f"{name}: clip too short for EVM: onset..offset is {len(clip)} frame(s) ({onset}..{offset}); "
-          f"the temporal filter needs at least {MIN_EVM_FRAMES}. Fix the onset/offset, set "
-          "data.skip_bad_samples=True to skip such clips, or evm.enabled=False")
+        f"{name}: clip too short for EVM: onset..offset is {len(clip)} frame(s) ({onset}..{offset}); "
+        f"the temporal filter needs at least {MIN_EVM_FRAMES}. Fix the onset/offset, set "
+        "data.skip_bad_samples=True to skip such clips, or evm.enabled=False"
+      )
     if not fps or fps <= 0:
       raise DataError(f"{name}: EVM needs the clip's frame rate, but fps is {fps!r}")
   face_crop, margin, on_no_face = face_options(config)
-  box = face_lib.clip_face_box(clip, onset=0, margin=margin, on_no_face=on_no_face, name=name) \
-      if face_crop else None
+  box = face_lib.clip_face_box(clip, onset=0, margin=margin, on_no_face=on_no_face, name=name) if face_crop else None
   mode = str(_data_opt(config, "apex", "annotated"))
-  ap, how = apex_lib.choose_apex(mode, onset=onset, offset=offset, annotated=apex, frames=clip, box=box,
-                                 name=name)
+  ap, how = apex_lib.choose_apex(mode, onset=onset, offset=offset, annotated=apex, frames=clip, box=box, name=name)
   if notes is not None:
     notes.name, notes.box, notes.apex, notes.apex_rule, notes.evm = name, box, ap, how, evm_on
     notes.face_found = None if box is None else box.detected
   size = int(config.image_size)
   if evm_on and clip_order(config.evm) == "paper":
-    apex_face = face_lib.resize(
-        _magnified_apex_paper(clip, box, ap - onset, float(fps), config, name, notes), size)
-  elif evm_on:                             # "fast": crop and resize every frame first, then magnify
-    faces = np.stack([face_lib.crop_and_resize(f, box, size) for f in clip])   # [T, S, S, C]
+    apex_face = face_lib.resize(_magnified_apex_paper(clip, box, ap - onset, float(fps), config, name, notes), size)
+  elif evm_on:  # "fast": crop and resize every frame first, then magnify
+    faces = np.stack([face_lib.crop_and_resize(f, box, size) for f in clip])  # [T, S, S, C]
     apex_face = magnify(faces, float(fps), config.evm, name=name, notes=notes, only=ap - onset)
-  else:                                    # without EVM only the apex frame is needed
+  else:  # without EVM only the apex frame is needed
     apex_face = face_lib.crop_and_resize(clip[ap - onset], box, size)
   out = _fix_channels(apex_face, int(config.get("channels", 3)), name)
   return np.clip(out, 0.0, 1.0).astype(np.float32)
@@ -410,9 +444,11 @@ def read_frame(path: str) -> np.ndarray:
   img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
   if img is None:
     import os
+
     what = "does not exist" if not os.path.exists(path) else "is not a readable image (corrupt or unknown format)"
-    raise DataError(f"frame {path} {what}; restore the file from the dataset, or set "
-                    "data.skip_bad_samples=True to skip this sample")
+    raise DataError(
+      f"frame {path} {what}; restore the file from the dataset, or set data.skip_bad_samples=True to skip this sample"
+    )
   if img.ndim == 3:
     if img.shape[-1] == 4:
       img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
@@ -458,22 +494,28 @@ def preprocess_sample(sample: Sample, config, *, notes: Optional[Notes] = None) 
     onset = 0 if sample.onset is None else sample.onset
     offset = n - 1 if sample.offset is None else sample.offset
     if not (0 <= onset <= offset < n):
-      raise DataError(f"{name}: onset {onset} / offset {offset} do not fit the {n} frames found "
-                      f"({sample.source_row or 'label file'}); check the onset/offset columns")
-    frames = read_frames(sample.frame_paths[onset:offset + 1])
+      raise DataError(
+        f"{name}: onset {onset} / offset {offset} do not fit the {n} frames found "
+        f"({sample.source_row or 'label file'}); check the onset/offset columns"
+      )
+    frames = read_frames(sample.frame_paths[onset : offset + 1])
     ap = None if sample.apex is None else sample.apex - onset
-    out = preprocess_clip(frames, sample.fps, onset=0, apex=ap, offset=offset - onset, config=config,
-                          name=name, notes=notes)
+    out = preprocess_clip(
+      frames, sample.fps, onset=0, apex=ap, offset=offset - onset, config=config, name=name, notes=notes
+    )
     if notes is not None and notes.apex is not None:
-      notes.apex += onset   # back to the sample's frame numbering
+      notes.apex += onset  # back to the sample's frame numbering
     return out
   if sample.pixels is not None:
     image = np.asarray(sample.pixels)
   else:
     if not sample.frame_paths:
       raise DataError(f"{name}: the sample has neither pixels nor an image file")
-    idx = sample.apex if sample.apex is not None else (
-        sample.offset if sample.offset is not None else len(sample.frame_paths) - 1)
+    idx = (
+      sample.apex
+      if sample.apex is not None
+      else (sample.offset if sample.offset is not None else len(sample.frame_paths) - 1)
+    )
     image = read_frame(sample.frame_paths[idx])
   out = preprocess_image(image, config, name=name, detect=sample.dataset not in PRE_CROPPED, notes=notes)
   return out
@@ -484,11 +526,13 @@ def settings_from_config(config) -> dict[str, Any]:
   face_crop, margin, on_no_face = face_options(config)
   evm_cfg = config.evm.to_dict() if hasattr(config.evm, "to_dict") else dict(config.evm)
   evm_cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(evm_cfg.items())}
-  evm_cfg["order"] = clip_order(config.evm)     # explicit, also for configs without the key
+  evm_cfg["order"] = clip_order(config.evm)  # explicit, also for configs without the key
   return {
-      "image_size": int(config.image_size),
-      "channels": int(config.get("channels", 3)),
-      "face_crop": face_crop, "face_margin": margin, "on_no_face": on_no_face,
-      "apex": str(_data_opt(config, "apex", "annotated")),
-      "evm": evm_cfg,
+    "image_size": int(config.image_size),
+    "channels": int(config.get("channels", 3)),
+    "face_crop": face_crop,
+    "face_margin": margin,
+    "on_no_face": on_no_face,
+    "apex": str(_data_opt(config, "apex", "annotated")),
+    "evm": evm_cfg,
   }

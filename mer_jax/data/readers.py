@@ -57,39 +57,46 @@ from mer_jax.errors import DataError
 SKIP_HINT = "fix or remove it, or set data.skip_bad_samples=True to skip and count it"
 
 MANUAL_DOWNLOAD_INSTRUCTIONS: dict[str, str] = {
-    "casme2": (
-        "CASME II is licensed by the Institute of Psychology, Chinese Academy of Sciences "
-        "(http://casme.psych.ac.cn/casme/e2, request form). Unpack it and point data.roots.casme2 "
-        "(the TFDS manual_dir) at the folder holding CASME2-coding-*.xlsx and CASME2_RAW_selected/ "
-        "(or Cropped/), e.g. <dir>/CASME2_RAW_selected/sub01/EP02_01f/img46.jpg."),
-    "samm": (
-        "SAMM is licensed by Manchester Metropolitan University "
-        "(http://www2.docm.mmu.ac.uk/STAFF/m.yap/dataset.php, licence agreement). Point "
-        "data.roots.samm at the folder holding SAMM_Micro_FACS_Codes_v2.xlsx and SAMM/ "
-        "(e.g. <dir>/SAMM/006/006_1_2/006_05562.jpg)."),
-    "smic": (
-        "SMIC is licensed by the University of Oulu (https://www.oulu.fi/cmvs/node/41319, "
-        "licence agreement). Point data.roots.smic at the folder holding HS/ "
-        "(e.g. <dir>/HS/s1/micro/negative/s1_ne_01/image069015.bmp); only HS is read."),
-    "ck": (
-        "CK+ is distributed by the University of Pittsburgh / CMU "
-        "(https://www.jeffcohn.net/Resources/, agreement). Unpack extended-cohn-kanade-images and "
-        "Emotion_labels and point data.roots.ck at the folder holding cohn-kanade-images/ and "
-        "Emotion/ (nesting as in the zips is accepted)."),
-    "rafdb": (
-        "RAF-DB is licensed by BUPT (http://www.whdeng.cn/RAF/model1.html, request by e-mail). "
-        "Point data.roots.rafdb at the 'basic' folder holding EmoLabel/list_patition_label.txt "
-        "and Image/aligned/."),
-    "fer2013": (
-        "FER-2013 is distributed through Kaggle (challenges-in-representation-learning-facial-"
-        "expression-recognition-challenge, fer2013.tar.gz). Point data.roots.fer2013 at the folder "
-        "holding fer2013.csv (columns emotion, pixels, Usage)."),
+  "casme2": (
+    "CASME II is licensed by the Institute of Psychology, Chinese Academy of Sciences "
+    "(http://casme.psych.ac.cn/casme/e2, request form). Unpack it and point data.roots.casme2 "
+    "(the TFDS manual_dir) at the folder holding CASME2-coding-*.xlsx and CASME2_RAW_selected/ "
+    "(or Cropped/), e.g. <dir>/CASME2_RAW_selected/sub01/EP02_01f/img46.jpg."
+  ),
+  "samm": (
+    "SAMM is licensed by Manchester Metropolitan University "
+    "(http://www2.docm.mmu.ac.uk/STAFF/m.yap/dataset.php, licence agreement). Point "
+    "data.roots.samm at the folder holding SAMM_Micro_FACS_Codes_v2.xlsx and SAMM/ "
+    "(e.g. <dir>/SAMM/006/006_1_2/006_05562.jpg)."
+  ),
+  "smic": (
+    "SMIC is licensed by the University of Oulu (https://www.oulu.fi/cmvs/node/41319, "
+    "licence agreement). Point data.roots.smic at the folder holding HS/ "
+    "(e.g. <dir>/HS/s1/micro/negative/s1_ne_01/image069015.bmp); only HS is read."
+  ),
+  "ck": (
+    "CK+ is distributed by the University of Pittsburgh / CMU "
+    "(https://www.jeffcohn.net/Resources/, agreement). Unpack extended-cohn-kanade-images and "
+    "Emotion_labels and point data.roots.ck at the folder holding cohn-kanade-images/ and "
+    "Emotion/ (nesting as in the zips is accepted)."
+  ),
+  "rafdb": (
+    "RAF-DB is licensed by BUPT (http://www.whdeng.cn/RAF/model1.html, request by e-mail). "
+    "Point data.roots.rafdb at the 'basic' folder holding EmoLabel/list_patition_label.txt "
+    "and Image/aligned/."
+  ),
+  "fer2013": (
+    "FER-2013 is distributed through Kaggle (challenges-in-representation-learning-facial-"
+    "expression-recognition-challenge, fer2013.tar.gz). Point data.roots.fer2013 at the folder "
+    "holding fer2013.csv (columns emotion, pixels, Usage)."
+  ),
 }
 
 
 @dataclasses.dataclass
 class ReadResult:
   """What a reader found: the samples, how many rows/items it read, and what it skipped."""
+
   samples: list[Sample]
   read: int
   skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
@@ -100,7 +107,6 @@ class _Bad(Exception):
 
 
 class _Collector:
-
   def __init__(self, skip_bad: bool):
     self.skip_bad = skip_bad
     self.samples: list[Sample] = []
@@ -189,8 +195,9 @@ def _norm_col(name) -> str:
   return re.sub(r"[\s_\-]+", "", str(name or "")).lower()
 
 
-def _read_xlsx_table(path: str, required: dict[str, tuple[str, ...]], max_header_row: int = 60
-                     ) -> tuple[list[tuple[int, dict[str, object]]], str]:
+def _read_xlsx_table(
+  path: str, required: dict[str, tuple[str, ...]], max_header_row: int = 60
+) -> tuple[list[tuple[int, dict[str, object]]], str]:
   """Rows of the first sheet whose header row holds every required column.
 
   ``required`` maps a key to accepted header spellings (compared without case, spaces,
@@ -199,11 +206,14 @@ def _read_xlsx_table(path: str, required: dict[str, tuple[str, ...]], max_header
   {key: value})], sheet_name)``; rows whose cells are all empty are dropped.
   """
   import openpyxl  # local: only the xlsx readers need it
+
   try:
     wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
   except Exception as e:  # zipfile.BadZipFile, KeyError, InvalidFileException ...
-    raise DataError(f"cannot read {path} as an .xlsx workbook ({type(e).__name__}: {e}); "
-                    "re-extract the label file from the dataset release") from None
+    raise DataError(
+      f"cannot read {path} as an .xlsx workbook ({type(e).__name__}: {e}); "
+      "re-extract the label file from the dataset release"
+    ) from None
   try:
     ws = wb.worksheets[0]
     rows = list(ws.iter_rows(values_only=True))
@@ -229,8 +239,9 @@ def _read_xlsx_table(path: str, required: dict[str, tuple[str, ...]], max_header
     miss = best_missing or list(required)
     names = ", ".join(repr(required[k][0]) for k in miss)
     raise DataError(
-        f"{path}: no header row with the columns {names} (looked at the first {max_header_row} "
-        f"rows of sheet {ws.title!r}); is this the dataset's original coding file?")
+      f"{path}: no header row with the columns {names} (looked at the first {max_header_row} "
+      f"rows of sheet {ws.title!r}); is this the dataset's original coding file?"
+    )
   out = []
   for r in range(header_idx + 1, len(rows)):
     row = rows[r]
@@ -264,13 +275,13 @@ def _as_apex(value) -> Optional[int]:
 def _label(dataset: str, raw, item: str) -> str:
   lab = mappings.normalize_label("" if raw is None else raw)
   if lab not in mappings.DATASET_LABELS[dataset]:
-    raise _Bad(f"label {raw!r} is not a {dataset} label "
-               f"(known: {', '.join(mappings.DATASET_LABELS[dataset])})")
+    raise _Bad(f"label {raw!r} is not a {dataset} label (known: {', '.join(mappings.DATASET_LABELS[dataset])})")
   return lab
 
 
-def _clip_from_numbers(folder: str, onset: int, apex: Optional[int], offset: int
-                       ) -> tuple[tuple[str, ...], Optional[int]]:
+def _clip_from_numbers(
+  folder: str, onset: int, apex: Optional[int], offset: int
+) -> tuple[tuple[str, ...], Optional[int]]:
   """Frame paths onset..offset (by the number in the file name) and apex as an index.
 
   An annotated apex outside onset..offset is kept as it is (an index < 0 or past the last
@@ -294,13 +305,22 @@ def _clip_from_numbers(folder: str, onset: int, apex: Optional[int], offset: int
 
 # ---------------------------------------------------------------------------- CASME II
 
-CASME2_FRAME_DIRS = ("CASME2_RAW_selected", "CASME2-RAW-selected", "CASME2_RAW_selected/CASME2_RAW_selected",
-                     "Cropped", "CASME2_Cropped", "CASME2_Cropped/Cropped", "CASME2-Cropped/Cropped")
+CASME2_FRAME_DIRS = (
+  "CASME2_RAW_selected",
+  "CASME2-RAW-selected",
+  "CASME2_RAW_selected/CASME2_RAW_selected",
+  "Cropped",
+  "CASME2_Cropped",
+  "CASME2_Cropped/Cropped",
+  "CASME2-Cropped/Cropped",
+)
 CASME2_COLUMNS = {
-    "subject": ("Subject",), "filename": ("Filename",),
-    "onset": ("OnsetFrame", "Onset Frame", "Onset"), "apex": ("ApexFrame", "Apex Frame", "Apex"),
-    "offset": ("OffsetFrame", "Offset Frame", "Offset"),
-    "emotion": ("Estimated Emotion", "Emotion"),
+  "subject": ("Subject",),
+  "filename": ("Filename",),
+  "onset": ("OnsetFrame", "Onset Frame", "Onset"),
+  "apex": ("ApexFrame", "Apex Frame", "Apex"),
+  "offset": ("OffsetFrame", "Offset Frame", "Offset"),
+  "emotion": ("Estimated Emotion", "Emotion"),
 }
 
 
@@ -318,19 +338,36 @@ def read_casme2(root: str, *, skip_bad: bool = False) -> ReadResult:
   _need_dir(root, "CASME II", "casme2")
   sheets = sorted(glob.glob(os.path.join(root, "CASME2-coding-*.xlsx")))
   if not sheets:
-    raise DataError(f"no CASME2-coding-*.xlsx label file in {root}; "
-                    f"{MANUAL_DOWNLOAD_INSTRUCTIONS['casme2']}")
+    raise DataError(f"no CASME2-coding-*.xlsx label file in {root}; {MANUAL_DOWNLOAD_INSTRUCTIONS['casme2']}")
   xlsx = sheets[-1]
   frames_root = _first_existing(root, CASME2_FRAME_DIRS)
   if frames_root is None:
-    raise DataError(f"no frame folder ({' or '.join(CASME2_FRAME_DIRS[:4])}) in {root}; "
-                    f"{MANUAL_DOWNLOAD_INSTRUCTIONS['casme2']}")
-  return _read_coding_sheet("casme2", xlsx, CASME2_COLUMNS, frames_root, subject_format="sub{:02d}",
-                            column_names=("OnsetFrame", "OffsetFrame"), fps=200.0, skip_bad=skip_bad)
+    raise DataError(
+      f"no frame folder ({' or '.join(CASME2_FRAME_DIRS[:4])}) in {root}; {MANUAL_DOWNLOAD_INSTRUCTIONS['casme2']}"
+    )
+  return _read_coding_sheet(
+    "casme2",
+    xlsx,
+    CASME2_COLUMNS,
+    frames_root,
+    subject_format="sub{:02d}",
+    column_names=("OnsetFrame", "OffsetFrame"),
+    fps=200.0,
+    skip_bad=skip_bad,
+  )
 
 
-def _read_coding_sheet(dataset: str, xlsx: str, columns: dict, frames_root: str, *, subject_format: str,
-                       column_names: tuple[str, str], fps: float, skip_bad: bool) -> ReadResult:
+def _read_coding_sheet(
+  dataset: str,
+  xlsx: str,
+  columns: dict,
+  frames_root: str,
+  *,
+  subject_format: str,
+  column_names: tuple[str, str],
+  fps: float,
+  skip_bad: bool,
+) -> ReadResult:
   """Rows of a CASME II / SAMM coding sheet -> clip samples (frames onset..offset by frame number).
 
   ``subject_format`` turns a numeric Subject cell into the folder name (6 -> 'sub06' or '006');
@@ -360,19 +397,32 @@ def _read_coding_sheet(dataset: str, xlsx: str, columns: dict, frames_root: str,
     except _Bad as e:
       col.bad(item, str(e))
       continue
-    col.add(Sample(
-        dataset=dataset, subject=s, clip_id=clip, label=label, frame_paths=paths,
-        onset=0, apex=apex_i, offset=len(paths) - 1, fps=fps, source_row=item))
+    col.add(
+      Sample(
+        dataset=dataset,
+        subject=s,
+        clip_id=clip,
+        label=label,
+        frame_paths=paths,
+        onset=0,
+        apex=apex_i,
+        offset=len(paths) - 1,
+        fps=fps,
+        source_row=item,
+      )
+    )
   return col.result()
 
 
 # ---------------------------------------------------------------------------- SAMM
 
 SAMM_COLUMNS = {
-    "subject": ("Subject",), "filename": ("Filename",),
-    "onset": ("Onset Frame", "OnsetFrame", "Onset"), "apex": ("Apex Frame", "ApexFrame", "Apex"),
-    "offset": ("Offset Frame", "OffsetFrame", "Offset"),
-    "emotion": ("Estimated Emotion", "Emotion"),
+  "subject": ("Subject",),
+  "filename": ("Filename",),
+  "onset": ("Onset Frame", "OnsetFrame", "Onset"),
+  "apex": ("Apex Frame", "ApexFrame", "Apex"),
+  "offset": ("Offset Frame", "OffsetFrame", "Offset"),
+  "emotion": ("Estimated Emotion", "Emotion"),
 }
 
 
@@ -390,15 +440,23 @@ def read_samm(root: str, *, skip_bad: bool = False) -> ReadResult:
   _need_dir(root, "SAMM", "samm")
   sheets = sorted(glob.glob(os.path.join(root, "SAMM_Micro_FACS_Codes*.xlsx")))
   if not sheets:
-    raise DataError(f"no SAMM_Micro_FACS_Codes_v2.xlsx label file in {root}; "
-                    f"{MANUAL_DOWNLOAD_INSTRUCTIONS['samm']}")
+    raise DataError(f"no SAMM_Micro_FACS_Codes_v2.xlsx label file in {root}; {MANUAL_DOWNLOAD_INSTRUCTIONS['samm']}")
   xlsx = sheets[-1]
   frames_root = os.path.join(root, "SAMM") if os.path.isdir(os.path.join(root, "SAMM")) else root
-  return _read_coding_sheet("samm", xlsx, SAMM_COLUMNS, frames_root, subject_format="{:03d}",
-                            column_names=("Onset Frame", "Offset Frame"), fps=200.0, skip_bad=skip_bad)
+  return _read_coding_sheet(
+    "samm",
+    xlsx,
+    SAMM_COLUMNS,
+    frames_root,
+    subject_format="{:03d}",
+    column_names=("Onset Frame", "Offset Frame"),
+    fps=200.0,
+    skip_bad=skip_bad,
+  )
 
 
 # ---------------------------------------------------------------------------- SMIC-HS
+
 
 def read_smic(root: str, *, skip_bad: bool = False) -> ReadResult:
   """SMIC-HS (Li et al., FG 2013), 100 fps, no apex annotation.
@@ -411,11 +469,12 @@ def read_smic(root: str, *, skip_bad: bool = False) -> ReadResult:
   """
   _need_dir(root, "SMIC", "smic")
   hs = os.path.join(root, "HS") if os.path.isdir(os.path.join(root, "HS")) else root
-  subjects = sorted((d for d in os.listdir(hs) if re.fullmatch(r"s\d+", d)
-                     and os.path.isdir(os.path.join(hs, d))), key=lambda d: int(d[1:]))
+  subjects = sorted(
+    (d for d in os.listdir(hs) if re.fullmatch(r"s\d+", d) and os.path.isdir(os.path.join(hs, d))),
+    key=lambda d: int(d[1:]),
+  )
   if not subjects:
-    raise DataError(f"no subject folders HS/s1, HS/s2, ... in {root}; "
-                    f"{MANUAL_DOWNLOAD_INSTRUCTIONS['smic']}")
+    raise DataError(f"no subject folders HS/s1, HS/s2, ... in {root}; {MANUAL_DOWNLOAD_INSTRUCTIONS['smic']}")
   col = _Collector(skip_bad)
   for s in subjects:
     micro = os.path.join(hs, s, "micro")
@@ -441,16 +500,26 @@ def read_smic(root: str, *, skip_bad: bool = False) -> ReadResult:
         except _Bad as e:
           col.bad(item, str(e))
           continue
-        col.add(Sample(
-            dataset="smic", subject=s, clip_id=clip, label=label, frame_paths=paths,
-            onset=0, apex=None, offset=len(paths) - 1, fps=100.0, source_row=item))
+        col.add(
+          Sample(
+            dataset="smic",
+            subject=s,
+            clip_id=clip,
+            label=label,
+            frame_paths=paths,
+            onset=0,
+            apex=None,
+            offset=len(paths) - 1,
+            fps=100.0,
+            source_row=item,
+          )
+        )
   return col.result()
 
 
 # ---------------------------------------------------------------------------- CK+
 
-CK_IMAGE_DIRS = ("cohn-kanade-images", "extended-cohn-kanade-images/cohn-kanade-images",
-                 "CK+/cohn-kanade-images")
+CK_IMAGE_DIRS = ("cohn-kanade-images", "extended-cohn-kanade-images/cohn-kanade-images", "CK+/cohn-kanade-images")
 CK_EMOTION_DIRS = ("Emotion", "Emotion_labels/Emotion", "CK+/Emotion")
 
 
@@ -472,8 +541,7 @@ def read_ck(root: str, *, skip_bad: bool = False) -> ReadResult:
     raise DataError(f"no Emotion/ label folder in {root}; {MANUAL_DOWNLOAD_INSTRUCTIONS['ck']}")
   files = sorted(glob.glob(os.path.join(emo_root, "*", "*", "*_emotion.txt")))
   if not files:
-    raise DataError(f"no Emotion/S*/NNN/*_emotion.txt label files in {emo_root}; "
-                    f"{MANUAL_DOWNLOAD_INSTRUCTIONS['ck']}")
+    raise DataError(f"no Emotion/S*/NNN/*_emotion.txt label files in {emo_root}; {MANUAL_DOWNLOAD_INSTRUCTIONS['ck']}")
   col = _Collector(skip_bad)
   for f in files:
     col.read += 1
@@ -499,13 +567,14 @@ def read_ck(root: str, *, skip_bad: bool = False) -> ReadResult:
     except _Bad as e:
       col.bad(rel, str(e))
       continue
-    col.add(Sample(
-        dataset="ck", subject=subj, clip_id=f"{subj}_{seq}", label=label,
-        frame_paths=(peak,), source_row=rel))
+    col.add(
+      Sample(dataset="ck", subject=subj, clip_id=f"{subj}_{seq}", label=label, frame_paths=(peak,), source_row=rel)
+    )
   return col.result()
 
 
 # ---------------------------------------------------------------------------- RAF-DB
+
 
 def read_rafdb(root: str, *, skip_bad: bool = False) -> ReadResult:
   """RAF-DB basic (Li & Deng, CVPR 2017 / TIP 2019).
@@ -545,13 +614,22 @@ def read_rafdb(root: str, *, skip_bad: bool = False) -> ReadResult:
       col.bad(item, str(e))
       continue
     split = "train" if stem.startswith("train") else "test" if stem.startswith("test") else ""
-    col.add(Sample(
-        dataset="rafdb", subject="", clip_id=stem, label=mappings.RAFDB_CODES[code],
-        frame_paths=(path,), split=split, source_row=item))
+    col.add(
+      Sample(
+        dataset="rafdb",
+        subject="",
+        clip_id=stem,
+        label=mappings.RAFDB_CODES[code],
+        frame_paths=(path,),
+        split=split,
+        source_row=item,
+      )
+    )
   return col.result()
 
 
 # ---------------------------------------------------------------------------- FER-2013
+
 
 def read_fer2013(root: str, *, skip_bad: bool = False) -> ReadResult:
   """FER-2013 (Goodfellow et al., ICONIP 2013; Kaggle release).
@@ -565,16 +643,17 @@ def read_fer2013(root: str, *, skip_bad: bool = False) -> ReadResult:
   _need_dir(root, "FER-2013", "fer2013")
   csv_path = _first_existing(root, ("fer2013.csv", "fer2013/fer2013.csv"))
   if csv_path is None:
-    raise DataError(f"label file fer2013.csv is missing in {root}; "
-                    f"{MANUAL_DOWNLOAD_INSTRUCTIONS['fer2013']}")
+    raise DataError(f"label file fer2013.csv is missing in {root}; {MANUAL_DOWNLOAD_INSTRUCTIONS['fer2013']}")
   col = _Collector(skip_bad)
   with open(csv_path, newline="") as fh:
     reader = csv.DictReader(fh)
     fields = [f.strip() for f in (reader.fieldnames or [])]
     missing = [c for c in ("emotion", "pixels", "Usage") if c not in fields]
     if missing:
-      raise DataError(f"{csv_path}: missing column(s) {', '.join(missing)} (found {fields}); "
-                      "expected the Kaggle header 'emotion,pixels,Usage'")
+      raise DataError(
+        f"{csv_path}: missing column(s) {', '.join(missing)} (found {fields}); "
+        "expected the Kaggle header 'emotion,pixels,Usage'"
+      )
     reader.fieldnames = fields
     for n, row in enumerate(reader, 1):
       col.read += 1
@@ -586,7 +665,7 @@ def read_fer2013(root: str, *, skip_bad: bool = False) -> ReadResult:
         text = (row.get("pixels") or "").strip()
         with warnings.catch_warnings():
           warnings.simplefilter("error")
-          try:   # ~6x faster than int() per value on the 35,887-row release
+          try:  # ~6x faster than int() per value on the 35,887-row release
             arr = np.fromstring(text, dtype=np.int64, sep=" ") if text else np.zeros(0, np.int64)
           except (ValueError, DeprecationWarning):
             raise _Bad("pixels holds a value that is not an integer") from None
@@ -597,18 +676,29 @@ def read_fer2013(root: str, *, skip_bad: bool = False) -> ReadResult:
       except _Bad as e:
         col.bad(item, str(e))
         continue
-      col.add(Sample(
-          dataset="fer2013", subject="", clip_id=f"fer2013_{n:05d}",
-          label=mappings.FER2013_CODES[int(code_s)], pixels=arr.astype(np.uint8).reshape(48, 48),
-          split=(row.get("Usage") or "").strip(), source_row=item))
+      col.add(
+        Sample(
+          dataset="fer2013",
+          subject="",
+          clip_id=f"fer2013_{n:05d}",
+          label=mappings.FER2013_CODES[int(code_s)],
+          pixels=arr.astype(np.uint8).reshape(48, 48),
+          split=(row.get("Usage") or "").strip(),
+          source_row=item,
+        )
+      )
   return col.result()
 
 
 # ---------------------------------------------------------------------------- registry
 
 READERS: dict[str, Callable[..., ReadResult]] = {
-    "casme2": read_casme2, "samm": read_samm, "smic": read_smic,
-    "ck": read_ck, "rafdb": read_rafdb, "fer2013": read_fer2013,
+  "casme2": read_casme2,
+  "samm": read_samm,
+  "smic": read_smic,
+  "ck": read_ck,
+  "rafdb": read_rafdb,
+  "fer2013": read_fer2013,
 }
 
 
@@ -617,6 +707,5 @@ def read_dataset(name: str, root: str, *, skip_bad: bool = False) -> ReadResult:
   if name not in READERS:
     raise DataError(f"unknown dataset {name!r}; expected one of {', '.join(READERS)}")
   if not root:
-    raise DataError(f"no folder given for {name} (config data.roots.{name}); "
-                    f"{MANUAL_DOWNLOAD_INSTRUCTIONS[name]}")
+    raise DataError(f"no folder given for {name} (config data.roots.{name}); {MANUAL_DOWNLOAD_INSTRUCTIONS[name]}")
   return READERS[name](os.path.abspath(os.path.expanduser(root)), skip_bad=skip_bad)

@@ -47,14 +47,19 @@ def summarize(result: readers.ReadResult, dataset: str, task: str, protocol: str
     psc = per_subject_class.setdefault(s.subject, {n: 0 for n in names})
     psc[names[idx]] += 1
   out = {
-      "dataset": dataset, "task": task, "protocol": protocol, "class_names": list(names),
-      "read": result.read, "mapped": mapped,
-      "excluded": sum(excluded_labels.values()), "excluded_labels": dict(sorted(excluded_labels.items())),
-      "not_in_official_list": not_listed,
-      "skipped": [{"item": i, "reason": r} for i, r in result.skipped],
-      "per_class": per_class,
-      "per_subject": dict(sorted(per_subject.items())),
-      "per_subject_class": dict(sorted(per_subject_class.items())),
+    "dataset": dataset,
+    "task": task,
+    "protocol": protocol,
+    "class_names": list(names),
+    "read": result.read,
+    "mapped": mapped,
+    "excluded": sum(excluded_labels.values()),
+    "excluded_labels": dict(sorted(excluded_labels.items())),
+    "not_in_official_list": not_listed,
+    "skipped": [{"item": i, "reason": r} for i, r in result.skipped],
+    "per_class": per_class,
+    "per_subject": dict(sorted(per_subject.items())),
+    "per_subject_class": dict(sorted(per_subject_class.items())),
   }
   if official.applies(dataset, task, protocol):
     out["official_list"] = official.compare(dataset, result.samples).to_dict()
@@ -62,13 +67,14 @@ def summarize(result: readers.ReadResult, dataset: str, task: str, protocol: str
 
 
 def format_text(s: dict) -> str:
-  lines = [f"{DISPLAY_NAMES.get(s['dataset'], s['dataset'])} ({s['task']}, protocol {s['protocol']})",
-           f"  read {s['read']}, mapped {s['mapped']}, excluded {s['excluded']}, "
-           + (f"not in the MEGC 2019 list {s['not_in_official_list']}, " if s.get("official_list") else "")
-           + f"skipped {len(s['skipped'])}"]
+  lines = [
+    f"{DISPLAY_NAMES.get(s['dataset'], s['dataset'])} ({s['task']}, protocol {s['protocol']})",
+    f"  read {s['read']}, mapped {s['mapped']}, excluded {s['excluded']}, "
+    + (f"not in the MEGC 2019 list {s['not_in_official_list']}, " if s.get("official_list") else "")
+    + f"skipped {len(s['skipped'])}",
+  ]
   if s["excluded_labels"]:
-    lines.append("  excluded by the mapping: "
-                 + ", ".join(f"{k} {v}" for k, v in s["excluded_labels"].items()))
+    lines.append("  excluded by the mapping: " + ", ".join(f"{k} {v}" for k, v in s["excluded_labels"].items()))
   if s.get("official_list"):
     cmp = official.Comparison(**{k: v for k, v in s["official_list"].items() if k != "comparable"})
     lines.append("  " + cmp.line())
@@ -82,8 +88,7 @@ def format_text(s: dict) -> str:
   lines.append("  per subject (" + " / ".join(s["class_names"]) + "):")
   for subj, total in s["per_subject"].items():
     by = s["per_subject_class"][subj]
-    lines.append(f"    {subj or '(no subject)':<12} {total:>6}   "
-                 + " / ".join(str(by[n]) for n in s["class_names"]))
+    lines.append(f"    {subj or '(no subject)':<12} {total:>6}   " + " / ".join(str(by[n]) for n in s["class_names"]))
   if s["skipped"]:
     lines.append("  skipped:")
     for k in s["skipped"]:
@@ -100,7 +105,7 @@ def main(argv: Optional[list[str]] = None) -> int:
   ap.add_argument("--skip-bad", action="store_true", help="count and report bad rows instead of failing")
   ap.add_argument("--json", action="store_true", help="print one JSON object")
   a = ap.parse_args(argv)
-  mappings.class_names(a.task, a.dataset, a.protocol)   # ConfigError before any reading
+  mappings.class_names(a.task, a.dataset, a.protocol)  # ConfigError before any reading
   res = readers.read_dataset(a.dataset, a.root, skip_bad=a.skip_bad)
   s = summarize(res, a.dataset, a.task, a.protocol)
   print(json.dumps(s, indent=1) if a.json else format_text(s))

@@ -64,24 +64,51 @@ from mer_jax.errors import ConfigError, run_cli
 LAYOUTS = ("casme2", "samm", "smic", "ck", "rafdb", "fer2013")
 MICRO_FPS = {"casme2": 200.0, "samm": 200.0, "smic": 100.0}
 MANIFEST = "synthme_manifest.json"
-SHIFT = 4                       # OpenCV drawing: coordinates in 1/16 px
+SHIFT = 4  # OpenCV drawing: coordinates in 1/16 px
 _ONE = 1 << SHIFT
 
 # Default sizes (the demo size): micro sets 3 subjects x 9 clips, macro sets ~100 images each.
 DEFAULT_SUBJECTS = {"casme2": 3, "samm": 3, "smic": 3, "ck": 10, "rafdb": 0, "fer2013": 0}
 DEFAULT_CLIPS = {"casme2": 9, "samm": 9, "smic": 9}
 DEFAULT_IMAGES = {"ck": 60, "rafdb": 120, "fer2013": 150}
-DEFAULT_FRAME_SIZE = 140        # micro frames are frame_size x frame_size
+DEFAULT_FRAME_SIZE = 140  # micro frames are frame_size x frame_size
 
 # Label cycles per dataset (own labels). Subject i takes cycle[(3 i + j) % len] for clip j, so
 # every class appears and the excluded labels (fear / sadness / ...) are present too.
 MICRO_CYCLES = {
-    "casme2": ("disgust", "happiness", "repression", "surprise", "others", "disgust", "happiness",
-               "surprise", "repression", "others", "disgust", "happiness", "surprise", "fear",
-               "repression", "sadness"),
-    "samm": ("anger", "contempt", "happiness", "surprise", "other", "anger", "happiness",
-             "disgust", "surprise", "contempt", "fear", "sadness"),
-    "smic": ("negative", "positive", "surprise"),
+  "casme2": (
+    "disgust",
+    "happiness",
+    "repression",
+    "surprise",
+    "others",
+    "disgust",
+    "happiness",
+    "surprise",
+    "repression",
+    "others",
+    "disgust",
+    "happiness",
+    "surprise",
+    "fear",
+    "repression",
+    "sadness",
+  ),
+  "samm": (
+    "anger",
+    "contempt",
+    "happiness",
+    "surprise",
+    "other",
+    "anger",
+    "happiness",
+    "disgust",
+    "surprise",
+    "contempt",
+    "fear",
+    "sadness",
+  ),
+  "smic": ("negative", "positive", "surprise"),
 }
 # The official code tables, written out here from each dataset's documentation (not taken from the
 # readers' tables in mer_jax.data.mappings, so that reading SynthME back checks those independently).
@@ -97,49 +124,65 @@ FER_CODES = {0: "angry", 1: "disgust", 2: "fear", 3: "happy", 4: "sad", 5: "surp
 # Landmarks: brow_{l,r}_{in,mid,out}, eye_{l,r}_{up,lo} (lid offsets), nose_{l,r} (wings),
 # mouth_{l,r} (corners), lip_up, lip_lo (mid points), jaw (mouth opening).  'l' is image-left.
 AUS: dict[str, dict[str, tuple[float, float]]] = {
-    "AU1": {"brow_l_in": (0, -1.0), "brow_r_in": (0, -1.0), "brow_l_mid": (0, -0.5), "brow_r_mid": (0, -0.5)},
-    "AU2": {"brow_l_out": (0, -1.0), "brow_r_out": (0, -1.0), "brow_l_mid": (0, -0.6), "brow_r_mid": (0, -0.6)},
-    "AU4": {"brow_l_in": (0.7, 0.9), "brow_r_in": (-0.7, 0.9), "brow_l_mid": (0.3, 0.7),
-            "brow_r_mid": (-0.3, 0.7), "brow_l_out": (0, 0.4), "brow_r_out": (0, 0.4)},
-    "AU5": {"eye_l_up": (0, -0.8), "eye_r_up": (0, -0.8)},
-    "AU6": {"eye_l_lo": (0, -0.5), "eye_r_lo": (0, -0.5)},
-    "AU7": {"eye_l_up": (0, 0.6), "eye_r_up": (0, 0.6), "eye_l_lo": (0, -0.6), "eye_r_lo": (0, -0.6)},
-    "AU9": {"nose_l": (0.2, -0.8), "nose_r": (-0.2, -0.8), "brow_l_in": (0, 0.4), "brow_r_in": (0, 0.4)},
-    "AU10": {"lip_up": (0, -1.0), "nose_l": (0, -0.3), "nose_r": (0, -0.3)},
-    "AU12": {"mouth_l": (-0.6, -0.9), "mouth_r": (0.6, -0.9)},
-    "AU14": {"mouth_l": (-0.6, -0.2), "mouth_r": (0.6, -0.2)},
-    "AU15": {"mouth_l": (0.2, 1.0), "mouth_r": (-0.2, 1.0)},
-    "AU17": {"lip_lo": (0, -0.9), "mouth_l": (0, -0.2), "mouth_r": (0, -0.2)},
-    "AU20": {"mouth_l": (-1.0, 0.2), "mouth_r": (1.0, 0.2)},
-    "AU24": {"lip_up": (0, 0.5), "lip_lo": (0, -0.5), "mouth_l": (0.3, 0), "mouth_r": (-0.3, 0)},
-    "AU26": {"jaw": (0, 1.6), "lip_lo": (0, 1.0)},
-    "AU43": {"eye_l_up": (0, 1.0), "eye_r_up": (0, 1.0)},
-    # unilateral (image-right) variants
-    "R12": {"mouth_r": (0.6, -0.9)},
-    "R14": {"mouth_r": (0.8, -0.3)},
-    "R2": {"brow_r_out": (0, -1.0), "brow_r_mid": (0, -0.6)},
+  "AU1": {"brow_l_in": (0, -1.0), "brow_r_in": (0, -1.0), "brow_l_mid": (0, -0.5), "brow_r_mid": (0, -0.5)},
+  "AU2": {"brow_l_out": (0, -1.0), "brow_r_out": (0, -1.0), "brow_l_mid": (0, -0.6), "brow_r_mid": (0, -0.6)},
+  "AU4": {
+    "brow_l_in": (0.7, 0.9),
+    "brow_r_in": (-0.7, 0.9),
+    "brow_l_mid": (0.3, 0.7),
+    "brow_r_mid": (-0.3, 0.7),
+    "brow_l_out": (0, 0.4),
+    "brow_r_out": (0, 0.4),
+  },
+  "AU5": {"eye_l_up": (0, -0.8), "eye_r_up": (0, -0.8)},
+  "AU6": {"eye_l_lo": (0, -0.5), "eye_r_lo": (0, -0.5)},
+  "AU7": {"eye_l_up": (0, 0.6), "eye_r_up": (0, 0.6), "eye_l_lo": (0, -0.6), "eye_r_lo": (0, -0.6)},
+  "AU9": {"nose_l": (0.2, -0.8), "nose_r": (-0.2, -0.8), "brow_l_in": (0, 0.4), "brow_r_in": (0, 0.4)},
+  "AU10": {"lip_up": (0, -1.0), "nose_l": (0, -0.3), "nose_r": (0, -0.3)},
+  "AU12": {"mouth_l": (-0.6, -0.9), "mouth_r": (0.6, -0.9)},
+  "AU14": {"mouth_l": (-0.6, -0.2), "mouth_r": (0.6, -0.2)},
+  "AU15": {"mouth_l": (0.2, 1.0), "mouth_r": (-0.2, 1.0)},
+  "AU17": {"lip_lo": (0, -0.9), "mouth_l": (0, -0.2), "mouth_r": (0, -0.2)},
+  "AU20": {"mouth_l": (-1.0, 0.2), "mouth_r": (1.0, 0.2)},
+  "AU24": {"lip_up": (0, 0.5), "lip_lo": (0, -0.5), "mouth_l": (0.3, 0), "mouth_r": (-0.3, 0)},
+  "AU26": {"jaw": (0, 1.6), "lip_lo": (0, 1.0)},
+  "AU43": {"eye_l_up": (0, 1.0), "eye_r_up": (0, 1.0)},
+  # unilateral (image-right) variants
+  "R12": {"mouth_r": (0.6, -0.9)},
+  "R14": {"mouth_r": (0.8, -0.3)},
+  "R2": {"brow_r_out": (0, -1.0), "brow_r_mid": (0, -0.6)},
 }
 # Emotion -> weighted action units (own labels of every dataset point here).
 EXPRESSIONS: dict[str, dict[str, float]] = {
-    "positive": {"AU6": 0.6, "AU12": 1.0},
-    "negative": {"AU4": 1.0, "AU15": 0.8},
-    "surprise": {"AU1": 1.0, "AU2": 0.8, "AU5": 0.6, "AU26": 1.0},
-    "disgust": {"AU4": 0.6, "AU9": 1.0, "AU10": 0.8, "AU15": 0.5},
-    "repression": {"AU4": 0.4, "AU14": 0.6, "AU15": 0.6, "AU17": 0.8, "AU24": 0.8},
-    "anger": {"AU4": 1.0, "AU7": 0.8, "AU24": 0.8},
-    "contempt": {"AU4": 0.3, "R12": 0.8, "R14": 1.0},
-    "fear": {"AU1": 0.8, "AU2": 0.5, "AU4": 0.8, "AU20": 1.0},
-    "sadness": {"AU1": 0.8, "AU4": 0.6, "AU15": 1.0},
-    "neutral": {},
+  "positive": {"AU6": 0.6, "AU12": 1.0},
+  "negative": {"AU4": 1.0, "AU15": 0.8},
+  "surprise": {"AU1": 1.0, "AU2": 0.8, "AU5": 0.6, "AU26": 1.0},
+  "disgust": {"AU4": 0.6, "AU9": 1.0, "AU10": 0.8, "AU15": 0.5},
+  "repression": {"AU4": 0.4, "AU14": 0.6, "AU15": 0.6, "AU17": 0.8, "AU24": 0.8},
+  "anger": {"AU4": 1.0, "AU7": 0.8, "AU24": 0.8},
+  "contempt": {"AU4": 0.3, "R12": 0.8, "R14": 1.0},
+  "fear": {"AU1": 0.8, "AU2": 0.5, "AU4": 0.8, "AU20": 1.0},
+  "sadness": {"AU1": 0.8, "AU4": 0.6, "AU15": 1.0},
+  "neutral": {},
 }
-for _alias, _to in (("happiness", "positive"), ("happy", "positive"), ("angry", "anger"),
-                    ("sad", "sadness")):
+for _alias, _to in (("happiness", "positive"), ("happy", "positive"), ("angry", "anger"), ("sad", "sadness")):
   EXPRESSIONS[_alias] = EXPRESSIONS[_to]
 OTHERS_CHOICES = ({"AU7": 1.0}, {"R2": 1.0}, {"AU17": 1.0}, {"AU43": 0.8})
 ACTION_UNITS_TEXT = {  # for the label files' 'Action Units' column
-    "positive": "6+12", "negative": "4+15", "surprise": "1+2+5+26", "disgust": "4+9+10+15",
-    "repression": "14+15+17+24", "anger": "4+7+24", "contempt": "R12+R14", "fear": "1+2+4+20",
-    "sadness": "1+4+15", "neutral": "", "AU7": "7", "R2": "R2", "AU17": "17", "AU43": "43",
+  "positive": "6+12",
+  "negative": "4+15",
+  "surprise": "1+2+5+26",
+  "disgust": "4+9+10+15",
+  "repression": "14+15+17+24",
+  "anger": "4+7+24",
+  "contempt": "R12+R14",
+  "fear": "1+2+4+20",
+  "sadness": "1+4+15",
+  "neutral": "",
+  "AU7": "7",
+  "R2": "R2",
+  "AU17": "17",
+  "AU43": "43",
 }
 
 
@@ -173,15 +216,17 @@ def displacements(aus: dict[str, float], amount: float) -> dict[str, np.ndarray]
 
 # ----------------------------------------------------------------------------- identities
 
+
 @dataclasses.dataclass(frozen=True)
 class Identity:
   """One synthetic person. Geometry in face units (face width = 112 units)."""
-  skin: tuple[float, float, float]      # BGR 0-255
+
+  skin: tuple[float, float, float]  # BGR 0-255
   hair: tuple[float, float, float]
   lips: tuple[float, float, float]
   iris: tuple[float, float, float]
   background: tuple[float, float, float]
-  height_ratio: float                   # face half-height / half-width
+  height_ratio: float  # face half-height / half-width
   eye_x: float
   eye_y: float
   eye_w: float
@@ -194,8 +239,8 @@ class Identity:
   lip_thick: float
   light_angle: float
   light_strength: float
-  noise: float                          # per-frame sensor noise sigma (grey levels)
-  fixed_pattern: int                    # seed of the per-subject fixed-pattern noise
+  noise: float  # per-frame sensor noise sigma (grey levels)
+  fixed_pattern: int  # seed of the per-subject fixed-pattern noise
   grey: bool
 
 
@@ -208,21 +253,37 @@ def make_identity(rng: np.random.Generator, grey: bool = False) -> Identity:
   bg_l = rng.uniform(60, 200)
   background = tuple(float(np.clip(bg_l + rng.uniform(-40, 40), 10, 245)) for _ in range(3))
   return Identity(
-      skin=skin, hair=hair, lips=lips, iris=(rng.uniform(20, 80),) * 2 + (rng.uniform(30, 90),),
-      background=background, height_ratio=rng.uniform(1.2, 1.36),
-      eye_x=rng.uniform(21, 25), eye_y=rng.uniform(-16, -10), eye_w=rng.uniform(9.5, 11.5),
-      eye_h=rng.uniform(4.2, 5.4), brow_gap=rng.uniform(10, 14), brow_thick=rng.uniform(3.0, 4.5),
-      nose_y=rng.uniform(13, 18), mouth_y=rng.uniform(34, 40), mouth_w=rng.uniform(17, 22),
-      lip_thick=rng.uniform(3.0, 4.5), light_angle=rng.uniform(0, 2 * np.pi),
-      light_strength=rng.uniform(0.05, 0.25), noise=rng.uniform(1.5, 3.5),
-      fixed_pattern=int(rng.integers(2**31)), grey=grey)
+    skin=skin,
+    hair=hair,
+    lips=lips,
+    iris=(rng.uniform(20, 80),) * 2 + (rng.uniform(30, 90),),
+    background=background,
+    height_ratio=rng.uniform(1.2, 1.36),
+    eye_x=rng.uniform(21, 25),
+    eye_y=rng.uniform(-16, -10),
+    eye_w=rng.uniform(9.5, 11.5),
+    eye_h=rng.uniform(4.2, 5.4),
+    brow_gap=rng.uniform(10, 14),
+    brow_thick=rng.uniform(3.0, 4.5),
+    nose_y=rng.uniform(13, 18),
+    mouth_y=rng.uniform(34, 40),
+    mouth_w=rng.uniform(17, 22),
+    lip_thick=rng.uniform(3.0, 4.5),
+    light_angle=rng.uniform(0, 2 * np.pi),
+    light_strength=rng.uniform(0.05, 0.25),
+    noise=rng.uniform(1.5, 3.5),
+    fixed_pattern=int(rng.integers(2**31)),
+    grey=grey,
+  )
 
 
 # ----------------------------------------------------------------------------- rendering
 
+
 @dataclasses.dataclass(frozen=True)
 class View:
   """Where the face lies in the image: centre (px), face half-width (px), rotation (deg)."""
+
   cx: float
   cy: float
   half_width: float
@@ -255,23 +316,32 @@ class _Pen:
     c = self.px(center)[0]
     ax = np.round(np.asarray(axes, np.float64) * self.s * _ONE).astype(int)
     t = -1 if thick_units < 0 else max(1, int(round(thick_units * self.s)))
-    cv2.ellipse(self.img, (int(c[0]), int(c[1])), (int(max(ax[0], 1)), int(max(ax[1], 1))),
-                angle + self.v.angle, arc[0], arc[1], color, t, cv2.LINE_AA, SHIFT)
+    cv2.ellipse(
+      self.img,
+      (int(c[0]), int(c[1])),
+      (int(max(ax[0], 1)), int(max(ax[1], 1))),
+      angle + self.v.angle,
+      arc[0],
+      arc[1],
+      color,
+      t,
+      cv2.LINE_AA,
+      SHIFT,
+    )
 
 
 def _curve(p0, p1, p2, n: int = 9) -> np.ndarray:
   """Quadratic Bezier from p0 to p2 with control p1, n points."""
   t = np.linspace(0, 1, n)[:, None]
   p0, p1, p2 = (np.asarray(p, np.float64) for p in (p0, p1, p2))
-  return (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t ** 2 * p2
+  return (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2
 
 
 def _shade(c, f: float) -> tuple[float, float, float]:
   return tuple(float(np.clip(x * f, 0, 255)) for x in c)
 
 
-def draw_face(img: np.ndarray, ident: Identity, view: View, disp: dict[str, np.ndarray],
-              blink: float = 0.0) -> None:
+def draw_face(img: np.ndarray, ident: Identity, view: View, disp: dict[str, np.ndarray], blink: float = 0.0) -> None:
   """Draws the face of ``ident`` into ``img`` (uint8 BGR, in place) with landmark displacements."""
   pen = _Pen(img, view)
   d = lambda k: disp.get(k, np.zeros(2))  # noqa: E731
@@ -332,8 +402,9 @@ def draw_face(img: np.ndarray, ident: Identity, view: View, disp: dict[str, np.n
   # nasolabial folds follow the corners
   pen.line(_curve(nl + (-2, -1), nl + (-6, 8), ml + (-4, -2), 7), _shade(skin, 0.86), 1.2)
   pen.line(_curve(nr + (2, -1), nr + (6, 8), mr + (4, -2), 7), _shade(skin, 0.86), 1.2)
-  upper_lip = np.vstack([_curve(ml, (-mw * 0.5, up_mid[1] - 1.5), up_mid, 7),
-                         _curve(up_mid, (mw * 0.5, up_mid[1] - 1.5), mr, 7)[1:]])
+  upper_lip = np.vstack(
+    [_curve(ml, (-mw * 0.5, up_mid[1] - 1.5), up_mid, 7), _curve(up_mid, (mw * 0.5, up_mid[1] - 1.5), mr, 7)[1:]]
+  )
   lower_lip = _curve(mr, (0, 2 * lo_mid[1] - my - 0.5), ml, 11)
   pen.poly(np.vstack([upper_lip, lower_lip]), ident.lips)
   if gap > 0.3:
@@ -371,10 +442,21 @@ def _clutter(img: np.ndarray, rng: np.random.Generator, n: int) -> None:
       cv2.line(img, (int(p[0]), int(p[1])), (int(p[2]), int(p[3])), col, int(rng.integers(1, 4)), cv2.LINE_AA)
 
 
-def render(ident: Identity, view: View, disp: dict[str, np.ndarray], *, size: tuple[int, int],
-           rng: np.random.Generator, blink: float = 0.0, noise: Optional[float] = None,
-           light: Optional[tuple[float, float]] = None, tint=(1.0, 1.0, 1.0), clutter: int = 0,
-           blur: float = 0.7, fixed_pattern: float = 1.5) -> np.ndarray:
+def render(
+  ident: Identity,
+  view: View,
+  disp: dict[str, np.ndarray],
+  *,
+  size: tuple[int, int],
+  rng: np.random.Generator,
+  blink: float = 0.0,
+  noise: Optional[float] = None,
+  light: Optional[tuple[float, float]] = None,
+  tint=(1.0, 1.0, 1.0),
+  clutter: int = 0,
+  blur: float = 0.7,
+  fixed_pattern: float = 1.5,
+) -> np.ndarray:
   """One frame. size = (H, W). Returns uint8 [H, W, 3] BGR, or [H, W] when ident.grey."""
   h, w = size
   img = np.empty((h, w, 3), np.uint8)
@@ -400,17 +482,18 @@ def render(ident: Identity, view: View, disp: dict[str, np.ndarray], *, size: tu
 
 # ----------------------------------------------------------------------------- clips
 
+
 @dataclasses.dataclass
 class ClipSpec:
   subject: str
   clip_id: str
   label: str
   n_frames: int
-  apex: int                      # index of the apex inside the clip
-  amplitude: float               # px at a 112-px face
+  apex: int  # index of the apex inside the clip
+  amplitude: float  # px at a 112-px face
   aus: dict
   blink_at: Optional[int]
-  drift: tuple[float, float]     # total px drift over the clip
+  drift: tuple[float, float]  # total px drift over the clip
 
 
 def intensity_profile(n: int, apex: int) -> np.ndarray:
@@ -421,12 +504,23 @@ def intensity_profile(n: int, apex: int) -> np.ndarray:
   return np.where(t <= apex, rise, fall)
 
 
-def render_clip(ident: Identity, spec: ClipSpec, *, frame_size: int, rng: np.random.Generator,
-                pad_before: int = 0, pad_after: int = 0, noise_scale: float = 1.0) -> list[np.ndarray]:
+def render_clip(
+  ident: Identity,
+  spec: ClipSpec,
+  *,
+  frame_size: int,
+  rng: np.random.Generator,
+  pad_before: int = 0,
+  pad_after: int = 0,
+  noise_scale: float = 1.0,
+) -> list[np.ndarray]:
   """Frames of one micro clip (pad_before neutral frames, onset..offset, pad_after frames)."""
-  base = View(cx=frame_size / 2 + rng.uniform(-3, 3), cy=frame_size / 2 + rng.uniform(-2, 4),
-              half_width=frame_size * rng.uniform(0.28, 0.31))
-  amount_units = spec.amplitude * (112.0 / (2 * 56.0))   # px at 112 px == face units at width 112
+  base = View(
+    cx=frame_size / 2 + rng.uniform(-3, 3),
+    cy=frame_size / 2 + rng.uniform(-2, 4),
+    half_width=frame_size * rng.uniform(0.28, 0.31),
+  )
+  amount_units = spec.amplitude * (112.0 / (2 * 56.0))  # px at 112 px == face units at width 112
   disp_peak = displacements(spec.aus, amount_units)
   prof = intensity_profile(spec.n_frames, spec.apex)
   total = pad_before + spec.n_frames + pad_after
@@ -436,17 +530,20 @@ def render_clip(ident: Identity, spec: ClipSpec, *, frame_size: int, rng: np.ran
     p = prof[i] if 0 <= i < spec.n_frames else 0.0
     disp = {lm: v * p for lm, v in disp_peak.items()}
     frac = k / max(total - 1, 1)
-    view = dataclasses.replace(base, cx=base.cx + spec.drift[0] * frac,
-                               cy=base.cy + spec.drift[1] * frac + 0.15 * math.sin(2 * math.pi * frac))
+    view = dataclasses.replace(
+      base, cx=base.cx + spec.drift[0] * frac, cy=base.cy + spec.drift[1] * frac + 0.15 * math.sin(2 * math.pi * frac)
+    )
     blink = 0.0
     if spec.blink_at is not None:
       blink = max(0.0, 1.0 - abs(i - spec.blink_at) / 4.0) * 0.95
-    frames.append(render(ident, view, disp, size=(frame_size, frame_size), rng=rng, blink=blink,
-                         noise=ident.noise * noise_scale))
+    frames.append(
+      render(ident, view, disp, size=(frame_size, frame_size), rng=rng, blink=blink, noise=ident.noise * noise_scale)
+    )
   return frames
 
 
 # ----------------------------------------------------------------------------- writers
+
 
 def _rng(seed: int, *keys) -> np.random.Generator:
   ints = [seed] + [zlib.crc32(str(k).encode()) for k in keys]
@@ -479,8 +576,9 @@ def _save_xlsx_deterministic(wb, path: str) -> None:
       for info in zin.infolist():
         data = zin.read(info.filename)
         if info.filename == "docProps/core.xml":
-          data = re.sub(rb"(<dcterms:modified[^>]*>)[^<]*(</dcterms:modified>)",
-                        rb"\g<1>" + stamp.encode() + rb"\g<2>", data)
+          data = re.sub(
+            rb"(<dcterms:modified[^>]*>)[^<]*(</dcterms:modified>)", rb"\g<1>" + stamp.encode() + rb"\g<2>", data
+          )
         zi = zipfile.ZipInfo(info.filename, date_time=_FIXED_TIME)
         zi.compress_type = zipfile.ZIP_DEFLATED
         zi.external_attr = 0o600 << 16
@@ -499,21 +597,31 @@ def _write_manifest(root: str, layout: str, seed: int, samples: list[dict], extr
   for s in samples:
     per_subject_class.setdefault(s["subject"], {}).setdefault(s["label"], 0)
     per_subject_class[s["subject"]][s["label"]] += 1
-  man = {"generator": "mer_jax.data.synth (SynthME)", "layout": layout, "seed": seed,
-         "note": "synthetic data: numbers on it say nothing about real micro-expression recognition",
-         "n_samples": len(samples), "per_label": _counts(samples, "label"),
-         "per_subject": _counts(samples, "subject"), "per_subject_label": per_subject_class,
-         **extra, "samples": samples}
+  man = {
+    "generator": "mer_jax.data.synth (SynthME)",
+    "layout": layout,
+    "seed": seed,
+    "note": "synthetic data: numbers on it say nothing about real micro-expression recognition",
+    "n_samples": len(samples),
+    "per_label": _counts(samples, "label"),
+    "per_subject": _counts(samples, "subject"),
+    "per_subject_label": per_subject_class,
+    **extra,
+    "samples": samples,
+  }
   with open(os.path.join(root, MANIFEST), "w") as f:
     json.dump(man, f, indent=1, sort_keys=False)
 
 
-def _micro_specs(layout: str, seed: int, subjects: int, clips: int, n_frames: int,
-                 amplitude: tuple[float, float]) -> tuple[list[str], list[ClipSpec]]:
+def _micro_specs(
+  layout: str, seed: int, subjects: int, clips: int, n_frames: int, amplitude: tuple[float, float]
+) -> tuple[list[str], list[ClipSpec]]:
   cyc = MICRO_CYCLES[layout]
-  subj_ids = {"casme2": [f"sub{i + 1:02d}" for i in range(subjects)],
-              "samm": [f"{6 + i:03d}" for i in range(subjects)],
-              "smic": [f"s{i + 1}" for i in range(subjects)]}[layout]
+  subj_ids = {
+    "casme2": [f"sub{i + 1:02d}" for i in range(subjects)],
+    "samm": [f"{6 + i:03d}" for i in range(subjects)],
+    "smic": [f"s{i + 1}" for i in range(subjects)],
+  }[layout]
   specs = []
   for si, s in enumerate(subj_ids):
     per_label: dict[str, int] = {}
@@ -529,25 +637,46 @@ def _micro_specs(layout: str, seed: int, subjects: int, clips: int, n_frames: in
         short = {"negative": "ne", "positive": "po", "surprise": "sur"}[label]
         clip_id = f"{s}_{short}_{per_label[label]:02d}"
       apex = int(round(n_frames * rng.uniform(0.35, 0.6)))
-      specs.append(ClipSpec(
-          subject=s, clip_id=clip_id, label=label, n_frames=n_frames, apex=apex,
-          amplitude=float(rng.uniform(*amplitude)), aus=expression_aus(label, rng),
+      specs.append(
+        ClipSpec(
+          subject=s,
+          clip_id=clip_id,
+          label=label,
+          n_frames=n_frames,
+          apex=apex,
+          amplitude=float(rng.uniform(*amplitude)),
+          aus=expression_aus(label, rng),
           blink_at=int(rng.integers(n_frames)) if rng.uniform() < 0.3 else None,
-          drift=(float(rng.uniform(-0.8, 0.8)), float(rng.uniform(-0.6, 0.6)))))
+          drift=(float(rng.uniform(-0.8, 0.8)), float(rng.uniform(-0.6, 0.6))),
+        )
+      )
   return subj_ids, specs
 
 
-def _generate_micro(layout: str, root: str, *, seed: int, subjects: int, clips: int,
-                    n_frames: int, frame_size: int, amplitude, noise_scale: float, progress) -> None:
+def _generate_micro(
+  layout: str,
+  root: str,
+  *,
+  seed: int,
+  subjects: int,
+  clips: int,
+  n_frames: int,
+  frame_size: int,
+  amplitude,
+  noise_scale: float,
+  progress,
+) -> None:
   import openpyxl
+
   subj_ids, specs = _micro_specs(layout, seed, subjects, clips, n_frames, amplitude)
   idents = {s: make_identity(_rng(seed, layout, "id", s), grey=(layout == "samm")) for s in subj_ids}
   pad = 0 if layout == "smic" else 2
   samples, rows = [], []
   for ci, spec in enumerate(specs):
     rng = _rng(seed, layout, "frames", spec.subject, spec.clip_id)
-    frames = render_clip(idents[spec.subject], spec, frame_size=frame_size, rng=rng,
-                         pad_before=pad, pad_after=pad, noise_scale=noise_scale)
+    frames = render_clip(
+      idents[spec.subject], spec, frame_size=frame_size, rng=rng, pad_before=pad, pad_after=pad, noise_scale=noise_scale
+    )
     first = int(rng.integers(20, 3000 if layout == "samm" else 300))
     onset = first + pad
     offset = onset + spec.n_frames - 1
@@ -555,7 +684,7 @@ def _generate_micro(layout: str, root: str, *, seed: int, subjects: int, clips: 
     if layout == "casme2":
       d = os.path.join(root, "CASME2_RAW_selected", spec.subject, spec.clip_id)
       names = [f"img{first + k}.jpg" for k in range(len(frames))]
-      if ci == 1:               # the release writes '/' where no apex was coded
+      if ci == 1:  # the release writes '/' where no apex was coded
         apex_no = None
     elif layout == "samm":
       d = os.path.join(root, "SAMM", spec.subject, spec.clip_id)
@@ -567,12 +696,24 @@ def _generate_micro(layout: str, root: str, *, seed: int, subjects: int, clips: 
     for name, fr in zip(names, frames):
       params = (cv2.IMWRITE_JPEG_QUALITY, 95) if name.endswith(".jpg") else ()
       _imwrite(os.path.join(d, name), fr, params)
-    samples.append({
-        "subject": spec.subject, "clip_id": spec.clip_id, "label": spec.label,
-        "n_frames": spec.n_frames, "onset_frame": onset, "offset_frame": offset,
-        "apex_frame": apex_no, "true_apex_index": spec.apex, "amplitude_px_at_112": spec.amplitude,
-        "aus": spec.aus, "blink_index": spec.blink_at, "drift_px": list(spec.drift),
-        "fps": MICRO_FPS[layout], "folder": os.path.relpath(d, root)})
+    samples.append(
+      {
+        "subject": spec.subject,
+        "clip_id": spec.clip_id,
+        "label": spec.label,
+        "n_frames": spec.n_frames,
+        "onset_frame": onset,
+        "offset_frame": offset,
+        "apex_frame": apex_no,
+        "true_apex_index": spec.apex,
+        "amplitude_px_at_112": spec.amplitude,
+        "aus": spec.aus,
+        "blink_index": spec.blink_at,
+        "drift_px": list(spec.drift),
+        "fps": MICRO_FPS[layout],
+        "folder": os.path.relpath(d, root),
+      }
+    )
     rows.append((spec, onset, apex_no, offset))
     progress(ci + 1, len(specs))
 
@@ -581,11 +722,23 @@ def _generate_micro(layout: str, root: str, *, seed: int, subjects: int, clips: 
     ws = wb.active
     ws.title = "Sheet1"
     # Header as in CASME2-coding-20140508.xlsx; columns 3 and 7 have blank headers in the release.
-    ws.append(["Subject", "Filename", None, "OnsetFrame", "ApexFrame", "OffsetFrame", None,
-               "Action Units", "Estimated Emotion"])
+    ws.append(
+      ["Subject", "Filename", None, "OnsetFrame", "ApexFrame", "OffsetFrame", None, "Action Units", "Estimated Emotion"]
+    )
     for spec, on, ap, off in rows:
-      ws.append([int(spec.subject[3:]), spec.clip_id, None, on, "/" if ap is None else ap, off,
-                 None, au_text(spec.label, spec.aus), spec.label])
+      ws.append(
+        [
+          int(spec.subject[3:]),
+          spec.clip_id,
+          None,
+          on,
+          "/" if ap is None else ap,
+          off,
+          None,
+          au_text(spec.label, spec.aus),
+          spec.label,
+        ]
+      )
     _save_xlsx_deterministic(wb, os.path.join(root, "CASME2-coding-20140508.xlsx"))
   elif layout == "samm":
     wb = openpyxl.Workbook()
@@ -596,15 +749,49 @@ def _generate_micro(layout: str, root: str, *, seed: int, subjects: int, clips: 
     ws.append(["Micro-movement FACS codes; frame numbers refer to the image names."])
     for _ in range(10):
       ws.append([])
-    ws.append(["Subject", "Filename", "Inducement Code", "Onset Frame", "Apex Frame",
-               "Offset Frame", "Duration", "Type", "Action Units", "Notes", "Estimated Emotion",
-               "Objective Classes"])
-    objective = {"happiness": 1, "surprise": 2, "anger": 3, "contempt": 4, "disgust": 5,
-                 "fear": 6, "sadness": 6, "other": 7}
+    ws.append(
+      [
+        "Subject",
+        "Filename",
+        "Inducement Code",
+        "Onset Frame",
+        "Apex Frame",
+        "Offset Frame",
+        "Duration",
+        "Type",
+        "Action Units",
+        "Notes",
+        "Estimated Emotion",
+        "Objective Classes",
+      ]
+    )
+    objective = {
+      "happiness": 1,
+      "surprise": 2,
+      "anger": 3,
+      "contempt": 4,
+      "disgust": 5,
+      "fear": 6,
+      "sadness": 6,
+      "other": 7,
+    }
     for spec, on, ap, off in rows:
-      ws.append([int(spec.subject), spec.clip_id, int(spec.clip_id.split("_")[1]), on, ap, off,
-                 off - on + 1, "Micro - 1/2", au_text(spec.label, spec.aus), "",
-                 spec.label.capitalize(), objective[spec.label]])
+      ws.append(
+        [
+          int(spec.subject),
+          spec.clip_id,
+          int(spec.clip_id.split("_")[1]),
+          on,
+          ap,
+          off,
+          off - on + 1,
+          "Micro - 1/2",
+          au_text(spec.label, spec.aus),
+          "",
+          spec.label.capitalize(),
+          objective[spec.label],
+        ]
+      )
       ws.cell(row=ws.max_row, column=1).number_format = "000"
     _save_xlsx_deterministic(wb, os.path.join(root, "SAMM_Micro_FACS_Codes_v2.xlsx"))
   _write_manifest(root, layout, seed, samples, {"fps": MICRO_FPS[layout], "frame_size": frame_size})
@@ -638,15 +825,31 @@ def _generate_ck(root: str, *, seed: int, images: int, subjects: int, progress) 
     os.makedirs(d, exist_ok=True)
     for k in range(n_frames):
       p = k / (n_frames - 1)
-      img = render(ident, view, {lm: v * p for lm, v in peak.items()}, size=(h, w), rng=rng,
-                   noise=1.0, light=(ident.light_angle, 0.05), fixed_pattern=0.5)
+      img = render(
+        ident,
+        view,
+        {lm: v * p for lm, v in peak.items()},
+        size=(h, w),
+        rng=rng,
+        noise=1.0,
+        light=(ident.light_angle, 0.05),
+        fixed_pattern=0.5,
+      )
       _imwrite(os.path.join(d, f"{subj}_{seq}_{k + 1:08d}.png"), img)
     ed = os.path.join(emo_root, subj, seq)
     os.makedirs(ed, exist_ok=True)
     with open(os.path.join(ed, f"{subj}_{seq}_{n_frames:08d}_emotion.txt"), "w") as f:
       f.write(f"   {float(code):.7e}\n")
-    samples.append({"subject": subj, "clip_id": f"{subj}_{seq}", "label": CK_CODES[code],
-                    "code": code, "n_frames": n_frames, "aus": aus})
+    samples.append(
+      {
+        "subject": subj,
+        "clip_id": f"{subj}_{seq}",
+        "label": CK_CODES[code],
+        "code": code,
+        "n_frames": n_frames,
+        "aus": aus,
+      }
+    )
     # CK+ holds sequences without an emotion label: one per subject, after its last labelled one.
     if qi == per - 1 or n == len(codes) - 1:
       ud = os.path.join(img_root, subj, f"{qi + 2:03d}")
@@ -658,15 +861,29 @@ def _generate_ck(root: str, *, seed: int, images: int, subjects: int, progress) 
   _write_manifest(root, "ck", seed, samples, {"unlabelled_sequences": "one per subject"})
 
 
-def _wild_image(ident: Identity, aus: dict, rng: np.random.Generator, size: int,
-                intensity: float, clutter: int, max_angle: float) -> np.ndarray:
-  view = View(cx=size / 2 + rng.uniform(-0.04, 0.04) * size, cy=size / 2 + rng.uniform(-0.03, 0.06) * size,
-              half_width=size * rng.uniform(0.28, 0.33), angle=rng.uniform(-max_angle, max_angle))
+def _wild_image(
+  ident: Identity, aus: dict, rng: np.random.Generator, size: int, intensity: float, clutter: int, max_angle: float
+) -> np.ndarray:
+  view = View(
+    cx=size / 2 + rng.uniform(-0.04, 0.04) * size,
+    cy=size / 2 + rng.uniform(-0.03, 0.06) * size,
+    half_width=size * rng.uniform(0.28, 0.33),
+    angle=rng.uniform(-max_angle, max_angle),
+  )
   peak = displacements(aus, intensity)
   tint = tuple(rng.uniform(0.8, 1.2, 3))
-  return render(ident, view, peak, size=(size, size), rng=rng, noise=rng.uniform(1, 5),
-                light=(rng.uniform(0, 2 * np.pi), rng.uniform(0.1, 0.45)), tint=tint,
-                clutter=clutter, blur=rng.uniform(0.5, 1.2))
+  return render(
+    ident,
+    view,
+    peak,
+    size=(size, size),
+    rng=rng,
+    noise=rng.uniform(1, 5),
+    light=(rng.uniform(0, 2 * np.pi), rng.uniform(0.1, 0.45)),
+    tint=tint,
+    clutter=clutter,
+    blur=rng.uniform(0.5, 1.2),
+  )
 
 
 def _generate_rafdb(root: str, *, seed: int, images: int, progress) -> None:
@@ -683,11 +900,18 @@ def _generate_rafdb(root: str, *, seed: int, images: int, progress) -> None:
     ident = make_identity(rng)
     aus = expression_aus(RAFDB_CODES[code], rng)
     img = _wild_image(ident, aus, rng, 100, rng.uniform(6, 10), int(rng.integers(3, 9)), 12)
-    _imwrite(os.path.join(img_dir, f"{name}_aligned.jpg"), img,
-             (cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(70, 91))))
+    _imwrite(os.path.join(img_dir, f"{name}_aligned.jpg"), img, (cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(70, 91))))
     lines.append(f"{name}.jpg {code}")
-    samples.append({"subject": "", "clip_id": name, "label": RAFDB_CODES[code], "code": code,
-                    "split": "train" if n < n_train else "test", "aus": aus})
+    samples.append(
+      {
+        "subject": "",
+        "clip_id": name,
+        "label": RAFDB_CODES[code],
+        "code": code,
+        "split": "train" if n < n_train else "test",
+        "aus": aus,
+      }
+    )
     progress(n + 1, len(codes))
   with open(os.path.join(label_dir, "list_patition_label.txt"), "w") as f:
     f.write("\n".join(lines) + "\n")
@@ -710,8 +934,16 @@ def _generate_fer2013(root: str, *, seed: int, images: int, progress) -> None:
       big = _wild_image(ident, aus, rng, 96, rng.uniform(6, 10), int(rng.integers(0, 4)), 8)
       small = cv2.resize(big, (48, 48), interpolation=cv2.INTER_AREA)
       wr.writerow([code, " ".join(str(int(v)) for v in small.reshape(-1)), usage])
-      samples.append({"subject": "", "clip_id": f"fer2013_{n + 1:05d}", "label": FER_CODES[code],
-                      "code": code, "split": usage, "aus": aus})
+      samples.append(
+        {
+          "subject": "",
+          "clip_id": f"fer2013_{n + 1:05d}",
+          "label": FER_CODES[code],
+          "code": code,
+          "split": usage,
+          "aus": aus,
+        }
+      )
       progress(n + 1, len(codes))
   _write_manifest(root, "fer2013", seed, samples, {})
 
@@ -726,14 +958,25 @@ def _progress_printer(layout: str, quiet: bool):
     if done == total or now - state["t"] > 2.0:
       state["t"] = now
       print(f"  {layout}: {done}/{total}", file=sys.stderr, flush=True)
+
   return progress
 
 
-def generate(layout: str, out_dir: str, *, seed: int = 0, subjects: Optional[int] = None,
-             clips_per_subject: Optional[int] = None, images: Optional[int] = None,
-             clip_seconds: float = 0.3, clip_frames: Optional[int] = None,
-             frame_size: int = DEFAULT_FRAME_SIZE, amplitude: tuple[float, float] = (0.5, 1.5),
-             noise_scale: float = 1.0, quiet: bool = True) -> str:
+def generate(
+  layout: str,
+  out_dir: str,
+  *,
+  seed: int = 0,
+  subjects: Optional[int] = None,
+  clips_per_subject: Optional[int] = None,
+  images: Optional[int] = None,
+  clip_seconds: float = 0.3,
+  clip_frames: Optional[int] = None,
+  frame_size: int = DEFAULT_FRAME_SIZE,
+  amplitude: tuple[float, float] = (0.5, 1.5),
+  noise_scale: float = 1.0,
+  quiet: bool = True,
+) -> str:
   """Writes SynthME in the official layout of ``layout`` into ``out_dir``; returns the folder
   to point the reader at (``out_dir`` itself).
 
@@ -745,8 +988,12 @@ def generate(layout: str, out_dir: str, *, seed: int = 0, subjects: Optional[int
   """
   if layout not in LAYOUTS:
     raise ConfigError(f"unknown SynthME layout {layout!r}; expected one of {', '.join(LAYOUTS)} or all")
-  for name, v in (("subjects", subjects), ("clips_per_subject", clips_per_subject), ("images", images),
-                  ("clip_frames", clip_frames)):
+  for name, v in (
+    ("subjects", subjects),
+    ("clips_per_subject", clips_per_subject),
+    ("images", images),
+    ("clip_frames", clip_frames),
+  ):
     if v is not None and v < 1:
       raise ConfigError(f"SynthME {name} must be >= 1, got {v}")
   if not (0 < amplitude[0] <= amplitude[1]):
@@ -757,13 +1004,26 @@ def generate(layout: str, out_dir: str, *, seed: int = 0, subjects: Optional[int
   progress = _progress_printer(layout, quiet)
   if layout in MICRO_FPS:
     n_frames = clip_frames or max(8, int(round(clip_seconds * MICRO_FPS[layout])))
-    _generate_micro(layout, out_dir, seed=seed, subjects=subjects or DEFAULT_SUBJECTS[layout],
-                    clips=clips_per_subject or DEFAULT_CLIPS[layout], n_frames=n_frames,
-                    frame_size=frame_size, amplitude=amplitude, noise_scale=noise_scale,
-                    progress=progress)
+    _generate_micro(
+      layout,
+      out_dir,
+      seed=seed,
+      subjects=subjects or DEFAULT_SUBJECTS[layout],
+      clips=clips_per_subject or DEFAULT_CLIPS[layout],
+      n_frames=n_frames,
+      frame_size=frame_size,
+      amplitude=amplitude,
+      noise_scale=noise_scale,
+      progress=progress,
+    )
   elif layout == "ck":
-    _generate_ck(out_dir, seed=seed, images=images or DEFAULT_IMAGES["ck"],
-                 subjects=subjects or DEFAULT_SUBJECTS["ck"], progress=progress)
+    _generate_ck(
+      out_dir,
+      seed=seed,
+      images=images or DEFAULT_IMAGES["ck"],
+      subjects=subjects or DEFAULT_SUBJECTS["ck"],
+      progress=progress,
+    )
   elif layout == "rafdb":
     _generate_rafdb(out_dir, seed=seed, images=images or DEFAULT_IMAGES["rafdb"], progress=progress)
   else:
@@ -771,18 +1031,30 @@ def generate(layout: str, out_dir: str, *, seed: int = 0, subjects: Optional[int
   return out_dir
 
 
-def generate_all(out_root: str, *, seed: int = 0, subjects: Optional[int] = None,
-                 clips_per_subject: Optional[int] = None, images: Optional[int] = None,
-                 layouts=LAYOUTS, **kw) -> dict[str, str]:
+def generate_all(
+  out_root: str,
+  *,
+  seed: int = 0,
+  subjects: Optional[int] = None,
+  clips_per_subject: Optional[int] = None,
+  images: Optional[int] = None,
+  layouts=LAYOUTS,
+  **kw,
+) -> dict[str, str]:
   """Writes every layout into ``out_root/<name>``; returns {name: root}. ``subjects`` applies
   to the micro sets (CK+ keeps its default), ``images`` to the macro sets."""
   out = {}
   for name in layouts:
     micro = name in MICRO_FPS
-    out[name] = generate(name, os.path.join(out_root, name), seed=seed,
-                         subjects=subjects if micro else None,
-                         clips_per_subject=clips_per_subject if micro else None,
-                         images=None if micro else images, **kw)
+    out[name] = generate(
+      name,
+      os.path.join(out_root, name),
+      seed=seed,
+      subjects=subjects if micro else None,
+      clips_per_subject=clips_per_subject if micro else None,
+      images=None if micro else images,
+      **kw,
+    )
   return out
 
 
@@ -797,26 +1069,39 @@ def main(argv=None) -> int:
   ap.add_argument("--clip-seconds", type=float, default=0.3)
   ap.add_argument("--clip-frames", type=int, default=None, help="overrides --clip-seconds")
   ap.add_argument("--frame-size", type=int, default=DEFAULT_FRAME_SIZE)
-  ap.add_argument("--amplitude", type=float, nargs=2, default=(0.5, 1.5), metavar=("LO", "HI"),
-                  help="peak AU displacement range, px at a 112-px face")
+  ap.add_argument(
+    "--amplitude",
+    type=float,
+    nargs=2,
+    default=(0.5, 1.5),
+    metavar=("LO", "HI"),
+    help="peak AU displacement range, px at a 112-px face",
+  )
   ap.add_argument("--noise-scale", type=float, default=1.0)
   ap.add_argument("--quiet", action="store_true")
   a = ap.parse_args(argv)
-  kw = dict(seed=a.seed, clip_seconds=a.clip_seconds, clip_frames=a.clip_frames,
-            frame_size=a.frame_size, amplitude=tuple(a.amplitude), noise_scale=a.noise_scale,
-            quiet=a.quiet)
+  kw = dict(
+    seed=a.seed,
+    clip_seconds=a.clip_seconds,
+    clip_frames=a.clip_frames,
+    frame_size=a.frame_size,
+    amplitude=tuple(a.amplitude),
+    noise_scale=a.noise_scale,
+    quiet=a.quiet,
+  )
   t0 = time.monotonic()
   if a.layout == "all":
-    roots = generate_all(a.out, subjects=a.subjects, clips_per_subject=a.clips_per_subject,
-                         images=a.images, **kw)
+    roots = generate_all(a.out, subjects=a.subjects, clips_per_subject=a.clips_per_subject, images=a.images, **kw)
   else:
-    roots = {a.layout: generate(a.layout, a.out, subjects=a.subjects,
-                                clips_per_subject=a.clips_per_subject, images=a.images, **kw)}
+    roots = {
+      a.layout: generate(
+        a.layout, a.out, subjects=a.subjects, clips_per_subject=a.clips_per_subject, images=a.images, **kw
+      )
+    }
   for name, root in roots.items():
     print(f"{name}: {root}")
   if not a.quiet:
-    print(f"SynthME written in {time.monotonic() - t0:.1f} s (synthetic: says nothing about real MER)",
-          file=sys.stderr)
+    print(f"SynthME written in {time.monotonic() - t0:.1f} s (synthetic: says nothing about real MER)", file=sys.stderr)
   return 0
 
 

@@ -48,9 +48,10 @@ from mer_jax.data.types import DISPLAY_NAMES, MACRO_DATASETS, MICRO_DATASETS, Sa
 from mer_jax.errors import DataError, EVMError
 
 VERSION = "1.1.0"
-RELEASE_NOTES = {"1.0.0": "First release: face crop, apex, EVM, resize (mer_jax 0.1).",
-                 "1.1.0": "EVM in the paper's order by default (evm.order): magnify at native resolution, then apex, "
-                          "crop, resize."}
+RELEASE_NOTES = {
+  "1.0.0": "First release: face crop, apex, EVM, resize (mer_jax 0.1).",
+  "1.1.0": "EVM in the paper's order by default (evm.order): magnify at native resolution, then apex, crop, resize.",
+}
 FILE_FORMAT = "array_record"
 SPLIT = "train"
 
@@ -115,9 +116,13 @@ class MerBuilderConfig(tfds.core.BuilderConfig):
     self.task = str(config.data.task)
     self.protocol = str(config.data.protocol)
     self.skip_bad = bool(config.data.get("skip_bad_samples", False))
-    mappings.class_names(self.task, dataset, self.protocol)   # ConfigError for e.g. 5class on SMIC
-    super().__init__(name=config_name(dataset, config), version=VERSION, release_notes=RELEASE_NOTES,
-                     description=description or json.dumps(self.settings, sort_keys=True))
+    mappings.class_names(self.task, dataset, self.protocol)  # ConfigError for e.g. 5class on SMIC
+    super().__init__(
+      name=config_name(dataset, config),
+      version=VERSION,
+      release_notes=RELEASE_NOTES,
+      description=description or json.dumps(self.settings, sort_keys=True),
+    )
 
 
 def builder_config_from_config(dataset: str, config) -> MerBuilderConfig:
@@ -127,12 +132,23 @@ def builder_config_from_config(dataset: str, config) -> MerBuilderConfig:
 
 def _predefined(dataset: str) -> list[MerBuilderConfig]:
   if dataset in MACRO_DATASETS:
-    return [MerBuilderConfig(dataset=dataset, config=_default_config(112),
-                             description="face crop + 112x112, 3 classes (Table 2)")]
-  return [MerBuilderConfig(dataset=dataset, config=_default_config(112, True),
-                           description="EVM (alpha 15, 0.1-0.4 Hz) apex face, 112x112, 3 classes (Table 2)"),
-          MerBuilderConfig(dataset=dataset, config=_default_config(112, False),
-                           description="apex face without EVM, 112x112, 3 classes (Table 2)")]
+    return [
+      MerBuilderConfig(
+        dataset=dataset, config=_default_config(112), description="face crop + 112x112, 3 classes (Table 2)"
+      )
+    ]
+  return [
+    MerBuilderConfig(
+      dataset=dataset,
+      config=_default_config(112, True),
+      description="EVM (alpha 15, 0.1-0.4 Hz) apex face, 112x112, 3 classes (Table 2)",
+    ),
+    MerBuilderConfig(
+      dataset=dataset,
+      config=_default_config(112, False),
+      description="apex face without EVM, 112x112, 3 classes (Table 2)",
+    ),
+  ]
 
 
 def source_fingerprint(root: str, samples: list[Sample]) -> str:
@@ -140,8 +156,11 @@ def source_fingerprint(root: str, samples: list[Sample]) -> str:
   other data never passes for this one."""
   h = hashlib.sha1(os.path.abspath(root).encode())
   for s in samples:
-    h.update(json.dumps([s.dataset, s.subject, s.clip_id, s.label, list(s.frame_paths), s.onset, s.apex,
-                         s.offset, s.fps, s.split]).encode())
+    h.update(
+      json.dumps(
+        [s.dataset, s.subject, s.clip_id, s.label, list(s.frame_paths), s.onset, s.apex, s.offset, s.fps, s.split]
+      ).encode()
+    )
     if s.pixels is not None:
       h.update(np.ascontiguousarray(s.pixels).tobytes())
   return h.hexdigest()
@@ -164,55 +183,73 @@ class _MerBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def __init__(self, *, read_result: Optional[readers.ReadResult] = None, **kwargs):
     kwargs.setdefault("file_format", FILE_FORMAT)
-    self._read_result = read_result   # optional: a ReadResult already made from the manual_dir
+    self._read_result = read_result  # optional: a ReadResult already made from the manual_dir
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     cfg: MerBuilderConfig = self.builder_config
     size, ch = cfg.settings["image_size"], cfg.settings["channels"]
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=(f"{DISPLAY_NAMES[self.DATASET]} preprocessed by mer_jax (face crop"
-                     + (", apex, EVM" if self.DATASET in MICRO_DATASETS and cfg.settings["evm"].get("enabled")
-                        else "") + f", {size}x{size}) from the user's licensed copy."),
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(size, size, ch), dtype=np.uint8, encoding_format="png"),
-            "label": tfds.features.ClassLabel(names=list(mappings.class_names(cfg.task, self.DATASET,
-                                                                              cfg.protocol))),
-            "raw_label": tfds.features.Text(),
-            "subject": tfds.features.Text(),
-            "source": tfds.features.Text(),
-            "clip_id": tfds.features.Text(),
-            "apex": np.int32,
-            "face_found": np.int32,
-        }),
-        metadata=tfds.core.MetadataDict(),
-        supervised_keys=("image", "label"),
+      builder=self,
+      description=(
+        f"{DISPLAY_NAMES[self.DATASET]} preprocessed by mer_jax (face crop"
+        + (", apex, EVM" if self.DATASET in MICRO_DATASETS and cfg.settings["evm"].get("enabled") else "")
+        + f", {size}x{size}) from the user's licensed copy."
+      ),
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Image(shape=(size, size, ch), dtype=np.uint8, encoding_format="png"),
+          "label": tfds.features.ClassLabel(names=list(mappings.class_names(cfg.task, self.DATASET, cfg.protocol))),
+          "raw_label": tfds.features.Text(),
+          "subject": tfds.features.Text(),
+          "source": tfds.features.Text(),
+          "clip_id": tfds.features.Text(),
+          "apex": np.int32,
+          "face_found": np.int32,
+        }
+      ),
+      metadata=tfds.core.MetadataDict(),
+      supervised_keys=("image", "label"),
     )
 
   def _split_generators(self, dl_manager):
     root = self._manual_root(dl_manager)
     cfg: MerBuilderConfig = self.builder_config
     result = self._read_result or readers.read_dataset(self.DATASET, root, skip_bad=cfg.skip_bad)
-    self.info.metadata.update({
-        "manual_dir": os.path.abspath(root), "settings": cfg.settings, "task": cfg.task,
-        "protocol": cfg.protocol, "source_fingerprint": source_fingerprint(root, result.samples),
-        "read": result.read, "read_skipped": [list(x) for x in result.skipped],
-    })
+    self.info.metadata.update(
+      {
+        "manual_dir": os.path.abspath(root),
+        "settings": cfg.settings,
+        "task": cfg.task,
+        "protocol": cfg.protocol,
+        "source_fingerprint": source_fingerprint(root, result.samples),
+        "read": result.read,
+        "read_skipped": [list(x) for x in result.skipped],
+      }
+    )
     return {SPLIT: self._generate_examples(result.samples)}
 
   def _manual_root(self, dl_manager) -> str:
     d = getattr(dl_manager, "_manual_dir", None)
     instructions = readers.MANUAL_DOWNLOAD_INSTRUCTIONS[self.DATASET]
     if not d or not os.path.isdir(str(d)) or not os.listdir(str(d)):
-      raise DataError(f"{DISPLAY_NAMES[self.DATASET]}: the folder {d or '(none given)'} does not exist or is "
-                      f"empty (TFDS manual_dir / config data.roots.{self.DATASET}). {instructions}")
+      raise DataError(
+        f"{DISPLAY_NAMES[self.DATASET]}: the folder {d or '(none given)'} does not exist or is "
+        f"empty (TFDS manual_dir / config data.roots.{self.DATASET}). {instructions}"
+      )
     return str(d)
 
   def _generate_examples(self, samples):
     cfg: MerBuilderConfig = self.builder_config
-    stats = {"excluded": 0, "written": 0, "skipped": [], "no_face": [], "apex_rules": {},
-             "evm_warnings": 0, "first_evm_warning": ""}
+    stats = {
+      "excluded": 0,
+      "written": 0,
+      "skipped": [],
+      "no_face": [],
+      "apex_rules": {},
+      "evm_warnings": 0,
+      "first_evm_warning": "",
+    }
     meta = self.info.metadata
     meta["build_stats"] = stats
     for s in samples:
@@ -246,7 +283,9 @@ class _MerBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         stats["evm_warnings"] += 1
         stats["first_evm_warning"] = stats["first_evm_warning"] or notes.warnings[0]
       stats["written"] += 1
-      yield name, {
+      yield (
+        name,
+        {
           "image": quantize(image),
           "label": int(label),
           "raw_label": s.label,
@@ -255,21 +294,27 @@ class _MerBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
           "clip_id": s.clip_id,
           "apex": -1 if notes.apex is None else int(notes.apex),
           "face_found": -1 if notes.face_found is None else int(notes.face_found),
-      }
+        },
+      )
     if official.applies(self.DATASET, cfg.task, cfg.protocol):
       meta["official_list"] = official.compare(
-          self.DATASET, samples, skipped_names=[item for item, _ in stats["skipped"]]).to_dict()
+        self.DATASET, samples, skipped_names=[item for item, _ in stats["skipped"]]
+      ).to_dict()
 
 
 def _make(dataset: str, cls_name: str):
-  return type(cls_name, (_MerBuilder,), {
+  return type(
+    cls_name,
+    (_MerBuilder,),
+    {
       "__doc__": f"{DISPLAY_NAMES[dataset]} from the user's licensed copy (manual_dir); see module doc.",
       "__module__": __name__,
       "name": f"mer_{dataset}",
       "DATASET": dataset,
       "MANUAL_DOWNLOAD_INSTRUCTIONS": readers.MANUAL_DOWNLOAD_INSTRUCTIONS[dataset],
       "BUILDER_CONFIGS": _predefined(dataset),
-  })
+    },
+  )
 
 
 MerCasme2 = _make("casme2", "MerCasme2")
@@ -280,23 +325,28 @@ MerRafdb = _make("rafdb", "MerRafdb")
 MerFer2013 = _make("fer2013", "MerFer2013")
 
 BUILDERS: dict[str, type] = {
-    "casme2": MerCasme2, "samm": MerSamm, "smic": MerSmic,
-    "ck": MerCk, "rafdb": MerRafdb, "fer2013": MerFer2013,
+  "casme2": MerCasme2,
+  "samm": MerSamm,
+  "smic": MerSmic,
+  "ck": MerCk,
+  "rafdb": MerRafdb,
+  "fer2013": MerFer2013,
 }
 
 
-def get_builder(dataset: str, config, data_dir: str, *,
-                read_result: Optional[readers.ReadResult] = None) -> tfds.core.DatasetBuilder:
+def get_builder(
+  dataset: str, config, data_dir: str, *, read_result: Optional[readers.ReadResult] = None
+) -> tfds.core.DatasetBuilder:
   """The builder for ``dataset`` with the config derived from ``config``, caching under ``data_dir``."""
   if dataset not in BUILDERS:
     raise DataError(f"unknown dataset {dataset!r}; expected one of {', '.join(BUILDERS)}")
   absl_logger = logging.getLogger("absl")
   level = absl_logger.level
-  absl_logger.setLevel(logging.ERROR)   # silence TFDS' "Using custom data configuration" notice
+  absl_logger.setLevel(logging.ERROR)  # silence TFDS' "Using custom data configuration" notice
   cls = BUILDERS[dataset]
   bc = builder_config_from_config(dataset, config)
   predefined = {c.name: c for c in cls.BUILDER_CONFIGS}
-  if bc.name in predefined:   # same name = same task, protocol and settings: use the registered config
+  if bc.name in predefined:  # same name = same task, protocol and settings: use the registered config
     assert predefined[bc.name].settings == bc.settings, bc.name
     bc = bc.name
   try:
@@ -309,8 +359,12 @@ def build_summary(name: str, meta: dict, n: int) -> str:
   """One line (plus skipped items) on what a build read, excluded, skipped and wrote."""
   st = meta.get("build_stats", {}) or {}
   skipped = list(meta.get("read_skipped", [])) + list(st.get("skipped", []))
-  parts = [f"[data] {name}: {meta.get('read', '?')} read", f"{st.get('excluded', 0)} excluded by the mapping",
-           f"{len(skipped)} skipped", f"{n} samples"]
+  parts = [
+    f"[data] {name}: {meta.get('read', '?')} read",
+    f"{st.get('excluded', 0)} excluded by the mapping",
+    f"{len(skipped)} skipped",
+    f"{n} samples",
+  ]
   if st.get("no_face"):
     parts.append(f"{len(st['no_face'])} without a detected face (centre crop, e.g. {st['no_face'][0]})")
   if st.get("apex_rules"):
@@ -321,8 +375,7 @@ def build_summary(name: str, meta: dict, n: int) -> str:
     parts.insert(2, f"{st['not_listed']} not in the MEGC 2019 list")
   msg = ", ".join(parts)
   if meta.get("official_list"):
-    msg += "\n  " + official.Comparison(**{k: v for k, v in meta["official_list"].items()
-                                           if k != "comparable"}).line()
+    msg += "\n  " + official.Comparison(**{k: v for k, v in meta["official_list"].items() if k != "comparable"}).line()
   for why in st.get("relabelled", [])[:10]:
     msg += f"\n  {why}"
   for item, why in skipped[:10]:
@@ -338,14 +391,17 @@ def prepare(builder, manual_dir: str, *, force: bool = False) -> None:
   # TFDS' progress bars redraw with terminal escape codes: on a terminal only, not in a redirected log.
   tfds.display_progress_bar(sys.stderr.isatty())
   try:
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=manual_dir, download_mode=mode))
+    builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir, download_mode=mode)
+    )
   except AssertionError as e:
     if "No examples were yielded" not in str(e):
       raise
     meta = dict(builder.info.metadata or {})
-    raise DataError(f"no samples left in {builder.DATASET} ({manual_dir}) after mapping and skipping: "
-                    + build_summary(builder.DATASET, meta, 0)) from None
+    raise DataError(
+      f"no samples left in {builder.DATASET} ({manual_dir}) after mapping and skipping: "
+      + build_summary(builder.DATASET, meta, 0)
+    ) from None
 
 
 def read_cache(builder) -> dict[str, np.ndarray]:
@@ -357,8 +413,12 @@ def read_cache(builder) -> dict[str, np.ndarray]:
   src = builder.as_data_source(split=SPLIT)
   n = len(src)
   size, ch = builder.builder_config.settings["image_size"], builder.builder_config.settings["channels"]
-  out = {"image": np.zeros((n, size, size, ch), np.uint8), "label": np.zeros((n,), np.int32),
-         "apex": np.zeros((n,), np.int32), "face_found": np.zeros((n,), np.int32)}
+  out = {
+    "image": np.zeros((n, size, size, ch), np.uint8),
+    "label": np.zeros((n,), np.int32),
+    "apex": np.zeros((n,), np.int32),
+    "face_found": np.zeros((n,), np.int32),
+  }
   text = {k: [] for k in ("subject", "source", "clip_id", "raw_label")}
   for i in range(n):
     ex = src[i]

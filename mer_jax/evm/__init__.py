@@ -16,5 +16,14 @@ from mer_jax.evm.magnify import (
   options_from_config,
 )
 
-__all__ = ["EVMWarning", "STATIC_ARGNAMES", "empty_band_message", "magnify", "magnify_batch",
-           "magnify_from_config", "magnify_jit", "motion_level_alphas", "options_from_config"]
+__all__ = [
+  "EVMWarning",
+  "STATIC_ARGNAMES",
+  "empty_band_message",
+  "magnify",
+  "magnify_batch",
+  "magnify_from_config",
+  "magnify_jit",
+  "motion_level_alphas",
+  "options_from_config",
+]

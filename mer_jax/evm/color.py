@@ -10,10 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 # NTSC RGB -> YIQ matrix (rows: Y, I, Q), the one of MATLAB's rgb2ntsc.
-RGB_TO_YIQ = np.array(
-    [[0.299, 0.587, 0.114],
-     [0.596, -0.274, -0.322],
-     [0.211, -0.523, 0.312]], dtype=np.float64)
+RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=np.float64)
 # Exact inverse (round trip to float precision), ~[[1, .956, .621], [1, -.272, -.647], [1, -1.106, 1.703]].
 YIQ_TO_RGB = np.linalg.inv(RGB_TO_YIQ)
 

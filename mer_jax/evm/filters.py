@@ -28,8 +28,9 @@ from jax import lax
 FILTERS = ("ideal", "butterworth", "iir")
 
 
-def ideal_bin_gains(num_frames: int, fps: float, band: Sequence[float],
-                    mit_compatible: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def ideal_bin_gains(
+  num_frames: int, fps: float, band: Sequence[float], mit_compatible: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
   """Returns (bins, gains): the rFFT bin indices in the passband and their gains (1.0; MIT mode 0.5/1.0)."""
   lo, hi = float(band[0]), float(band[1])
   k = np.arange(num_frames // 2 + 1)
@@ -48,8 +49,9 @@ def ideal_bin_gains(num_frames: int, fps: float, band: Sequence[float],
   return bins, gains
 
 
-def ideal_bandpass(x: jnp.ndarray, fps: float, band: Sequence[float], mit_compatible: bool = False,
-                   axis: int = 0) -> jnp.ndarray:
+def ideal_bandpass(
+  x: jnp.ndarray, fps: float, band: Sequence[float], mit_compatible: bool = False, axis: int = 0
+) -> jnp.ndarray:
   """[T, ...] -> [T, ...]: ideal (FFT mask) band-pass along time (``axis``, default 0).
 
   An empty passband gives zeros."""
@@ -111,6 +113,7 @@ def iir_cutoffs_hz(rates: Sequence[float], fps: float) -> tuple[float, ...]:
 
 def _two_lowpass_difference(x: jnp.ndarray, step_hi, step_lo) -> jnp.ndarray:
   """lax.scan over time; both states start at x[0]; returns lowpass_hi - lowpass_lo, [T, ...]."""
+
   def body(carry, xt):
     y_hi, y_lo, x_prev = carry
     y_hi = step_hi(y_hi, xt, x_prev)
@@ -122,28 +125,26 @@ def _two_lowpass_difference(x: jnp.ndarray, step_hi, step_lo) -> jnp.ndarray:
   return jnp.concatenate([jnp.zeros_like(x[:1]), out], axis=0)
 
 
-def butterworth_bandpass(x: jnp.ndarray, fps: float, band: Sequence[float],
-                         mit_compatible: bool = False) -> jnp.ndarray:
+def butterworth_bandpass(
+  x: jnp.ndarray, fps: float, band: Sequence[float], mit_compatible: bool = False
+) -> jnp.ndarray:
   """[T, ...] -> [T, ...]: first-order Butterworth band-pass (difference of two low-passes), state from frame 0."""
   bh0, bh1, ah = butter1_lowpass(band[1], fps, mit_compatible)
   if band[0] > 0:
     bl0, bl1, al = butter1_lowpass(band[0], fps, mit_compatible)
-  else:   # f_lo = 0: the low-pass stays at x[0]
+  else:  # f_lo = 0: the low-pass stays at x[0]
     bl0, bl1, al = 0.0, 0.0, -1.0
   return _two_lowpass_difference(
-      x,
-      lambda y, xt, xp: bh0 * xt + bh1 * xp - ah * y,
-      lambda y, xt, xp: bl0 * xt + bl1 * xp - al * y)
+    x, lambda y, xt, xp: bh0 * xt + bh1 * xp - ah * y, lambda y, xt, xp: bl0 * xt + bl1 * xp - al * y
+  )
 
 
-def iir_bandpass(x: jnp.ndarray, fps: float, band: Sequence[float],
-                 rates: Sequence[float] | None = None) -> jnp.ndarray:
+def iir_bandpass(
+  x: jnp.ndarray, fps: float, band: Sequence[float], rates: Sequence[float] | None = None
+) -> jnp.ndarray:
   """[T, ...] -> [T, ...]: two-rate IIR, ema(r_hi) - ema(r_lo), state from frame 0."""
   r_hi, r_lo = iir_rates(band, fps) if rates is None else (float(rates[0]), float(rates[1]))
-  return _two_lowpass_difference(
-      x,
-      lambda y, xt, xp: y + r_hi * (xt - y),
-      lambda y, xt, xp: y + r_lo * (xt - y))
+  return _two_lowpass_difference(x, lambda y, xt, xp: y + r_hi * (xt - y), lambda y, xt, xp: y + r_lo * (xt - y))
 
 
 def nearest_usable_band(num_frames: int, fps: float, band: Sequence[float]) -> tuple[float, float]:

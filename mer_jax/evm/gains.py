@@ -50,7 +50,7 @@ def bandpass(x: np.ndarray, fps: float, reading: str, band: Sequence[float] = PA
   elif reading == "hz_iir":
     y = filters.iir_bandpass(xt, fps, band)
   elif reading == "mit_rates":
-    y = filters.iir_bandpass(xt, fps, band, rates=(band[1], band[0]))   # (r_hi, r_lo) = (r1, r2)
+    y = filters.iir_bandpass(xt, fps, band, rates=(band[1], band[0]))  # (r_hi, r_lo) = (r1, r2)
   else:
     raise ValueError(f"reading must be one of {READINGS}, got {reading!r}")
   return np.asarray(y, np.float64)[:, 0]
@@ -74,8 +74,11 @@ def step_gain(reading: str, frames: int, fps: float, band: Sequence[float] = PAP
   return float(bandpass(x, fps, reading, band)[-1])
 
 
-def apex_gain_table(band: Sequence[float] = PAPER_BAND, fps_values: Sequence[float] = FPS_VALUES,
-                    rise_seconds: Sequence[float] = RISE_SECONDS) -> list[dict]:
+def apex_gain_table(
+  band: Sequence[float] = PAPER_BAND,
+  fps_values: Sequence[float] = FPS_VALUES,
+  rise_seconds: Sequence[float] = RISE_SECONDS,
+) -> list[dict]:
   """One row per (fps, onset-to-apex time): {"fps", "rise_s", "frames", <reading>: gain for each reading}."""
   rows = []
   for fps in fps_values:
@@ -88,14 +91,18 @@ def apex_gain_table(band: Sequence[float] = PAPER_BAND, fps_values: Sequence[flo
 
 def table_markdown(rows: Sequence[dict], alpha: float = 15.0, band: Sequence[float] = PAPER_BAND) -> str:
   """The apex-gain table (gain g and the magnification 1 + alpha g of the fully amplified levels) as markdown."""
-  lines = [f"| fps | onset-to-apex | frames | Hz, Butterworth {band[0]:g}-{band[1]:g} Hz | Hz, IIR | "
-           f"MIT rates ({band[0]:g}, {band[1]:g}) (band in Hz) | 1 + {alpha:g} g: Butterworth / MIT |",
-           "|---|---|---|---|---|---|---|"]
+  lines = [
+    f"| fps | onset-to-apex | frames | Hz, Butterworth {band[0]:g}-{band[1]:g} Hz | Hz, IIR | "
+    f"MIT rates ({band[0]:g}, {band[1]:g}) (band in Hz) | 1 + {alpha:g} g: Butterworth / MIT |",
+    "|---|---|---|---|---|---|---|",
+  ]
   for r in rows:
     lo, hi = filters.iir_cutoffs_hz(band, r["fps"])
-    lines.append(f"| {r['fps']:g} | {r['rise_s']:g} s | {r['frames']} | {r['hz_butterworth']:.3f} | "
-                 f"{r['hz_iir']:.3f} | {r['mit_rates']:.3f} ({lo:.1f}-{hi:.1f} Hz) | "
-                 f"{1 + alpha * r['hz_butterworth']:.2f} / {1 + alpha * r['mit_rates']:.2f} |")
+    lines.append(
+      f"| {r['fps']:g} | {r['rise_s']:g} s | {r['frames']} | {r['hz_butterworth']:.3f} | "
+      f"{r['hz_iir']:.3f} | {r['mit_rates']:.3f} ({lo:.1f}-{hi:.1f} Hz) | "
+      f"{1 + alpha * r['hz_butterworth']:.2f} / {1 + alpha * r['mit_rates']:.2f} |"
+    )
   return "\n".join(lines)
 
 
@@ -120,8 +127,10 @@ def main(argv=None) -> int:
   print()
   print("Unit step right after the onset (x[0] = 0, x[n >= 1] = 1), output n frames after the onset:")
   for fps, n in steps:
-    print(f"  {fps:g} fps, n = {n:3d} ({n / fps:.2f} s): " + ", ".join(
-        f"{r} {step_gain(r, n, fps, a.band):.3f}" for r in READINGS))
+    print(
+      f"  {fps:g} fps, n = {n:3d} ({n / fps:.2f} s): "
+      + ", ".join(f"{r} {step_gain(r, n, fps, a.band):.3f}" for r in READINGS)
+    )
   return 0
 
 

@@ -38,20 +38,41 @@ ON_EMPTY_BAND = ("error", "fallback")
 BAND_UNITS = ("hz", "mit_rates")
 IDEAL_METHODS = ("auto", "projection", "fft", "time")
 FALLBACK_FILTER = "butterworth"
-STATIC_ARGNAMES = ("fps", "alpha", "freq_band", "pyramid", "levels", "lambda_c", "chrom_attenuation",
-                   "temporal_filter", "on_empty_band", "mit_compatible", "iir_rates", "exaggeration",
-                   "chunk_bytes", "ideal_method", "band_units")
+STATIC_ARGNAMES = (
+  "fps",
+  "alpha",
+  "freq_band",
+  "pyramid",
+  "levels",
+  "lambda_c",
+  "chrom_attenuation",
+  "temporal_filter",
+  "on_empty_band",
+  "mit_compatible",
+  "iir_rates",
+  "exaggeration",
+  "chunk_bytes",
+  "ideal_method",
+  "band_units",
+)
 DEFAULT_CHUNK_BYTES = 256 * 2**20
-REDUCE_MIN_RATIO = 5            # ideal projection with r coefficients: full-resolution pass while 5 r < T
-MAX_PROJECTION_SIZE = 1 << 18   # ideal filter: matrix-product projection while T x r is at most this, else FFT
+REDUCE_MIN_RATIO = 5  # ideal projection with r coefficients: full-resolution pass while 5 r < T
+MAX_PROJECTION_SIZE = 1 << 18  # ideal filter: matrix-product projection while T x r is at most this, else FFT
 
 
 class EVMWarning(UserWarning):
   """Emitted when magnification falls back to another filter (``on_empty_band="fallback"``)."""
 
 
-def motion_level_alphas(height: int, width: int, levels: int, alpha: float, lambda_c: float,
-                        exaggeration: float = 2.0, clip_negative: bool = True) -> np.ndarray:
+def motion_level_alphas(
+  height: int,
+  width: int,
+  levels: int,
+  alpha: float,
+  lambda_c: float,
+  exaggeration: float = 2.0,
+  clip_negative: bool = True,
+) -> np.ndarray:
   """Per-level amplification of the Laplacian (motion) pipeline, [levels + 1], finest first, residual last.
 
   delta = lambda_c / 8 / (1 + alpha); lambda = sqrt(H^2 + W^2) / 3 at the coarsest level (the residual),
@@ -60,7 +81,7 @@ def motion_level_alphas(height: int, width: int, levels: int, alpha: float, lamb
   negative value and inverts the motion; ``clip_negative=False`` does that too); the finest band and the
   residual get 0.
   """
-  lam = math.sqrt(height ** 2 + width ** 2) / 3.0
+  lam = math.sqrt(height**2 + width**2) / 3.0
   delta = lambda_c / 8.0 / (1.0 + alpha)
   out = np.zeros(levels + 1, np.float64)
   for lev in range(levels, -1, -1):
@@ -109,19 +130,30 @@ def _map_frames(fn, x: jnp.ndarray, chunk_bytes: int | None, frame_bytes: int | 
   n = x.shape[0]
   if frame_bytes is None:
     frame_bytes = x.dtype.itemsize * math.prod(x.shape[1:])
-  per_frame = 8 * frame_bytes                                   # pyramid temporaries ~ 8 frames
+  per_frame = 8 * frame_bytes  # pyramid temporaries ~ 8 frames
   chunk = n if chunk_bytes is None else max(1, min(n, chunk_bytes // per_frame))
   if chunk >= n:
     return fn(x)
   num = -(-n // chunk)
-  chunk = -(-n // num)                                          # balanced: pads fewer than ``num`` frames
+  chunk = -(-n // num)  # balanced: pads fewer than ``num`` frames
   xp = jnp.pad(x, [(0, num * chunk - n)] + [(0, 0)] * (x.ndim - 1))
   y = lax.map(fn, xp.reshape((num, chunk) + x.shape[1:]))
   return y.reshape((num * chunk,) + y.shape[2:])[:n]
 
 
-def _check_options(alpha, freq_band, pyramid, levels, lambda_c, chrom_attenuation, temporal_filter,
-                   on_empty_band, ideal_method="auto", band_units="hz", iir_rates=None) -> tuple[float, float]:
+def _check_options(
+  alpha,
+  freq_band,
+  pyramid,
+  levels,
+  lambda_c,
+  chrom_attenuation,
+  temporal_filter,
+  on_empty_band,
+  ideal_method="auto",
+  band_units="hz",
+  iir_rates=None,
+) -> tuple[float, float]:
   if pyramid not in PYRAMIDS:
     raise ConfigError(f"evm.pyramid must be one of {PYRAMIDS}, got {pyramid!r}")
   if temporal_filter not in filters.FILTERS:
@@ -139,15 +171,21 @@ def _check_options(alpha, freq_band, pyramid, levels, lambda_c, chrom_attenuatio
     raise ConfigError(f"evm.freq_band must be {what} (low, high), got {freq_band!r}") from None
   if band_units == "mit_rates":
     if temporal_filter != "iir":
-      raise ConfigError(f"evm.band_units='mit_rates' reads evm.freq_band as the per-frame rates of the MIT "
-                        f"two-rate IIR filter, but evm.temporal_filter={temporal_filter!r}: set "
-                        f"evm.temporal_filter='iir', or evm.band_units='hz' to read the band in Hz")
+      raise ConfigError(
+        f"evm.band_units='mit_rates' reads evm.freq_band as the per-frame rates of the MIT "
+        f"two-rate IIR filter, but evm.temporal_filter={temporal_filter!r}: set "
+        f"evm.temporal_filter='iir', or evm.band_units='hz' to read the band in Hz"
+      )
     if iir_rates is not None:
-      raise ConfigError(f"iir_rates={tuple(iir_rates)!r} contradicts evm.band_units='mit_rates', which takes "
-                        f"the rates from evm.freq_band (r2, r1) = {tuple(freq_band)!r}: pass only one of them")
+      raise ConfigError(
+        f"iir_rates={tuple(iir_rates)!r} contradicts evm.band_units='mit_rates', which takes "
+        f"the rates from evm.freq_band (r2, r1) = {tuple(freq_band)!r}: pass only one of them"
+      )
     if not 0.0 < lo < hi < 1.0:
-      raise ConfigError(f"evm.freq_band={tuple(freq_band)!r} with evm.band_units='mit_rates' must be per-frame "
-                        f"rates (r2, r1) with 0 < r2 < r1 < 1, low first (the MIT example: (0.05, 0.4))")
+      raise ConfigError(
+        f"evm.freq_band={tuple(freq_band)!r} with evm.band_units='mit_rates' must be per-frame "
+        f"rates (r2, r1) with 0 < r2 < r1 < 1, low first (the MIT example: (0.05, 0.4))"
+      )
   elif not 0.0 <= lo < hi:
     raise ConfigError(f"evm.freq_band must satisfy 0 <= low < high, got {freq_band!r}")
   if not alpha >= 0:
@@ -166,18 +204,34 @@ def empty_band_message(num_frames: int, fps: float, band: Sequence[float]) -> st
   df = fps / num_frames
   near = filters.nearest_usable_band(num_frames, fps, band)
   need = filters.min_frames_for_band(fps, band)
-  need_txt = (f", or a clip of at least {need} frames ({need / fps:.2f} s) for this band"
-              if need else "")
-  return (f"empty passband: the ideal temporal filter has no frequency bin in freq_band=({band[0]:g}, "
-          f"{band[1]:g}) Hz for a clip of {num_frames} frames ({num_frames / fps:.3f} s) at fps={fps:g} "
-          f"(bins are every fps/T = {df:.4g} Hz), so it would amplify nothing. Use the nearest usable band "
-          f"({near[0]:.4g}, {near[1]:.4g}) Hz{need_txt}, or temporal_filter='butterworth'/'iir' "
-          f"(onset-referenced), or on_empty_band='fallback'.")
+  need_txt = f", or a clip of at least {need} frames ({need / fps:.2f} s) for this band" if need else ""
+  return (
+    f"empty passband: the ideal temporal filter has no frequency bin in freq_band=({band[0]:g}, "
+    f"{band[1]:g}) Hz for a clip of {num_frames} frames ({num_frames / fps:.3f} s) at fps={fps:g} "
+    f"(bins are every fps/T = {df:.4g} Hz), so it would amplify nothing. Use the nearest usable band "
+    f"({near[0]:.4g}, {near[1]:.4g}) Hz{need_txt}, or temporal_filter='butterworth'/'iir' "
+    f"(onset-referenced), or on_empty_band='fallback'."
+  )
 
 
-def _resolve(shape: tuple[int, ...], fps, alpha, freq_band, pyramid, levels, lambda_c, chrom_attenuation,
-             temporal_filter, on_empty_band, mit_compatible, iir_rates, exaggeration, chunk_bytes,
-             ideal_method, band_units="hz") -> dict:
+def _resolve(
+  shape: tuple[int, ...],
+  fps,
+  alpha,
+  freq_band,
+  pyramid,
+  levels,
+  lambda_c,
+  chrom_attenuation,
+  temporal_filter,
+  on_empty_band,
+  mit_compatible,
+  iir_rates,
+  exaggeration,
+  chunk_bytes,
+  ideal_method,
+  band_units="hz",
+) -> dict:
   """Validates the options for clips of ``shape`` = (T, H, W, C); returns the static arguments of the core.
 
   Runs in Python on every call (errors, and the fallback warning, which names the caller of magnify /
@@ -185,10 +239,21 @@ def _resolve(shape: tuple[int, ...], fps, alpha, freq_band, pyramid, levels, lam
   """
   if isinstance(fps, jax.core.Tracer):
     raise TypeError("fps must be a Python number (mark it static under jax.jit: static_argnames=('fps', ...))")
-  lo, hi = _check_options(alpha, freq_band, pyramid, levels, lambda_c, chrom_attenuation, temporal_filter,
-                          on_empty_band, ideal_method, band_units, iir_rates)
+  lo, hi = _check_options(
+    alpha,
+    freq_band,
+    pyramid,
+    levels,
+    lambda_c,
+    chrom_attenuation,
+    temporal_filter,
+    on_empty_band,
+    ideal_method,
+    band_units,
+    iir_rates,
+  )
   band = (lo, hi)
-  if band_units == "mit_rates":      # the MIT IIR: lowpass1 at rate r1 = high, lowpass2 at r2 = low, no fps involved
+  if band_units == "mit_rates":  # the MIT IIR: lowpass1 at rate r1 = high, lowpass2 at r2 = low, no fps involved
     iir_rates = (hi, lo)
   fps = float(fps)
   if not fps > 0:
@@ -207,28 +272,55 @@ def _resolve(shape: tuple[int, ...], fps, alpha, freq_band, pyramid, levels, lam
       msg = empty_band_message(t, fps, band)
       if on_empty_band == "error":
         raise EVMError(msg)
-      warnings.warn(EVMWarning(f"{msg} Falling back to temporal_filter='{FALLBACK_FILTER}' on the same band "
-                               "(state initialised at frame 0: amplifies the change since the first frame)."),
-                    stacklevel=3)
+      warnings.warn(
+        EVMWarning(
+          f"{msg} Falling back to temporal_filter='{FALLBACK_FILTER}' on the same band "
+          "(state initialised at frame 0: amplifies the change since the first frame)."
+        ),
+        stacklevel=3,
+      )
       temporal_filter = FALLBACK_FILTER
   nyquist = fps if mit_compatible and temporal_filter == "butterworth" else fps / 2.0
   if temporal_filter != "ideal" and not hi < nyquist and not (temporal_filter == "iir" and iir_rates):
-    raise EVMError(f"freq_band high edge {hi:g} Hz must be below {nyquist:g} Hz for the {temporal_filter} "
-                   f"filter at fps={fps:g}")
-  return dict(fps=fps, alpha=float(alpha), band=band, pyramid=pyramid, n_levels=n_levels,
-              lambda_c=float(lambda_c), chrom_attenuation=float(chrom_attenuation),
-              temporal_filter=temporal_filter, mit_compatible=bool(mit_compatible),
-              iir_rates=None if iir_rates is None else tuple(float(r) for r in iir_rates),
-              exaggeration=float(exaggeration), chunk_bytes=chunk_bytes, ideal_method=ideal_method)
+    raise EVMError(
+      f"freq_band high edge {hi:g} Hz must be below {nyquist:g} Hz for the {temporal_filter} filter at fps={fps:g}"
+    )
+  return dict(
+    fps=fps,
+    alpha=float(alpha),
+    band=band,
+    pyramid=pyramid,
+    n_levels=n_levels,
+    lambda_c=float(lambda_c),
+    chrom_attenuation=float(chrom_attenuation),
+    temporal_filter=temporal_filter,
+    mit_compatible=bool(mit_compatible),
+    iir_rates=None if iir_rates is None else tuple(float(r) for r in iir_rates),
+    exaggeration=float(exaggeration),
+    chunk_bytes=chunk_bytes,
+    ideal_method=ideal_method,
+  )
 
 
-def magnify(video: jnp.ndarray, fps: float, *, alpha: float = 15.0,
-            freq_band: Sequence[float] = (0.1, 0.4), pyramid: str = "laplacian", levels: Any = "auto",
-            lambda_c: float = 16.0, chrom_attenuation: float = 0.1, temporal_filter: str = "ideal",
-            on_empty_band: str = "error", mit_compatible: bool = False,
-            iir_rates: tuple[float, float] | None = None, exaggeration: float = 2.0,
-            chunk_bytes: int | None = DEFAULT_CHUNK_BYTES, ideal_method: str = "auto",
-            band_units: str = "hz") -> jnp.ndarray:
+def magnify(
+  video: jnp.ndarray,
+  fps: float,
+  *,
+  alpha: float = 15.0,
+  freq_band: Sequence[float] = (0.1, 0.4),
+  pyramid: str = "laplacian",
+  levels: Any = "auto",
+  lambda_c: float = 16.0,
+  chrom_attenuation: float = 0.1,
+  temporal_filter: str = "ideal",
+  on_empty_band: str = "error",
+  mit_compatible: bool = False,
+  iir_rates: tuple[float, float] | None = None,
+  exaggeration: float = 2.0,
+  chunk_bytes: int | None = DEFAULT_CHUNK_BYTES,
+  ideal_method: str = "auto",
+  band_units: str = "hz",
+) -> jnp.ndarray:
   """Magnifies the motion (``pyramid="laplacian"``) or colour (``"gaussian"``) changes of one clip.
 
   Args:
@@ -274,9 +366,24 @@ def magnify(video: jnp.ndarray, fps: float, *, alpha: float = 15.0,
   video = jnp.asarray(video, jnp.float32)
   if video.ndim != 4 or video.shape[-1] not in (1, 3):
     raise EVMError(f"video must be [T, H, W, C] with C = 1 or 3, got shape {tuple(video.shape)}")
-  core = _resolve(video.shape, fps, alpha, freq_band, pyramid, levels, lambda_c, chrom_attenuation,
-                  temporal_filter, on_empty_band, mit_compatible, iir_rates, exaggeration, chunk_bytes,
-                  ideal_method, band_units)
+  core = _resolve(
+    video.shape,
+    fps,
+    alpha,
+    freq_band,
+    pyramid,
+    levels,
+    lambda_c,
+    chrom_attenuation,
+    temporal_filter,
+    on_empty_band,
+    mit_compatible,
+    iir_rates,
+    exaggeration,
+    chunk_bytes,
+    ideal_method,
+    band_units,
+  )
   return _magnify_core(video, **core)
 
 
@@ -298,12 +405,43 @@ def _frames(x: jnp.ndarray) -> jnp.ndarray:
   return x.reshape((-1,) + x.shape[2:])
 
 
-@functools.partial(jax.jit, static_argnames=("fps", "alpha", "band", "pyramid", "n_levels", "lambda_c",
-                                             "chrom_attenuation", "temporal_filter", "mit_compatible",
-                                             "iir_rates", "exaggeration", "chunk_bytes", "ideal_method",
-                                             "reduce"))
-def _magnify_core(videos, *, fps, alpha, band, pyramid, n_levels, lambda_c, chrom_attenuation, temporal_filter,
-                  mit_compatible, iir_rates, exaggeration, chunk_bytes, ideal_method, reduce=None):
+@functools.partial(
+  jax.jit,
+  static_argnames=(
+    "fps",
+    "alpha",
+    "band",
+    "pyramid",
+    "n_levels",
+    "lambda_c",
+    "chrom_attenuation",
+    "temporal_filter",
+    "mit_compatible",
+    "iir_rates",
+    "exaggeration",
+    "chunk_bytes",
+    "ideal_method",
+    "reduce",
+  ),
+)
+def _magnify_core(
+  videos,
+  *,
+  fps,
+  alpha,
+  band,
+  pyramid,
+  n_levels,
+  lambda_c,
+  chrom_attenuation,
+  temporal_filter,
+  mit_compatible,
+  iir_rates,
+  exaggeration,
+  chunk_bytes,
+  ideal_method,
+  reduce=None,
+):
   """The computation of :func:`magnify` on validated, static settings, natively batched over clips.
 
   videos: float32 [B, T, H, W, C] -> same, or one clip [T, H, W, C] -> same. The spatial operators act per
@@ -315,17 +453,29 @@ def _magnify_core(videos, *, fps, alpha, band, pyramid, n_levels, lambda_c, chro
   S(x) = up^k(S_k(down^k(x))). All frames are down-sampled ``k`` times, every temporal and remaining
   spatial step runs at 1/4^k of the pixels, and the change is up-sampled back once.
   """
-  if videos.ndim == 4:     # one clip: the same program with B = 1 (the [None] / [0] are free inside the jit)
-    return _magnify_core(videos[None], fps=fps, alpha=alpha, band=band, pyramid=pyramid, n_levels=n_levels,
-                         lambda_c=lambda_c, chrom_attenuation=chrom_attenuation, temporal_filter=temporal_filter,
-                         mit_compatible=mit_compatible, iir_rates=iir_rates, exaggeration=exaggeration,
-                         chunk_bytes=chunk_bytes, ideal_method=ideal_method, reduce=reduce)[0]
+  if videos.ndim == 4:  # one clip: the same program with B = 1 (the [None] / [0] are free inside the jit)
+    return _magnify_core(
+      videos[None],
+      fps=fps,
+      alpha=alpha,
+      band=band,
+      pyramid=pyramid,
+      n_levels=n_levels,
+      lambda_c=lambda_c,
+      chrom_attenuation=chrom_attenuation,
+      temporal_filter=temporal_filter,
+      mit_compatible=mit_compatible,
+      iir_rates=iir_rates,
+      exaggeration=exaggeration,
+      chunk_bytes=chunk_bytes,
+      ideal_method=ideal_method,
+      reduce=reduce,
+    )[0]
   b, t, h, w, c = videos.shape
   shapes = pyramids.level_shapes(h, w, n_levels)
   mix = chroma_matrix(c, chrom_attenuation)
   if pyramid == "laplacian":
-    level_alphas = motion_level_alphas(h, w, n_levels, alpha, lambda_c, exaggeration,
-                                       clip_negative=not mit_compatible)
+    level_alphas = motion_level_alphas(h, w, n_levels, alpha, lambda_c, exaggeration, clip_negative=not mit_compatible)
     nonzero = np.flatnonzero(level_alphas)
     if nonzero.size == 0:
       return jnp.clip(videos, 0.0, 1.0)
@@ -340,8 +490,7 @@ def _magnify_core(videos, *, fps, alpha, band, pyramid, n_levels, lambda_c, chro
       ideal_method = "projection" if r < t and r * t <= MAX_PROJECTION_SIZE else "fft" if 2 * bins.size < t else "time"
   if reduce is None:
     # Full resolution is cheaper only for a few in-band coefficients (measured on CPU, see docs/evm.md).
-    reduce = not (temporal_filter == "ideal" and ideal_method == "projection" and
-                  basis.shape[1] * REDUCE_MIN_RATIO < t)
+    reduce = not (temporal_filter == "ideal" and ideal_method == "projection" and basis.shape[1] * REDUCE_MIN_RATIO < t)
   if not reduce:
     skip = 0
   if pyramid == "laplacian":
@@ -352,7 +501,7 @@ def _magnify_core(videos, *, fps, alpha, band, pyramid, n_levels, lambda_c, chro
     operator = lambda x: _mix_channels(alpha * pyramids.gaussian_down_up(x, n_levels - skip), mix)
   # [N, h_k, w_k, C] -> amplified change at that size, RGB (or grey); the 3x3 mix written out so XLA fuses it
 
-  def per_frame(fn, x, frame_bytes=None):      # fn: [N, ...] -> [N, ...] on the frames of [B, T', ...]
+  def per_frame(fn, x, frame_bytes=None):  # fn: [N, ...] -> [N, ...] on the frames of [B, T', ...]
     y = _map_frames(fn, _frames(x), chunk_bytes, frame_bytes)
     return y.reshape(x.shape[:2] + y.shape[1:])
 
@@ -367,20 +516,23 @@ def _magnify_core(videos, *, fps, alpha, band, pyramid, n_levels, lambda_c, chro
     return x
 
   frame_bytes = 4 * h * w * c
-  small = per_frame(down_k, videos, frame_bytes) if skip else videos       # [B, T, h_k, w_k, C]
+  small = per_frame(down_k, videos, frame_bytes) if skip else videos  # [B, T, h_k, w_k, C]
   if temporal_filter == "ideal" and ideal_method == "projection":
     # the spatial operator on the r = basis.shape[1] in-band cos/sin coefficients; matrix products along time
-    coeffs = _time_matmul(basis.T * col_gains[:, None], small)            # [B, r, h_k, w_k, C]
+    coeffs = _time_matmul(basis.T * col_gains[:, None], small)  # [B, r, h_k, w_k, C]
     coeffs = per_frame(operator, coeffs)
-    delta = _time_matmul(basis, coeffs)                                    # [B, T, h_k, w_k, C]
+    delta = _time_matmul(basis, coeffs)  # [B, T, h_k, w_k, C]
   elif temporal_filter == "ideal" and ideal_method == "fft":
     # the spatial operator on the in-band Fourier coefficients only (real and imaginary parts as 2k frames)
     k = bins.size
     spec = jnp.take(jnp.fft.rfft(small, axis=1), jnp.asarray(bins), axis=1)
     spec = spec * jnp.asarray(gains, jnp.float32).reshape((k, 1, 1, 1))
     coeffs = per_frame(operator, jnp.concatenate([spec.real, spec.imag], axis=1))
-    full = jnp.zeros((b, t // 2 + 1) + small.shape[2:], spec.dtype).at[:, jnp.asarray(bins)].set(
-        lax.complex(coeffs[:, :k], coeffs[:, k:]))
+    full = (
+      jnp.zeros((b, t // 2 + 1) + small.shape[2:], spec.dtype)
+      .at[:, jnp.asarray(bins)]
+      .set(lax.complex(coeffs[:, :k], coeffs[:, k:]))
+    )
     delta = jnp.fft.irfft(full, n=t, axis=1)
   else:
     if temporal_filter == "ideal":
@@ -418,11 +570,12 @@ def magnify_jit(video: jnp.ndarray, fps: float, **options: Any) -> jnp.ndarray:
 
 
 BATCH_MODES = ("native", "loop", "map", "vmap")
-LOOP_GROUP_BYTES = 16 * 2**20   # "loop" mode: clips per step so that one step's input is at most this (>= 1 clip)
+LOOP_GROUP_BYTES = 16 * 2**20  # "loop" mode: clips per step so that one step's input is at most this (>= 1 clip)
 
 
-def magnify_batch(videos: jnp.ndarray, fps: float, vectorize: bool | str | None = None, donate: bool = False,
-                  **kwargs) -> jnp.ndarray:
+def magnify_batch(
+  videos: jnp.ndarray, fps: float, vectorize: bool | str | None = None, donate: bool = False, **kwargs
+) -> jnp.ndarray:
   """:func:`magnify` over equal-length clips, jitted: [B, T, H, W, C] -> [B, T, H, W, C].
 
   Same options (keywords) as :func:`magnify`, validated in Python on every call (errors, fallback warning);
@@ -471,13 +624,13 @@ def _batch(videos, *, core, mode, group):
   b = videos.shape[0]
   steps = b // group
 
-  def body(i, out):   # reads its clips from the carried output (still the input there) and overwrites them
+  def body(i, out):  # reads its clips from the carried output (still the input there) and overwrites them
     start = i * group
     return lax.dynamic_update_slice_in_dim(out, fn(lax.dynamic_slice_in_dim(out, start, group)), start, 0)
 
   out = lax.fori_loop(0, steps, body, videos)
   if steps * group < b:
-    out = out.at[steps * group:].set(fn(out[steps * group:]))
+    out = out.at[steps * group :].set(fn(out[steps * group :]))
   return out
 
 
@@ -486,13 +639,22 @@ _batch_core = jax.jit(_batch, static_argnames=_BATCH_STATIC)
 _batch_core_donated = jax.jit(_batch, static_argnames=_BATCH_STATIC, donate_argnums=0)
 
 
-_MAGNIFY_DEFAULTS = {k: v.default for k, v in inspect.signature(magnify).parameters.items()
-                     if v.kind is inspect.Parameter.KEYWORD_ONLY}
+_MAGNIFY_DEFAULTS = {
+  k: v.default for k, v in inspect.signature(magnify).parameters.items() if v.kind is inspect.Parameter.KEYWORD_ONLY
+}
 
 
-_CONFIG_KEYS = ("alpha", "freq_band", "pyramid", "levels", "lambda_c", "chrom_attenuation", "temporal_filter",
-                "on_empty_band")
-_OPTIONAL_CONFIG_KEYS = {"band_units": "hz"}     # read when present (config_defaults has it; older dicts may not)
+_CONFIG_KEYS = (
+  "alpha",
+  "freq_band",
+  "pyramid",
+  "levels",
+  "lambda_c",
+  "chrom_attenuation",
+  "temporal_filter",
+  "on_empty_band",
+)
+_OPTIONAL_CONFIG_KEYS = {"band_units": "hz"}  # read when present (config_defaults has it; older dicts may not)
 
 
 def options_from_config(evm_cfg) -> dict:
@@ -520,7 +682,7 @@ def options_from_config(evm_cfg) -> dict:
   if len(opts["freq_band"]) != 2:
     raise ConfigError(f"evm.freq_band must be {what}, got {opts['freq_band']!r}")
   _check_options(**{k: opts[k] for k in _CONFIG_KEYS + tuple(_OPTIONAL_CONFIG_KEYS)})
-  if "mit_compatible" in evm_cfg:          # optional key, not in config_defaults
+  if "mit_compatible" in evm_cfg:  # optional key, not in config_defaults
     opts["mit_compatible"] = bool(evm_cfg["mit_compatible"])
   return opts
 

@@ -76,11 +76,11 @@ def _down_axis(x: jnp.ndarray, axis: int) -> jnp.ndarray:
   n = x.shape[axis]
   n_out = (n + 1) // 2
   sl = lambda lo, hi, stride=1: lax.slice_in_dim(x, lo, hi, stride=stride, axis=axis)
-  last = (n - 3) // 2                      # interior outputs 1..last need no mirrored sample
+  last = (n - 3) // 2  # interior outputs 1..last need no mirrored sample
   parts = []
   for i in [0] + list(range(max(last + 1, 1), n_out)):
     if i == max(last + 1, 1) and last >= 1:
-      parts.append(None)                     # the interior goes here
+      parts.append(None)  # the interior goes here
     parts.append(sum(w * sl(j, j + 1) for w, j in zip(KERNEL, (_reflect(2 * i + k - 2, n) for k in range(5)))))
   if last >= 1:
     interior = sum(w * sl(k, k + 2 * (last - 1) + 1, 2) for k, w in enumerate(KERNEL))
@@ -95,11 +95,15 @@ def _up_axis(x: jnp.ndarray, m: int, axis: int) -> jnp.ndarray:
   if m not in (2 * n, 2 * n - 1):
     raise ValueError(f"cannot up-sample {n} samples to {m}")
   sl = lambda lo, hi: lax.slice_in_dim(x, lo, hi, axis=axis)
-  right = sl(n - 1, n) if m % 2 == 0 else sl(n - 2, n - 1)      # the mirrored sample beyond the end
-  even = jnp.concatenate([
+  right = sl(n - 1, n) if m % 2 == 0 else sl(n - 2, n - 1)  # the mirrored sample beyond the end
+  even = jnp.concatenate(
+    [
       (2.0 * sl(1, 2) + 6.0 * sl(0, 1)) * 0.125,
       (sl(0, n - 2) + 6.0 * sl(1, n - 1) + sl(2, n)) * 0.125,
-      (sl(n - 2, n - 1) + 6.0 * sl(n - 1, n) + right) * 0.125], axis=axis)
+      (sl(n - 2, n - 1) + 6.0 * sl(n - 1, n) + right) * 0.125,
+    ],
+    axis=axis,
+  )
   odd = jnp.concatenate([(sl(0, n - 1) + sl(1, n)) * 0.5, (sl(n - 1, n) + right) * 0.5], axis=axis)
   y = jnp.stack([even, odd], axis=axis + 1)
   shape = list(x.shape)

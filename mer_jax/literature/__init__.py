@@ -32,6 +32,7 @@ BENCHMARKS = ("cde_full", "cde_casme2", "cde_samm", "cde_smic", "sde_casme2_5c",
 @dataclasses.dataclass(frozen=True)
 class Published:
   """One published figure set; None where the source gives no value."""
+
   method: str
   year: Optional[int]
   benchmark: str
@@ -54,17 +55,29 @@ def _num(v: str) -> Optional[float]:
 def _all() -> tuple[Published, ...]:
   path = importlib.resources.files(__name__).joinpath(FILE)
   with path.open(newline="", encoding="utf-8") as f:
-    return tuple(Published(method=r["method"], year=int(r["year"]) if r["year"].strip() else None,
-                           benchmark=r["benchmark"], uf1=_num(r["uf1"]), uar=_num(r["uar"]), acc=_num(r["acc"]),
-                           uar_published=_num(r["uar_published"]), source=r["source"], status=r["status"],
-                           selects_on_test=r["selects_on_test"], note=r["note"])
-                 for r in csv.DictReader(f))
+    return tuple(
+      Published(
+        method=r["method"],
+        year=int(r["year"]) if r["year"].strip() else None,
+        benchmark=r["benchmark"],
+        uf1=_num(r["uf1"]),
+        uar=_num(r["uar"]),
+        acc=_num(r["acc"]),
+        uar_published=_num(r["uar_published"]),
+        source=r["source"],
+        status=r["status"],
+        selects_on_test=r["selects_on_test"],
+        note=r["note"],
+      )
+      for r in csv.DictReader(f)
+    )
 
 
 def published_results(benchmark: Optional[str] = None, *, include_paper: bool = True) -> tuple[Published, ...]:
   """The rows for ``benchmark`` (all when None), in file order; ``include_paper=False`` drops :data:`PAPER`."""
-  return tuple(r for r in _all() if (benchmark is None or r.benchmark == benchmark)
-               and (include_paper or r.method != PAPER))
+  return tuple(
+    r for r in _all() if (benchmark is None or r.benchmark == benchmark) and (include_paper or r.method != PAPER)
+  )
 
 
 def paper_row(benchmark: str) -> Optional[Published]:

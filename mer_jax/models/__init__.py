@@ -5,6 +5,15 @@ from mer_jax.models.backbones import DenseBackbone, ResidualBackbone
 from mer_jax.models.network import BACKBONES, MERNet, build_model, count_params, init_variables
 
 __all__ = [
-    "ATTENTION_KINDS", "BACKBONES", "ChannelAttention", "DenseBackbone", "MERNet", "MixedAttention",
-    "ResidualBackbone", "SpatialAttention", "build_model", "count_params", "init_variables",
+  "ATTENTION_KINDS",
+  "BACKBONES",
+  "ChannelAttention",
+  "DenseBackbone",
+  "MERNet",
+  "MixedAttention",
+  "ResidualBackbone",
+  "SpatialAttention",
+  "build_model",
+  "count_params",
+  "init_variables",
 ]

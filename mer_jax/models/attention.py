@@ -25,6 +25,7 @@ class ChannelAttention(nn.Module):
   The MLP (``omega_0: C -> C/r``, LeakyReLU, ``omega_1: C/r -> C``) is shared
   between the average- and max-pooled descriptors.
   """
+
   reduction: int = 8
   leaky_slope: float = 0.01
   dtype: Any = jnp.float32
@@ -42,24 +43,24 @@ class ChannelAttention(nn.Module):
 
     avg = jnp.mean(x, axis=(1, 2))
     mx = jnp.max(x, axis=(1, 2))
-    weights = nn.sigmoid((mlp(avg) + mlp(mx)).astype(pdt))   # [N, C]
+    weights = nn.sigmoid((mlp(avg) + mlp(mx)).astype(pdt))  # [N, C]
     self.sow("intermediates", "channel_attention", weights)
     return x * weights[:, None, None, :].astype(x.dtype)
 
 
 class SpatialAttention(nn.Module):
   """Eqs. (7)-(8): ``H_hat = H' * sigmoid(Conv5x5([mean_c(H'), max_c(H')]))``."""
+
   kernel_size: int = 5
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    desc = jnp.concatenate([jnp.mean(x, axis=-1, keepdims=True),
-                            jnp.max(x, axis=-1, keepdims=True)], axis=-1)
+    desc = jnp.concatenate([jnp.mean(x, axis=-1, keepdims=True), jnp.max(x, axis=-1, keepdims=True)], axis=-1)
     k = self.kernel_size
     pdt = param_dtype_for(self.dtype)
     logits = nn.Conv(1, (k, k), padding="SAME", dtype=self.dtype, param_dtype=pdt, name="conv")(desc)
-    weights = nn.sigmoid(logits.astype(pdt))                          # [N, H, W, 1]
+    weights = nn.sigmoid(logits.astype(pdt))  # [N, H, W, 1]
     self.sow("intermediates", "spatial_attention", weights)
     return x * weights.astype(x.dtype)
 
@@ -70,6 +71,7 @@ class MixedAttention(nn.Module):
   ``none`` is the identity (no parameters), ``channel``/``spatial`` apply one
   step, ``mixed`` applies channel then spatial attention (Figure 4).
   """
+
   kind: str = "mixed"
   reduction: int = 8
   leaky_slope: float = 0.01
@@ -78,7 +80,7 @@ class MixedAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    assert self.kind in ATTENTION_KINDS, self.kind    # user-facing check: mer_jax.configuration
+    assert self.kind in ATTENTION_KINDS, self.kind  # user-facing check: mer_jax.configuration
     if self.kind in ("channel", "mixed"):
       x = ChannelAttention(self.reduction, self.leaky_slope, self.dtype, name="channel")(x)
     if self.kind in ("spatial", "mixed"):

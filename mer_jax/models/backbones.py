@@ -48,6 +48,7 @@ from mer_jax.models.layers import ConvReluBN
 
 class _Common(nn.Module):
   """Fields shared by both backbones (see the module docstring for defaults)."""
+
   stem_features: int = 32
   growth_rate: int = 24
   block_layers: Sequence[int] = (5, 10, 10)
@@ -64,12 +65,14 @@ class _Common(nn.Module):
   dtype: Any = jnp.float32
 
   def conv(self, features, kernel_size=None, strides=1, name=None):
-    return ConvReluBN(features, kernel_size or self.kernel_size, strides,
-                      self.bn_momentum, self.bn_epsilon, self.dtype, name=name)
+    return ConvReluBN(
+      features, kernel_size or self.kernel_size, strides, self.bn_momentum, self.bn_epsilon, self.dtype, name=name
+    )
 
   def attend(self, name):
-    return MixedAttention(self.attention, self.reduction, self.leaky_slope,
-                          self.attention_kernel, self.dtype, name=name)
+    return MixedAttention(
+      self.attention, self.reduction, self.leaky_slope, self.attention_kernel, self.dtype, name=name
+    )
 
   def stem(self, x, train):
     """``[N, S, S, C] -> [N, S/4, S/4, stem_features]``."""
@@ -88,7 +91,7 @@ class DenseBackbone(_Common):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-    assert self.attention_placement in ("block", "layer"), self.attention_placement   # mer_jax.configuration
+    assert self.attention_placement in ("block", "layer"), self.attention_placement  # mer_jax.configuration
     x = self.stem(x, train)
     for b, num_layers in enumerate(self.block_layers):
       feats = [x]
@@ -112,7 +115,7 @@ class ResidualBackbone(_Common):
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     x = self.stem(x, train)
     for b, num_layers in enumerate(self.block_layers):
-      width = x.shape[-1] + self.growth_rate * num_layers   # the dense block's output width
+      width = x.shape[-1] + self.growth_rate * num_layers  # the dense block's output width
       x = self.conv(width, kernel_size=1, name=f"stage{b}_project")(x, train)
       for u in range(math.ceil(num_layers / 2)):
         h = self.conv(self.residual_bottleneck, kernel_size=1, name=f"stage{b}_unit{u}_reduce")(x, train)

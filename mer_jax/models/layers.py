@@ -24,6 +24,7 @@ class ConvReluBN(nn.Module):
   x: ``[N, H, W, C_in]`` -> ``[N, H', W', features]``. The conv keeps its bias
   (BN follows the ReLU, so the bias is not redundant), as Keras' Conv2D does.
   """
+
   features: int
   kernel_size: int = 5
   strides: int = 1
@@ -35,15 +36,28 @@ class ConvReluBN(nn.Module):
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     k = self.kernel_size
     pdt = param_dtype_for(self.dtype)
-    x = nn.Conv(self.features, (k, k), strides=(self.strides, self.strides),
-                padding="SAME", dtype=self.dtype, param_dtype=pdt, name="conv")(x)
+    x = nn.Conv(
+      self.features,
+      (k, k),
+      strides=(self.strides, self.strides),
+      padding="SAME",
+      dtype=self.dtype,
+      param_dtype=pdt,
+      name="conv",
+    )(x)
     x = nn.relu(x)
     # Two-pass batch variance, mean((x - mean)^2), as Keras' BatchNormalization computes it. flax's default
     # E[x^2] - E[x]^2 cancels catastrophically when |mean| >> std: it put up to 3% errors into some kernel
     # gradients of a vmapped LOSO step (benchmarks/RESULTS.md, optimisation log entry 16).
-    return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                        epsilon=self.bn_epsilon, dtype=self.dtype, param_dtype=pdt, use_fast_variance=False,
-                        name="bn")(x)
+    return nn.BatchNorm(
+      use_running_average=not train,
+      momentum=self.bn_momentum,
+      epsilon=self.bn_epsilon,
+      dtype=self.dtype,
+      param_dtype=pdt,
+      use_fast_variance=False,
+      name="bn",
+    )(x)
 
 
 def adaptive_pool_matrix(in_size: int, out_size: int) -> np.ndarray:

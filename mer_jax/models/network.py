@@ -27,6 +27,7 @@ class MERNet(nn.Module):
   Batch statistics live in the ``batch_stats`` collection: apply with
   ``mutable=['batch_stats']`` when ``train=True``.
   """
+
   num_classes: int
   backbone: nn.Module
   head_pool: int = 7
@@ -47,20 +48,32 @@ class MERNet(nn.Module):
 def build_model(cfg: ml_collections.ConfigDict) -> MERNet:
   """Builds :class:`MERNet` from the ``config.model`` section (see config_defaults)."""
   from mer_jax import configuration
-  configuration.check_section(cfg, "model", ranges=False)   # backbone, attention, placement, dtype names
+
+  configuration.check_section(cfg, "model", ranges=False)  # backbone, attention, placement, dtype names
   if cfg.dtype == "float64" and not jax.config.x64_enabled:
-    raise ConfigError("config.model.dtype='float64' needs JAX's 64-bit mode (without it every float64 array is "
-                      "silently float32): set JAX_ENABLE_X64=1 or build and run the model inside "
-                      "`with jax.enable_x64(True):`")
+    raise ConfigError(
+      "config.model.dtype='float64' needs JAX's 64-bit mode (without it every float64 array is "
+      "silently float32): set JAX_ENABLE_X64=1 or build and run the model inside "
+      "`with jax.enable_x64(True):`"
+    )
   dtype = DTYPES[cfg.dtype]
   backbone = BACKBONES[cfg.backbone](
-      stem_features=cfg.stem_features, growth_rate=cfg.growth_rate,
-      block_layers=tuple(cfg.block_layers), compression=cfg.compression,
-      kernel_size=cfg.kernel_size, attention=cfg.attention,
-      attention_placement=cfg.attention_placement, reduction=cfg.reduction,
-      attention_kernel=cfg.attention_kernel, leaky_slope=cfg.leaky_slope,
-      residual_bottleneck=cfg.residual_bottleneck, bn_momentum=cfg.bn_momentum,
-      bn_epsilon=cfg.bn_epsilon, dtype=dtype, name="backbone")
+    stem_features=cfg.stem_features,
+    growth_rate=cfg.growth_rate,
+    block_layers=tuple(cfg.block_layers),
+    compression=cfg.compression,
+    kernel_size=cfg.kernel_size,
+    attention=cfg.attention,
+    attention_placement=cfg.attention_placement,
+    reduction=cfg.reduction,
+    attention_kernel=cfg.attention_kernel,
+    leaky_slope=cfg.leaky_slope,
+    residual_bottleneck=cfg.residual_bottleneck,
+    bn_momentum=cfg.bn_momentum,
+    bn_epsilon=cfg.bn_epsilon,
+    dtype=dtype,
+    name="backbone",
+  )
   return MERNet(num_classes=cfg.num_classes, backbone=backbone, head_pool=cfg.head_pool, dtype=dtype)
 
 

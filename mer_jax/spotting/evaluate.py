@@ -41,27 +41,36 @@ from mer_jax.errors import DataError
 from mer_jax.spotting.readers import CAS_EMOTIONS, DISPLAY_NAMES, TYPES, LongReadResult, LongVideo
 
 MATCHINGS = ("megc2020", "one-to-one")
-TYPE_ALIASES = {"micro": "micro", "me": "micro", "micro-expression": "micro", "micro-1/2": "micro",
-                "macro": "macro", "mae": "macro", "macro-expression": "macro"}
+TYPE_ALIASES = {
+  "micro": "micro",
+  "me": "micro",
+  "micro-expression": "micro",
+  "micro-1/2": "micro",
+  "macro": "macro",
+  "mae": "macro",
+  "macro-expression": "macro",
+}
 NO_EMOTION = "(none)"
 
 
 @dataclasses.dataclass(frozen=True)
 class Prediction:
   """One predicted interval, 1-based inclusive frame numbers of ``video`` (a ground-truth video id)."""
+
   video: str
   onset: int
   offset: int
-  type: str                          # 'micro' | 'macro'
+  type: str  # 'micro' | 'macro'
   score: float = 0.0
   emotion: Optional[str] = None
-  dataset: str = ""                  # filled in when the video is resolved
-  source: str = ""                   # 'pred.json entry 3'
+  dataset: str = ""  # filled in when the video is resolved
+  source: str = ""  # 'pred.json entry 3'
 
 
 @dataclasses.dataclass(frozen=True)
 class Counts:
   """Pooled counts; F1 from them (0 where undefined)."""
+
   tp: int = 0
   fp: int = 0
   fn: int = 0
@@ -91,11 +100,20 @@ class Counts:
     return 2 * p * r / (p + r) if p + r > 0 else 0.0
 
   def as_dict(self) -> dict:
-    return {"gt": self.n_gt, "pred": self.n_pred, "tp": self.tp, "fp": self.fp, "fn": self.fn,
-            "precision": self.precision, "recall": self.recall, "f1": self.f1}
+    return {
+      "gt": self.n_gt,
+      "pred": self.n_pred,
+      "tp": self.tp,
+      "fp": self.fp,
+      "fn": self.fn,
+      "precision": self.precision,
+      "recall": self.recall,
+      "f1": self.f1,
+    }
 
 
 # ---------------------------------------------------------------------------- matching
+
 
 def iou(a: tuple[int, int], b: tuple[int, int]) -> Fraction:
   """Exact IoU of two inclusive frame ranges ``(onset, offset)``."""
@@ -110,8 +128,15 @@ def passes(v: Fraction, threshold: Fraction, strict: bool) -> bool:
   return v > threshold if strict else v >= threshold
 
 
-def match(preds: Sequence[tuple[int, int]], scores: Sequence[float], gts: Sequence[tuple[int, int]], *,
-          threshold: Fraction, strict: bool, rule: str) -> tuple[Counts, list[tuple[int, int]]]:
+def match(
+  preds: Sequence[tuple[int, int]],
+  scores: Sequence[float],
+  gts: Sequence[tuple[int, int]],
+  *,
+  threshold: Fraction,
+  strict: bool,
+  rule: str,
+) -> tuple[Counts, list[tuple[int, int]]]:
   """Matches the predictions of ONE video and type against its ground truths.
 
   Args:
@@ -149,6 +174,7 @@ def match(preds: Sequence[tuple[int, int]], scores: Sequence[float], gts: Sequen
 
 # ---------------------------------------------------------------------------- evaluation
 
+
 def _video_index(gts: Sequence[LongReadResult]) -> dict[str, list[tuple[str, LongVideo]]]:
   """Every accepted spelling of a video -> [(dataset, video)]."""
   index: dict[str, list[tuple[str, LongVideo]]] = {}
@@ -171,13 +197,17 @@ def resolve(preds: Sequence[Prediction], gts: Sequence[LongReadResult], pred_fil
     if p.dataset:
       hits = [h for h in hits if h[0] == p.dataset]
     if not hits:
-      raise DataError(f"{p.source}: unknown video {p.video!r}: it is not in the ground truth "
-                      f"({', '.join(os.path.basename(r.annotation_file) for r in gts)}); videos are named like "
-                      f"{examples}; fix the prediction file or give the right --gt")
+      raise DataError(
+        f"{p.source}: unknown video {p.video!r}: it is not in the ground truth "
+        f"({', '.join(os.path.basename(r.annotation_file) for r in gts)}); videos are named like "
+        f"{examples}; fix the prediction file or give the right --gt"
+      )
     if len(hits) > 1:
-      raise DataError(f"{p.source}: video {p.video!r} names videos of "
-                      f"{' and '.join(DISPLAY_NAMES[d] for d, _ in hits)}; add \"dataset\": \"cas_long\" or "
-                      "\"samm_lv\" to the entry")
+      raise DataError(
+        f"{p.source}: video {p.video!r} names videos of "
+        f'{" and ".join(DISPLAY_NAMES[d] for d, _ in hits)}; add "dataset": "cas_long" or '
+        '"samm_lv" to the entry'
+      )
     ds, v = hits[0]
     if v.num_frames is not None and p.offset > v.num_frames:
       raise DataError(f"{p.source}: offset {p.offset} is past the last frame ({v.num_frames}) of video {v.video}")
@@ -185,8 +215,14 @@ def resolve(preds: Sequence[Prediction], gts: Sequence[LongReadResult], pred_fil
   return out
 
 
-def evaluate(gts: Sequence[LongReadResult], preds: Sequence[Prediction], *, iou_threshold=0.5,
-             strict: bool = False, rule: str = "megc2020") -> dict:
+def evaluate(
+  gts: Sequence[LongReadResult],
+  preds: Sequence[Prediction],
+  *,
+  iou_threshold=0.5,
+  strict: bool = False,
+  rule: str = "megc2020",
+) -> dict:
   """Scores resolved predictions against the ground truth.
 
   Args:
@@ -216,8 +252,14 @@ def evaluate(gts: Sequence[LongReadResult], preds: Sequence[Prediction], *, iou_
       for t in TYPES:
         g = [i for i in v.intervals if i.type == t]
         p = by_video.get((ds, v.video, t), [])
-        c, pairs = match([(x.onset, x.offset) for x in p], [x.score for x in p], [(i.onset, i.offset) for i in g],
-                         threshold=threshold, strict=strict, rule=rule)
+        c, pairs = match(
+          [(x.onset, x.offset) for x in p],
+          [x.score for x in p],
+          [(i.onset, i.offset) for i in g],
+          threshold=threshold,
+          strict=strict,
+          rule=rule,
+        )
         counts[ds][t] = counts[ds][t] + c
         sc[t] = sc[t] + c
         if t == "micro":
@@ -234,12 +276,22 @@ def evaluate(gts: Sequence[LongReadResult], preds: Sequence[Prediction], *, iou_
   for ds in with_emotion:
     strs[ds] = _strs(counts[ds]["micro"], emotion_pairs[ds])
   if len(with_emotion) > 1:
-    strs["overall"] = _strs(sum((counts[ds]["micro"] for ds in with_emotion), Counts()),
-                            [pr for ds in with_emotion for pr in emotion_pairs[ds]])
-  return {"rule": rule, "iou": float(threshold), "strict": strict, "datasets": out_ds, "overall": out_overall,
-          "subjects": {ds: {s: {t: c.as_dict() for t, c in d.items()} for s, d in sorted(sub.items())}
-                       for ds, sub in subjects.items()},
-          "strs": strs, "no_strs": [r.dataset for r in gts if r.dataset not in with_emotion]}
+    strs["overall"] = _strs(
+      sum((counts[ds]["micro"] for ds in with_emotion), Counts()),
+      [pr for ds in with_emotion for pr in emotion_pairs[ds]],
+    )
+  return {
+    "rule": rule,
+    "iou": float(threshold),
+    "strict": strict,
+    "datasets": out_ds,
+    "overall": out_overall,
+    "subjects": {
+      ds: {s: {t: c.as_dict() for t, c in d.items()} for s, d in sorted(sub.items())} for ds, sub in subjects.items()
+    },
+    "strs": strs,
+    "no_strs": [r.dataset for r in gts if r.dataset not in with_emotion],
+  }
 
 
 def _strs(spot: Counts, pairs: list[tuple[str, str]]) -> dict:
@@ -252,13 +304,22 @@ def _strs(spot: Counts, pairs: list[tuple[str, str]]) -> dict:
     if te not in classes:
       classes.append(te)
   idx = {c: i for i, c in enumerate(classes)}
-  m = metrics.compute(np.array([idx[t] for t, _ in pairs], np.int64), np.array([idx[p] for _, p in pairs], np.int64),
-                      len(classes))
-  return {"spot_f1": spot.f1, "analysis_uf1": m["uf1"], "analysis_uar": m["uar"], "analysed": len(pairs),
-          "strs": spot.f1 * m["uf1"], "classes": classes, "confusion": m["confusion"]}
+  m = metrics.compute(
+    np.array([idx[t] for t, _ in pairs], np.int64), np.array([idx[p] for _, p in pairs], np.int64), len(classes)
+  )
+  return {
+    "spot_f1": spot.f1,
+    "analysis_uf1": m["uf1"],
+    "analysis_uar": m["uar"],
+    "analysed": len(pairs),
+    "strs": spot.f1 * m["uf1"],
+    "classes": classes,
+    "confusion": m["confusion"],
+  }
 
 
 # ---------------------------------------------------------------------------- prediction files
+
 
 def _int(v, what: str, where: str) -> int:
   if isinstance(v, bool):
@@ -295,8 +356,16 @@ def _prediction(where: str, video, onset, offset, type_, score, emotion, dataset
   if not np.isfinite(sc):
     raise DataError(f"{where}: score {score!r} is not a finite number")
   emo = None if emotion is None or str(emotion).strip() == "" else str(emotion).strip().lower()
-  return Prediction(video=str(video).strip(), onset=on, offset=off, type=t, score=sc, emotion=emo,
-                    dataset=str(dataset or "").strip(), source=where)
+  return Prediction(
+    video=str(video).strip(),
+    onset=on,
+    offset=off,
+    type=t,
+    score=sc,
+    emotion=emo,
+    dataset=str(dataset or "").strip(),
+    source=where,
+  )
 
 
 def load_predictions(path: str, fmt: str = "auto") -> list[Prediction]:
@@ -325,13 +394,15 @@ def load_predictions(path: str, fmt: str = "auto") -> list[Prediction]:
       with open(path) as f:
         data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-      raise DataError(f"{path} is not valid JSON ({e}); expected a list of "
-                      "{{video, onset, offset, type, score}} objects") from None
+      raise DataError(
+        f"{path} is not valid JSON ({e}); expected a list of {{{{video, onset, offset, type, score}}}} objects"
+      ) from None
     if isinstance(data, dict) and isinstance(data.get("predictions"), list):
       data = data["predictions"]
     if not isinstance(data, list):
-      raise DataError(f"{path}: expected a JSON list of {{video, onset, offset, type, score}} objects "
-                      "(or {\"predictions\": [...]})")
+      raise DataError(
+        f'{path}: expected a JSON list of {{video, onset, offset, type, score}} objects (or {{"predictions": [...]}})'
+      )
     out = []
     for n, e in enumerate(data, 1):
       where = f"{base} entry {n}"
@@ -340,8 +411,11 @@ def load_predictions(path: str, fmt: str = "auto") -> list[Prediction]:
       missing = [k for k in ("video", "onset", "offset", "type") if k not in e]
       if missing:
         raise DataError(f"{where}: missing key(s) {', '.join(missing)}")
-      out.append(_prediction(where, e["video"], e["onset"], e["offset"], e["type"], e.get("score"),
-                             e.get("emotion"), e.get("dataset", "")))
+      out.append(
+        _prediction(
+          where, e["video"], e["onset"], e["offset"], e["type"], e.get("score"), e.get("emotion"), e.get("dataset", "")
+        )
+      )
     return out
   if fmt != "csv":
     raise DataError(f"unknown prediction format {fmt!r}; expected json, csv or auto")
@@ -350,8 +424,17 @@ def load_predictions(path: str, fmt: str = "auto") -> list[Prediction]:
   cols = {"video": 0, "onset": 1, "offset": 2, "type": 3, "score": 4, "emotion": 5}
   start = 0
   if rows and any(c.strip().lower() in ("vid", "video") for c in rows[0]):
-    names = {"vid": "video", "video": "video", "pred_onset": "onset", "onset": "onset",
-             "pred_offset": "offset", "offset": "offset", "type": "type", "score": "score", "emotion": "emotion"}
+    names = {
+      "vid": "video",
+      "video": "video",
+      "pred_onset": "onset",
+      "onset": "onset",
+      "pred_offset": "offset",
+      "offset": "offset",
+      "type": "type",
+      "score": "score",
+      "emotion": "emotion",
+    }
     cols = {}
     for j, h in enumerate(rows[0]):
       k = names.get(h.strip().lower())
@@ -359,8 +442,10 @@ def load_predictions(path: str, fmt: str = "auto") -> list[Prediction]:
         cols[k] = j
     missing = [k for k in ("video", "onset", "offset", "type") if k not in cols]
     if missing:
-      raise DataError(f"{path}: header has no column(s) {', '.join(missing)}; expected "
-                      "vid,pred_onset,pred_offset,type[,score][,emotion]")
+      raise DataError(
+        f"{path}: header has no column(s) {', '.join(missing)}; expected "
+        "vid,pred_onset,pred_offset,type[,score][,emotion]"
+      )
     start = 1
   out = []
   for n in range(start, len(rows)):
@@ -369,6 +454,5 @@ def load_predictions(path: str, fmt: str = "auto") -> list[Prediction]:
     if len(r) < 4:
       raise DataError(f"{where}: expected vid,pred_onset,pred_offset,type[,score][,emotion], found {','.join(r)!r}")
     get = lambda k, r=r: r[cols[k]] if k in cols and cols[k] < len(r) else None  # noqa: E731
-    out.append(_prediction(where, get("video"), get("onset"), get("offset"), get("type"), get("score"),
-                           get("emotion")))
+    out.append(_prediction(where, get("video"), get("onset"), get("offset"), get("type"), get("score"), get("emotion")))
   return out

@@ -58,42 +58,51 @@ SAMM_XLSX_GLOB = "SAMM_LongVideos_V*_Release.xlsx"
 SAMM_SHEET = "FACS_Movement_Only"
 SAMM_FRAME_DIRS = ("SAMM_longvideos", "SAMM_LongVideos", "rawpic", ".")
 SAMM_COLUMNS = {
-    "subject": ("Subject",), "filename": ("Filename",), "onset": ("Onset", "Onset Frame"),
-    "apex": ("Apex", "Apex Frame"), "offset": ("Offset", "Offset Frame"), "type": ("Type",),
-    "aus": ("Action Units",),
+  "subject": ("Subject",),
+  "filename": ("Filename",),
+  "onset": ("Onset", "Onset Frame"),
+  "apex": ("Apex", "Apex Frame"),
+  "offset": ("Offset", "Offset Frame"),
+  "type": ("Type",),
+  "aus": ("Action Units",),
 }
 
 # Quirks repaired by the readers (key -> what was done); LongReadResult.repairs counts them.
 REPAIRS = {
-    "offset_0_set_to_apex": "CAS(ME)^2: offset 0 (not coded) replaced by the apex frame",
-    "apex_not_coded": "apex -1 / empty / '/' read as not annotated (apex None)",
-    "onset_0_set_to_1": "SAMM-LV: onset 0 replaced by 1, the first frame",
-    "apex_outside_interval": "apex outside onset..offset: kept as annotated",
-    "duplicate_row": "a row repeating another row's video, type, onset and offset: kept",
+  "offset_0_set_to_apex": "CAS(ME)^2: offset 0 (not coded) replaced by the apex frame",
+  "apex_not_coded": "apex -1 / empty / '/' read as not annotated (apex None)",
+  "onset_0_set_to_1": "SAMM-LV: onset 0 replaced by 1, the first frame",
+  "apex_outside_interval": "apex outside onset..offset: kept as annotated",
+  "duplicate_row": "a row repeating another row's video, type, onset and offset: kept",
 }
 
 DOWNLOAD = {
-    CAS_LONG: ("CAS(ME)^2 is licensed by the Institute of Psychology, Chinese Academy of Sciences "
-               "(http://casme.psych.ac.cn, request form). Point at the folder holding "
-               f"{CAS_XLSX} and rawpic/ (e.g. <dir>/rawpic/s15/15_0101disgustingteeth/img001.jpg)."),
-    SAMM_LV: ("SAMM Long Videos are licensed by Manchester Metropolitan University (licence agreement). "
-              "Point at the folder holding SAMM_LongVideos_V2_Release.xlsx (sheet FACS_Movement_Only) and "
-              "the video folders (e.g. <dir>/SAMM_longvideos/006_1/)."),
+  CAS_LONG: (
+    "CAS(ME)^2 is licensed by the Institute of Psychology, Chinese Academy of Sciences "
+    "(http://casme.psych.ac.cn, request form). Point at the folder holding "
+    f"{CAS_XLSX} and rawpic/ (e.g. <dir>/rawpic/s15/15_0101disgustingteeth/img001.jpg)."
+  ),
+  SAMM_LV: (
+    "SAMM Long Videos are licensed by Manchester Metropolitan University (licence agreement). "
+    "Point at the folder holding SAMM_LongVideos_V2_Release.xlsx (sheet FACS_Movement_Only) and "
+    "the video folders (e.g. <dir>/SAMM_longvideos/006_1/)."
+  ),
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class Interval:
   """One annotated expression: 1-based inclusive frame numbers of its video."""
+
   onset: int
   offset: int
-  apex: Optional[int]                # None: not coded
-  type: str                          # 'micro' | 'macro'
-  emotion: Optional[str] = None      # CAS(ME)^2: negative / positive / surprise / others; SAMM-LV: None
+  apex: Optional[int]  # None: not coded
+  type: str  # 'micro' | 'macro'
+  emotion: Optional[str] = None  # CAS(ME)^2: negative / positive / surprise / others; SAMM-LV: None
   aus: str = ""
-  name: str = ""                     # the annotation's own id: 'anger1_1', '006_1_3'
-  source_row: str = ""               # 'CAS(ME)^2code_final.xlsx row 12'
-  repairs: tuple[str, ...] = ()      # keys of REPAIRS applied to this row
+  name: str = ""  # the annotation's own id: 'anger1_1', '006_1_3'
+  source_row: str = ""  # 'CAS(ME)^2code_final.xlsx row 12'
+  repairs: tuple[str, ...] = ()  # keys of REPAIRS applied to this row
 
   @property
   def length(self) -> int:
@@ -103,14 +112,15 @@ class Interval:
 @dataclasses.dataclass(frozen=True)
 class LongVideo:
   """One long video and its annotated intervals (sorted by onset, then offset)."""
-  dataset: str                       # CAS_LONG | SAMM_LV
-  subject: str                       # 's15', '006'
-  video: str                         # '15_0401', '006_1' (unique within the dataset)
+
+  dataset: str  # CAS_LONG | SAMM_LV
+  subject: str  # 's15', '006'
+  video: str  # '15_0401', '006_1' (unique within the dataset)
   fps: float
   intervals: tuple[Interval, ...]
-  name: str = ""                     # CAS(ME)^2: the video's name ('anger1'); SAMM-LV: the video id
-  frame_dir: Optional[str] = None    # absolute; None when only the annotation file was read
-  num_frames: Optional[int] = None   # highest frame number in frame_dir
+  name: str = ""  # CAS(ME)^2: the video's name ('anger1'); SAMM-LV: the video id
+  frame_dir: Optional[str] = None  # absolute; None when only the annotation file was read
+  num_frames: Optional[int] = None  # highest frame number in frame_dir
 
   @property
   def aliases(self) -> tuple[str, ...]:
@@ -126,18 +136,20 @@ class LongVideo:
   def frame_paths(self) -> dict[int, str]:
     """Frame number (1-based) -> image path; the numbering rule of the module docstring."""
     if self.frame_dir is None:
-      raise DataError(f"video {self.video}: no frame folder was read (read the dataset folder, not only "
-                      "the annotation file)")
+      raise DataError(
+        f"video {self.video}: no frame folder was read (read the dataset folder, not only the annotation file)"
+      )
     return _frames_by_number(self.frame_dir)
 
 
 @dataclasses.dataclass
 class LongReadResult:
   """What a long-video reader found."""
+
   dataset: str
   annotation_file: str
   videos: list[LongVideo]
-  read: int                                            # annotation rows read
+  read: int  # annotation rows read
   skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
   repairs: dict[str, int] = dataclasses.field(default_factory=dict)
 
@@ -146,23 +158,32 @@ class LongReadResult:
 
   def counts(self) -> dict:
     """{'videos', 'subjects', 'micro', 'macro', 'read', 'skipped'} for summaries."""
-    return {"videos": len(self.videos), "subjects": len({v.subject for v in self.videos}),
-            "micro": len(self.intervals("micro")), "macro": len(self.intervals("macro")),
-            "read": self.read, "skipped": len(self.skipped)}
+    return {
+      "videos": len(self.videos),
+      "subjects": len({v.subject for v in self.videos}),
+      "micro": len(self.intervals("micro")),
+      "macro": len(self.intervals("macro")),
+      "read": self.read,
+      "skipped": len(self.skipped),
+    }
 
 
 # ---------------------------------------------------------------------------- helpers
 
+
 def _load_workbook_rows(path: str) -> dict[str, list[tuple]]:
   """{sheet name: rows (tuples of cell values)} of an .xlsx file, in sheet order."""
   import openpyxl  # local: only the xlsx readers need it
+
   if not os.path.isfile(path):
     raise DataError(f"annotation file {path} does not exist; give the dataset's .xlsx annotation file")
   try:
     wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
   except Exception as e:  # zipfile.BadZipFile, KeyError, InvalidFileException ...
-    raise DataError(f"cannot read {path} as an .xlsx workbook ({type(e).__name__}: {e}); "
-                    "re-extract the annotation file from the dataset release") from None
+    raise DataError(
+      f"cannot read {path} as an .xlsx workbook ({type(e).__name__}: {e}); "
+      "re-extract the annotation file from the dataset release"
+    ) from None
   try:
     return {ws.title: [tuple(r) for r in ws.iter_rows(values_only=True)] for ws in wb.worksheets}
   finally:
@@ -208,8 +229,9 @@ class _Acc:
     v["intervals"].append(iv)
 
 
-def _frame_numbers(onset_v, apex_v, offset_v, *, offset_0_is_apex: bool, onset_0_is_1: bool
-                   ) -> tuple[int, Optional[int], int, tuple[str, ...]]:
+def _frame_numbers(
+  onset_v, apex_v, offset_v, *, offset_0_is_apex: bool, onset_0_is_1: bool
+) -> tuple[int, Optional[int], int, tuple[str, ...]]:
   """Parses and repairs onset / apex / offset cells; raises _Bad on a bad row."""
   repairs = []
   onset = _as_int(onset_v, "onset")
@@ -250,7 +272,8 @@ def _attach_frames(acc: _Acc, dataset: str, frames_root: Optional[str], folder_o
     frame_dir, n = None, None
     if frames_root is not None:
       item = f"video {vid} ({len(ivs)} intervals: {', '.join(i.source_row for i in ivs[:3])}" + (
-          ", ...)" if len(ivs) > 3 else ")")
+        ", ...)" if len(ivs) > 3 else ")"
+      )
       try:
         frame_dir = folder_of(vid, info)
         if frame_dir is None:
@@ -262,19 +285,31 @@ def _attach_frames(acc: _Acc, dataset: str, frames_root: Optional[str], folder_o
         for iv in ivs:
           for f in range(iv.onset, iv.offset + 1):
             if f not in frames:
-              raise _Bad(f"frame {f} of {iv.source_row} (onset..offset {iv.onset}..{iv.offset}) is missing "
-                         f"in {frame_dir}")
+              raise _Bad(
+                f"frame {f} of {iv.source_row} (onset..offset {iv.onset}..{iv.offset}) is missing in {frame_dir}"
+              )
           for f in {iv.onset, iv.offset} | ({iv.apex} if iv.apex in frames else set()):
             _check_image(frames[f], decode=True)
       except _Bad as e:
         acc.bad(item, str(e))
         continue
-    out.append(LongVideo(dataset=dataset, subject=info["subject"], video=vid, fps=FPS[dataset],
-                         intervals=ivs, name=info["name"], frame_dir=frame_dir, num_frames=n))
+    out.append(
+      LongVideo(
+        dataset=dataset,
+        subject=info["subject"],
+        video=vid,
+        fps=FPS[dataset],
+        intervals=ivs,
+        name=info["name"],
+        frame_dir=frame_dir,
+        num_frames=n,
+      )
+    )
   return out
 
 
 # ---------------------------------------------------------------------------- CAS(ME)^2
+
 
 def _naming_rules(path: str, sheets: dict[str, list[tuple]]) -> tuple[dict[int, str], dict[str, str]]:
   """Subject index -> 's15' and video name -> '0401' from the two naming-rule sheets.
@@ -284,15 +319,19 @@ def _naming_rules(path: str, sheets: dict[str, list[tuple]]) -> tuple[dict[int, 
   and a name like ``anger1``), so the column order does not matter.
   """
   names = list(sheets)
+
   def find(tag: str, pos: int) -> str:
     for n in names:
       if tag in _norm_col(n):
         return n
     if len(names) > pos:
       return names[pos]
-    raise DataError(f"{path}: no sheet 'naming {tag}' (sheets: {', '.join(names)}); it maps "
-                    "subject indices and video names to the rawpic/ folder names. Use the release's "
-                    f"{CAS_XLSX}")
+    raise DataError(
+      f"{path}: no sheet 'naming {tag}' (sheets: {', '.join(names)}); it maps "
+      "subject indices and video names to the rawpic/ folder names. Use the release's "
+      f"{CAS_XLSX}"
+    )
+
   rule1, rule2 = find("rule1", 1), find("rule2", 2)
   subj: dict[int, str] = {}
   for row in sheets[rule1]:
@@ -302,8 +341,7 @@ def _naming_rules(path: str, sheets: dict[str, list[tuple]]) -> tuple[dict[int, 
       subj[idx] = folder
   codes: dict[str, str] = {}
   for row in sheets[rule2]:
-    code = next((_text(c).split(".")[0].zfill(4) for c in row
-                 if re.fullmatch(r"\d{1,4}(\.0+)?", _text(c))), None)
+    code = next((_text(c).split(".")[0].zfill(4) for c in row if re.fullmatch(r"\d{1,4}(\.0+)?", _text(c))), None)
     name = next((_text(c) for c in row if re.fullmatch(r"[A-Za-z]+\d*", _text(c))), None)
     if code is not None and name is not None:
       codes[name.lower()] = code
@@ -314,8 +352,9 @@ def _naming_rules(path: str, sheets: dict[str, list[tuple]]) -> tuple[dict[int, 
   return subj, codes
 
 
-def read_cas_long_annotations(xlsx: str, *, skip_bad: bool = False, frames_root: Optional[str] = None
-                              ) -> LongReadResult:
+def read_cas_long_annotations(
+  xlsx: str, *, skip_bad: bool = False, frames_root: Optional[str] = None
+) -> LongReadResult:
   """CAS(ME)^2 long videos from ``CAS(ME)^2code_final.xlsx`` (layout in the module docstring).
 
   Args:
@@ -330,16 +369,18 @@ def read_cas_long_annotations(xlsx: str, *, skip_bad: bool = False, frames_root:
   rows = sheets[names[0]]
   width = max((len(r) for r in rows if not _blank(r)), default=0)
   if width < 8:
-    raise DataError(f"{xlsx}: the first sheet {names[0]!r} has {width} columns, expected 9 without a header "
-                    "(subject index, name, onset, apex, offset, AUs, emotion, type, self-report); "
-                    f"use the release's {CAS_XLSX}")
+    raise DataError(
+      f"{xlsx}: the first sheet {names[0]!r} has {width} columns, expected 9 without a header "
+      "(subject index, name, onset, apex, offset, AUs, emotion, type, self-report); "
+      f"use the release's {CAS_XLSX}"
+    )
   subj_map, code_map = _naming_rules(xlsx, sheets)
   acc = _Acc(skip_bad)
   base = os.path.basename(xlsx)
   for r, row in enumerate(rows, 1):
     if _blank(row):
       continue
-    if r == 1 and "onset" in _norm_col(_cell(row, 2)):   # a header row some copies add
+    if r == 1 and "onset" in _norm_col(_cell(row, 2)):  # a header row some copies add
       continue
     acc.read += 1
     item = f"{base} row {r}"
@@ -363,23 +404,38 @@ def read_cas_long_annotations(xlsx: str, *, skip_bad: bool = False, frames_root:
       emotion = _text(_cell(row, 6)).lower()
       if emotion not in CAS_EMOTIONS:
         raise _Bad(f"emotion {_cell(row, 6)!r} is not one of {', '.join(CAS_EMOTIONS)}")
-      onset, apex, offset, rep = _frame_numbers(_cell(row, 2), _cell(row, 3), _cell(row, 4),
-                                                offset_0_is_apex=True, onset_0_is_1=False)
+      onset, apex, offset, rep = _frame_numbers(
+        _cell(row, 2), _cell(row, 3), _cell(row, 4), offset_0_is_apex=True, onset_0_is_1=False
+      )
     except _Bad as e:
       acc.bad(item, str(e))
       continue
     subject = subj_map[idx]
     video = f"{int(subject[1:])}_{code_map[vname]}"
-    acc.add(subject, video, vname, Interval(
-        onset=onset, offset=offset, apex=apex, type=kind[:5], emotion=emotion, aus=_text(_cell(row, 5)),
-        name=name, source_row=f"{base} row {r}", repairs=rep))
+    acc.add(
+      subject,
+      video,
+      vname,
+      Interval(
+        onset=onset,
+        offset=offset,
+        apex=apex,
+        type=kind[:5],
+        emotion=emotion,
+        aus=_text(_cell(row, 5)),
+        name=name,
+        source_row=f"{base} row {r}",
+        repairs=rep,
+      ),
+    )
 
   def folder_of(video: str, info: dict) -> Optional[str]:
     d = os.path.join(frames_root, info["subject"])
     if not os.path.isdir(d):
       return None
-    hits = sorted(n for n in os.listdir(d) if re.match(re.escape(video) + r"(?!\d)", n)
-                  and os.path.isdir(os.path.join(d, n)))
+    hits = sorted(
+      n for n in os.listdir(d) if re.match(re.escape(video) + r"(?!\d)", n) and os.path.isdir(os.path.join(d, n))
+    )
     return os.path.join(d, hits[0]) if hits else None
 
   videos = _attach_frames(acc, CAS_LONG, frames_root, folder_of)
@@ -388,8 +444,10 @@ def read_cas_long_annotations(xlsx: str, *, skip_bad: bool = False, frames_root:
 
 # ---------------------------------------------------------------------------- SAMM-LV
 
-def _find_header(path: str, sheet: str, rows: list[tuple], required: dict, max_row: int = 40
-                 ) -> tuple[int, dict[str, int]]:
+
+def _find_header(
+  path: str, sheet: str, rows: list[tuple], required: dict, max_row: int = 40
+) -> tuple[int, dict[str, int]]:
   wanted = {k: {_norm_col(a) for a in v} for k, v in required.items()}
   best: Optional[list] = None
   for r, row in enumerate(rows[:max_row]):
@@ -401,13 +459,14 @@ def _find_header(path: str, sheet: str, rows: list[tuple], required: dict, max_r
     if len(missing) < len(required) and (best is None or len(missing) < len(best)):
       best = missing
   miss = best or list(required)
-  raise DataError(f"{path}: sheet {sheet!r} has no header row with the column(s) "
-                  f"{', '.join(repr(required[k][0]) for k in miss)} (looked at the first {max_row} rows); "
-                  "is this the release's SAMM_LongVideos_V*_Release.xlsx?")
+  raise DataError(
+    f"{path}: sheet {sheet!r} has no header row with the column(s) "
+    f"{', '.join(repr(required[k][0]) for k in miss)} (looked at the first {max_row} rows); "
+    "is this the release's SAMM_LongVideos_V*_Release.xlsx?"
+  )
 
 
-def read_samm_lv_annotations(xlsx: str, *, skip_bad: bool = False, frames_root: Optional[str] = None
-                             ) -> LongReadResult:
+def read_samm_lv_annotations(xlsx: str, *, skip_bad: bool = False, frames_root: Optional[str] = None) -> LongReadResult:
   """SAMM Long Videos from ``SAMM_LongVideos_V*_Release.xlsx`` (layout in the module docstring).
 
   Args:
@@ -419,8 +478,10 @@ def read_samm_lv_annotations(xlsx: str, *, skip_bad: bool = False, frames_root: 
   """
   sheets = _load_workbook_rows(xlsx)
   if SAMM_SHEET not in sheets:
-    raise DataError(f"{xlsx} has no sheet {SAMM_SHEET!r} (sheets: {', '.join(sheets)}); use the release's "
-                    "SAMM_LongVideos_V*_Release.xlsx")
+    raise DataError(
+      f"{xlsx} has no sheet {SAMM_SHEET!r} (sheets: {', '.join(sheets)}); use the release's "
+      "SAMM_LongVideos_V*_Release.xlsx"
+    )
   rows = sheets[SAMM_SHEET]
   h, col = _find_header(xlsx, SAMM_SHEET, rows, SAMM_COLUMNS)
   acc = _Acc(skip_bad)
@@ -451,15 +512,29 @@ def read_samm_lv_annotations(xlsx: str, *, skip_bad: bool = False, frames_root: 
         kind = "macro"
       else:
         raise _Bad(f"Type {get('type')!r} is neither 'Macro' nor 'Micro - 1/2'")
-      onset, apex, offset, rep = _frame_numbers(get("onset"), get("apex"), get("offset"),
-                                                offset_0_is_apex=False, onset_0_is_1=True)
+      onset, apex, offset, rep = _frame_numbers(
+        get("onset"), get("apex"), get("offset"), offset_0_is_apex=False, onset_0_is_1=True
+      )
     except _Bad as e:
       acc.bad(item, str(e))
       continue
     video = f"{m.group(1)}_{m.group(2)}"
-    acc.add(subject, video, video, Interval(
-        onset=onset, offset=offset, apex=apex, type=kind, emotion=None, aus=_text(get("aus")), name=name,
-        source_row=f"{base} row {r + 1}", repairs=rep))
+    acc.add(
+      subject,
+      video,
+      video,
+      Interval(
+        onset=onset,
+        offset=offset,
+        apex=apex,
+        type=kind,
+        emotion=None,
+        aus=_text(get("aus")),
+        name=name,
+        source_row=f"{base} row {r + 1}",
+        repairs=rep,
+      ),
+    )
 
   def folder_of(video: str, info: dict) -> Optional[str]:
     for d in (os.path.join(frames_root, video), os.path.join(frames_root, info["subject"], video)):
@@ -473,6 +548,7 @@ def read_samm_lv_annotations(xlsx: str, *, skip_bad: bool = False, frames_root: 
 
 # ---------------------------------------------------------------------------- dispatch
 
+
 def detect(path: str) -> str:
   """CAS_LONG or SAMM_LV for an annotation file or a dataset folder (by file names; a file named neither
   ``SAMM*`` nor ``CAS*``: SAMM_LV when it has a FACS_Movement_Only sheet)."""
@@ -481,13 +557,16 @@ def detect(path: str) -> str:
       return CAS_LONG
     if glob.glob(os.path.join(path, SAMM_XLSX_GLOB)):
       return SAMM_LV
-    raise DataError(f"{path} holds neither {CAS_XLSX} nor {SAMM_XLSX_GLOB}; point at the CAS(ME)^2 or SAMM "
-                    "Long Videos folder, or at its annotation file")
+    raise DataError(
+      f"{path} holds neither {CAS_XLSX} nor {SAMM_XLSX_GLOB}; point at the CAS(ME)^2 or SAMM "
+      "Long Videos folder, or at its annotation file"
+    )
   if not os.path.isfile(path):
     raise DataError(f"annotation file or folder {path} does not exist")
   if not path.lower().endswith(".xlsx"):
-    raise DataError(f"{path} is not an .xlsx annotation file; give {CAS_XLSX}, SAMM_LongVideos_V*_Release.xlsx "
-                    "or the dataset folder")
+    raise DataError(
+      f"{path} is not an .xlsx annotation file; give {CAS_XLSX}, SAMM_LongVideos_V*_Release.xlsx or the dataset folder"
+    )
   name = os.path.basename(path)
   if fnmatch.fnmatch(name, SAMM_XLSX_GLOB) or name.lower().startswith("samm"):
     return SAMM_LV
@@ -523,6 +602,7 @@ def read_long(path: str, *, skip_bad: bool = False, annotations_only: bool = Fal
   xlsx = sorted(glob.glob(os.path.join(path, SAMM_XLSX_GLOB)))[-1]
   frames = None
   if not annotations_only:
-    frames = next(os.path.normpath(os.path.join(path, d)) for d in SAMM_FRAME_DIRS
-                  if os.path.isdir(os.path.join(path, d)))
+    frames = next(
+      os.path.normpath(os.path.join(path, d)) for d in SAMM_FRAME_DIRS if os.path.isdir(os.path.join(path, d))
+    )
   return read_samm_lv_annotations(xlsx, skip_bad=skip_bad, frames_root=frames)

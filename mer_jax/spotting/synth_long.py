@@ -66,22 +66,27 @@ HEAD_MOVE_SECONDS = (0.3, 0.6)
 MIN_GAP_SECONDS = 0.15
 
 # CAS(ME)^2-style videos (code, name, stimulus word) of the synthetic naming rule2 sheet.
-CAS_VIDEOS = (("0101", "disgust1", "teethclip"), ("0102", "disgust2", "handclip"),
-              ("0401", "anger1", "shoutclip"), ("0402", "anger2", "crashclip"),
-              ("0502", "happy2", "danceclip"), ("0503", "happy3", "jokeclip"))
+CAS_VIDEOS = (
+  ("0101", "disgust1", "teethclip"),
+  ("0102", "disgust2", "handclip"),
+  ("0401", "anger1", "shoutclip"),
+  ("0402", "anger2", "crashclip"),
+  ("0502", "happy2", "danceclip"),
+  ("0503", "happy3", "jokeclip"),
+)
 CAS_EMOTIONS = ("negative", "positive", "surprise", "others")
 SAMM_EMOTIONS = ("happiness", "surprise", "anger", "contempt", "disgust", "fear", "sadness", "other")
 
 
 @dataclasses.dataclass
 class _Event:
-  kind: str                      # 'micro' | 'macro' | 'blink' | 'head'
-  start: int                     # 1-based frame number
-  n: int                         # frames
-  apex: int = 0                  # index inside the event
+  kind: str  # 'micro' | 'macro' | 'blink' | 'head'
+  start: int  # 1-based frame number
+  n: int  # frames
+  apex: int = 0  # index inside the event
   emotion: str = ""
   aus: Optional[dict] = None
-  amplitude: float = 0.0         # px at a 112-px face (expressions); px shift (head)
+  amplitude: float = 0.0  # px at a 112-px face (expressions); px shift (head)
   shift: tuple[float, float, float] = (0.0, 0.0, 0.0)  # head move dx, dy (px), roll (deg)
 
   @property
@@ -89,8 +94,19 @@ class _Event:
     return self.start + self.n - 1
 
 
-def _plan(layout: str, rng: np.random.Generator, total: int, micro: int, macro: int, blinks: int,
-          head_moves: int, micro_amp, macro_amp, start_with_macro: bool, video: str) -> list[_Event]:
+def _plan(
+  layout: str,
+  rng: np.random.Generator,
+  total: int,
+  micro: int,
+  macro: int,
+  blinks: int,
+  head_moves: int,
+  micro_amp,
+  macro_amp,
+  start_with_macro: bool,
+  video: str,
+) -> list[_Event]:
   """Places the events of one video without overlap; gaps of at least MIN_GAP_SECONDS between them."""
   fps = FPS[layout]
   events = []
@@ -106,11 +122,18 @@ def _plan(layout: str, rng: np.random.Generator, total: int, micro: int, macro: 
     roll = float(rng.uniform(-2, 2))
     ang = rng.uniform(0, 2 * np.pi)
     amp = float(rng.uniform(1.5, 4.0))
-    events.append(_Event("head", 0, max(3, int(round(rng.uniform(*HEAD_MOVE_SECONDS) * fps))), amplitude=amp,
-                         shift=(amp * math.cos(ang), amp * math.sin(ang), roll)))
+    events.append(
+      _Event(
+        "head",
+        0,
+        max(3, int(round(rng.uniform(*HEAD_MOVE_SECONDS) * fps))),
+        amplitude=amp,
+        shift=(amp * math.cos(ang), amp * math.sin(ang), roll),
+      )
+    )
   order = list(rng.permutation(len(events)))
   if start_with_macro and macro:
-    first_macro = micro                       # index of the first macro event
+    first_macro = micro  # index of the first macro event
     order.remove(first_macro)
     order.insert(0, first_macro)
   events = [events[i] for i in order]
@@ -120,8 +143,10 @@ def _plan(layout: str, rng: np.random.Generator, total: int, micro: int, macro: 
   free = total - busy - n_gaps * min_gap
   if free < 0:
     need = (busy + n_gaps * min_gap) / fps
-    raise ConfigError(f"SynthME long video {video}: {len(events)} events need at least {need:.1f} s at "
-                      f"{fps:g} fps; raise seconds or lower the number of intervals per video")
+    raise ConfigError(
+      f"SynthME long video {video}: {len(events)} events need at least {need:.1f} s at "
+      f"{fps:g} fps; raise seconds or lower the number of intervals per video"
+    )
   gaps = min_gap + np.floor(rng.dirichlet(np.ones(n_gaps)) * free).astype(int)
   if start_with_macro and macro:
     gaps[0] = 0
@@ -138,11 +163,21 @@ def _plan(layout: str, rng: np.random.Generator, total: int, micro: int, macro: 
   return events
 
 
-def render_video(ident: synth.Identity, events: list[_Event], total: int, *, frame_size: int,
-                 rng: np.random.Generator, noise_scale: float = 1.0):
+def render_video(
+  ident: synth.Identity,
+  events: list[_Event],
+  total: int,
+  *,
+  frame_size: int,
+  rng: np.random.Generator,
+  noise_scale: float = 1.0,
+):
   """Yields the ``total`` frames (uint8 [H, W] grey or [H, W, 3] BGR) of one long video."""
-  base = synth.View(cx=frame_size / 2 + rng.uniform(-2, 2), cy=frame_size / 2 + rng.uniform(-1, 3),
-                    half_width=frame_size * rng.uniform(0.28, 0.31))
+  base = synth.View(
+    cx=frame_size / 2 + rng.uniform(-2, 2),
+    cy=frame_size / 2 + rng.uniform(-1, 3),
+    half_width=frame_size * rng.uniform(0.28, 0.31),
+  )
   sway_period = rng.uniform(4, 9)
   peaks = {id(e): synth.displacements(e.aus, e.amplitude) for e in events if e.aus is not None}
   profiles = {id(e): synth.intensity_profile(e.n, e.apex) for e in events if e.aus is not None}
@@ -168,8 +203,9 @@ def render_video(ident: synth.Identity, events: list[_Event], total: int, *, fra
     t = (f - 1) / fps_frames
     sway = 0.2 * math.sin(2 * math.pi * t * sway_period)
     view = dataclasses.replace(base, cx=base.cx + dx + sway, cy=base.cy + dy + 0.5 * sway, angle=roll)
-    yield synth.render(ident, view, disp, size=(frame_size, frame_size), rng=rng, blink=blink,
-                       noise=ident.noise * noise_scale)
+    yield synth.render(
+      ident, view, disp, size=(frame_size, frame_size), rng=rng, blink=blink, noise=ident.noise * noise_scale
+    )
 
 
 def _progress(quiet: bool):
@@ -180,15 +216,29 @@ def _progress(quiet: bool):
     if not quiet and (done == total or now - state["t"] > 2.0):
       state["t"] = now
       print(f"  {what}: {done}/{total}", file=sys.stderr, flush=True)
+
   return tick
 
 
-def generate_long(layout: str, out_dir: str, *, seed: int = 0, subjects: int = 2, videos_per_subject: int = 2,
-                  seconds: Optional[float] = None, micro_per_video: int = 3, macro_per_video: int = 2,
-                  blinks_per_video: int = 3, head_moves_per_video: int = 2,
-                  frame_size: int = DEFAULT_FRAME_SIZE, micro_amplitude: tuple[float, float] = (0.5, 1.5),
-                  macro_amplitude: tuple[float, float] = (4.0, 8.0), noise_scale: float = 1.0,
-                  frames: bool = True, quiet: bool = True) -> str:
+def generate_long(
+  layout: str,
+  out_dir: str,
+  *,
+  seed: int = 0,
+  subjects: int = 2,
+  videos_per_subject: int = 2,
+  seconds: Optional[float] = None,
+  micro_per_video: int = 3,
+  macro_per_video: int = 2,
+  blinks_per_video: int = 3,
+  head_moves_per_video: int = 2,
+  frame_size: int = DEFAULT_FRAME_SIZE,
+  micro_amplitude: tuple[float, float] = (0.5, 1.5),
+  macro_amplitude: tuple[float, float] = (4.0, 8.0),
+  noise_scale: float = 1.0,
+  frames: bool = True,
+  quiet: bool = True,
+) -> str:
   """Writes SynthME long videos in the ``layout`` (cas_long | samm_lv) into ``out_dir``.
 
   Args:
@@ -207,18 +257,24 @@ def generate_long(layout: str, out_dir: str, *, seed: int = 0, subjects: int = 2
     ``out_dir`` (the folder to point the readers at).
   """
   import openpyxl
+
   if layout not in LAYOUTS:
     raise ConfigError(f"unknown SynthME long-video layout {layout!r}; expected one of {', '.join(LAYOUTS)} or all")
   for name, v in (("subjects", subjects), ("videos_per_subject", videos_per_subject), ("frame_size", frame_size)):
     if v < 1:
       raise ConfigError(f"SynthME long videos: {name} must be >= 1, got {v}")
-  for name, v in (("micro_per_video", micro_per_video), ("macro_per_video", macro_per_video),
-                  ("blinks_per_video", blinks_per_video), ("head_moves_per_video", head_moves_per_video)):
+  for name, v in (
+    ("micro_per_video", micro_per_video),
+    ("macro_per_video", macro_per_video),
+    ("blinks_per_video", blinks_per_video),
+    ("head_moves_per_video", head_moves_per_video),
+  ):
     if v < 0:
       raise ConfigError(f"SynthME long videos: {name} must be >= 0, got {v}")
   if layout == CAS_LONG and videos_per_subject > len(CAS_VIDEOS):
-    raise ConfigError(f"SynthME CAS(ME)^2 long videos: at most {len(CAS_VIDEOS)} videos per subject, "
-                      f"got {videos_per_subject}")
+    raise ConfigError(
+      f"SynthME CAS(ME)^2 long videos: at most {len(CAS_VIDEOS)} videos per subject, got {videos_per_subject}"
+    )
   fps = FPS[layout]
   seconds = DEFAULT_SECONDS[layout] if seconds is None else seconds
   total = int(round(seconds * fps))
@@ -233,8 +289,9 @@ def generate_long(layout: str, out_dir: str, *, seed: int = 0, subjects: int = 2
   for si in range(subjects):
     if layout == CAS_LONG:
       subj_idx, subject = si + 1, f"s{15 + 2 * si}"
-      vids = [CAS_VIDEOS[int(k)] for k in sorted(rng_of("videos", si).permutation(len(CAS_VIDEOS))
-                                                 [:videos_per_subject])]
+      vids = [
+        CAS_VIDEOS[int(k)] for k in sorted(rng_of("videos", si).permutation(len(CAS_VIDEOS))[:videos_per_subject])
+      ]
     else:
       subj_idx, subject = 6 + si, f"{6 + si:03d}"
       vids = [(str(k + 1), f"{subject}_{k + 1}", "") for k in range(videos_per_subject)]
@@ -249,16 +306,27 @@ def generate_long(layout: str, out_dir: str, *, seed: int = 0, subjects: int = 2
         folder = os.path.join("SAMM_longvideos", video)
         fname = lambda n, v=video: f"{v}_{n:05d}.jpg"  # noqa: E731
       rng = rng_of("video", video)
-      events = _plan(layout, rng, total, micro_per_video, macro_per_video, blinks_per_video,
-                     head_moves_per_video, micro_amplitude, macro_amplitude,
-                     start_with_macro=(layout == SAMM_LV and not videos), video=video)
+      events = _plan(
+        layout,
+        rng,
+        total,
+        micro_per_video,
+        macro_per_video,
+        blinks_per_video,
+        head_moves_per_video,
+        micro_amplitude,
+        macro_amplitude,
+        start_with_macro=(layout == SAMM_LV and not videos),
+        video=video,
+      )
       if frames:
         d = os.path.join(out_dir, folder)
         os.makedirs(d, exist_ok=True)
         frame_rng = rng_of("frames", video)
-        for n, img in enumerate(render_video(ident, events, total, frame_size=frame_size, rng=frame_rng,
-                                             noise_scale=noise_scale), 1):
-          synth._imwrite(os.path.join(d, fname(n)), img, (1, 95))   # 1 == cv2.IMWRITE_JPEG_QUALITY
+        for n, img in enumerate(
+          render_video(ident, events, total, frame_size=frame_size, rng=frame_rng, noise_scale=noise_scale), 1
+        ):
+          synth._imwrite(os.path.join(d, fname(n)), img, (1, 95))  # 1 == cv2.IMWRITE_JPEG_QUALITY
           tick(n, total, f"{layout} {video}")
       intervals = []
       k = 0
@@ -277,18 +345,36 @@ def generate_long(layout: str, out_dir: str, *, seed: int = 0, subjects: int = 2
           if onset == 1:
             w_onset = 0
         name = f"{vname}_{k}"
-        iv = {"name": name, "type": e.kind, "onset": onset, "apex": apex, "offset": offset,
-              "written": {"onset": w_onset, "apex": w_apex, "offset": w_offset},
-              "emotion": e.emotion, "aus": synth.au_text(e.emotion, e.aus),
-              "amplitude_px_at_112": e.amplitude}
+        iv = {
+          "name": name,
+          "type": e.kind,
+          "onset": onset,
+          "apex": apex,
+          "offset": offset,
+          "written": {"onset": w_onset, "apex": w_apex, "offset": w_offset},
+          "emotion": e.emotion,
+          "aus": synth.au_text(e.emotion, e.aus),
+          "amplitude_px_at_112": e.amplitude,
+        }
         intervals.append(iv)
         rows.append((subj_idx, subject, vname, iv))
-      videos.append({
-          "subject": subject, "video": video, "name": vname, "folder": folder, "fps": fps, "num_frames": total,
+      videos.append(
+        {
+          "subject": subject,
+          "video": video,
+          "name": vname,
+          "folder": folder,
+          "fps": fps,
+          "num_frames": total,
           "intervals": intervals,
           "blinks": [{"start": e.start, "end": e.end} for e in events if e.kind == "blink"],
-          "head_moves": [{"start": e.start, "end": e.end, "dx_px": e.shift[0], "dy_px": e.shift[1],
-                          "roll_deg": e.shift[2]} for e in events if e.kind == "head"]})
+          "head_moves": [
+            {"start": e.start, "end": e.end, "dx_px": e.shift[0], "dy_px": e.shift[1], "roll_deg": e.shift[2]}
+            for e in events
+            if e.kind == "head"
+          ],
+        }
+      )
 
   wb = openpyxl.Workbook()
   ws = wb.active
@@ -296,8 +382,19 @@ def generate_long(layout: str, out_dir: str, *, seed: int = 0, subjects: int = 2
     ws.title = "Sheet1"
     for subj_idx, _subject, _vname, iv in rows:
       w = iv["written"]
-      ws.append([subj_idx, iv["name"], w["onset"], w["apex"], w["offset"], iv["aus"], iv["emotion"],
-                 f"{iv['type']}-expression", "synthetic"])
+      ws.append(
+        [
+          subj_idx,
+          iv["name"],
+          w["onset"],
+          w["apex"],
+          w["offset"],
+          iv["aus"],
+          iv["emotion"],
+          f"{iv['type']}-expression",
+          "synthetic",
+        ]
+      )
     r1 = wb.create_sheet("naming rule1")
     for si in range(subjects):
       r1.append([si + 1, f"s{15 + 2 * si}"])
@@ -310,29 +407,50 @@ def generate_long(layout: str, out_dir: str, *, seed: int = 0, subjects: int = 2
     ws.append(["SAMM Long Videos (SynthME stand-in): FACS coded movements"])
     for _ in range(8):
       ws.append([])
-    ws.append(["Subject", "Filename", "Inducement Code", "Onset", "Apex", "Offset", "Duration", "Type",
-               "Action Units", "Notes"])
+    ws.append(
+      ["Subject", "Filename", "Inducement Code", "Onset", "Apex", "Offset", "Duration", "Type", "Action Units", "Notes"]
+    )
     for subj_idx, _subject, vname, iv in rows:
       w = iv["written"]
-      ws.append([subj_idx, iv["name"], int(vname.split("_")[1]), w["onset"], w["apex"], w["offset"],
-                 iv["offset"] - iv["onset"] + 1, "Micro - 1/2" if iv["type"] == "micro" else "Macro",
-                 iv["aus"], ""])
+      ws.append(
+        [
+          subj_idx,
+          iv["name"],
+          int(vname.split("_")[1]),
+          w["onset"],
+          w["apex"],
+          w["offset"],
+          iv["offset"] - iv["onset"] + 1,
+          "Micro - 1/2" if iv["type"] == "micro" else "Macro",
+          iv["aus"],
+          "",
+        ]
+      )
       ws.cell(row=ws.max_row, column=1).number_format = "000"
     path = os.path.join(out_dir, SAMM_XLSX)
   synth._save_xlsx_deterministic(wb, path)
   n_types = {t: sum(iv["type"] == t for v in videos for iv in v["intervals"]) for t in ("micro", "macro")}
-  man = {"generator": "mer_jax.spotting.synth_long (SynthME long videos)", "layout": layout, "seed": seed,
-         "note": "synthetic data: numbers on it say nothing about real spotting",
-         "fps": fps, "frame_size": frame_size, "frames_written": frames, "annotation_file": os.path.basename(path),
-         "n_videos": len(videos), "n_subjects": subjects, "n_intervals": n_types, "videos": videos}
+  man = {
+    "generator": "mer_jax.spotting.synth_long (SynthME long videos)",
+    "layout": layout,
+    "seed": seed,
+    "note": "synthetic data: numbers on it say nothing about real spotting",
+    "fps": fps,
+    "frame_size": frame_size,
+    "frames_written": frames,
+    "annotation_file": os.path.basename(path),
+    "n_videos": len(videos),
+    "n_subjects": subjects,
+    "n_intervals": n_types,
+    "videos": videos,
+  }
   with open(os.path.join(out_dir, MANIFEST), "w") as f:
     json.dump(man, f, indent=1)
   return out_dir
 
 
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(prog="python -m mer_jax.spotting.synth_long",
-                               description=__doc__.split("\n\n")[0])
+  ap = argparse.ArgumentParser(prog="python -m mer_jax.spotting.synth_long", description=__doc__.split("\n\n")[0])
   ap.add_argument("--layout", required=True, choices=LAYOUTS + ("all",))
   ap.add_argument("--out", required=True, help="output folder (new or empty; 'all': one subfolder per layout)")
   ap.add_argument("--seed", type=int, default=0)
@@ -348,9 +466,19 @@ def main(argv=None) -> int:
   layouts = LAYOUTS if a.layout == "all" else (a.layout,)
   for lay in layouts:
     out = os.path.join(a.out, lay) if a.layout == "all" else a.out
-    generate_long(lay, out, seed=a.seed, subjects=a.subjects, videos_per_subject=a.videos_per_subject,
-                  seconds=a.seconds, micro_per_video=a.micro_per_video, macro_per_video=a.macro_per_video,
-                  frame_size=a.frame_size, frames=not a.no_frames, quiet=a.quiet)
+    generate_long(
+      lay,
+      out,
+      seed=a.seed,
+      subjects=a.subjects,
+      videos_per_subject=a.videos_per_subject,
+      seconds=a.seconds,
+      micro_per_video=a.micro_per_video,
+      macro_per_video=a.macro_per_video,
+      frame_size=a.frame_size,
+      frames=not a.no_frames,
+      quiet=a.quiet,
+    )
     print(f"{lay}: {out}")
   return 0
 

@@ -80,11 +80,14 @@ class CheckpointFallbackWarning(UserWarning):
 
 def _manager(directory: str, create: bool = True, max_to_keep: int = 1) -> ocp.CheckpointManager:
   # cleanup_tmp_directories: a writing manager removes what a crash during an earlier save left behind
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create, enable_async_checkpointing=False,
-                                         cleanup_tmp_directories=create)
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=max_to_keep, create=create, enable_async_checkpointing=False, cleanup_tmp_directories=create
+  )
   return ocp.CheckpointManager(
-      os.path.abspath(directory), options=options,
-      item_handlers={"state": ocp.StandardCheckpointHandler(), "metadata": ocp.JsonCheckpointHandler()})
+    os.path.abspath(directory),
+    options=options,
+    item_handlers={"state": ocp.StandardCheckpointHandler(), "metadata": ocp.JsonCheckpointHandler()},
+  )
 
 
 def host_copy(tree: Any) -> Any:
@@ -114,8 +117,9 @@ class RunCheckpoints:
     self.run_dir = run_dir
     self.asynchronous = (jax.process_count() == 1) if asynchronous is None else bool(asynchronous)
     self._managers: dict[str, ocp.CheckpointManager] = {}
-    self._pool = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mer_jax_checkpoint")
-                  if self.asynchronous else None)
+    self._pool = (
+      concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mer_jax_checkpoint") if self.asynchronous else None
+    )
     self._pending: Optional[concurrent.futures.Future] = None
 
   def _write(self, kind: str, epoch: int, state_tree: Any, metadata: dict) -> None:
@@ -124,20 +128,22 @@ class RunCheckpoints:
     except Exception as e:  # orbax / tensorstore / OS errors of many types
       first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
       raise CheckpointWriteError(
-          f"could not write the checkpoint {os.path.join(self.run_dir, kind, str(epoch))} "
-          f"({type(e).__name__}: {first}); check free disk space and that {self.run_dir} is a writable "
-          "directory, then re-run the same command (training resumes from the last checkpoint on disk)") from e
+        f"could not write the checkpoint {os.path.join(self.run_dir, kind, str(epoch))} "
+        f"({type(e).__name__}: {first}); check free disk space and that {self.run_dir} is a writable "
+        "directory, then re-run the same command (training resumes from the last checkpoint on disk)"
+      ) from e
 
   def _write_unchecked(self, kind: str, epoch: int, state_tree: Any, metadata: dict) -> None:
     mngr = self._managers.get(kind)
     if mngr is None:
       mngr = _manager(os.path.join(self.run_dir, kind), max_to_keep=KEEP[kind])
-      for step in mngr.all_steps():   # a resumed run re-saves epochs it had reached before a crash: replace
+      for step in mngr.all_steps():  # a resumed run re-saves epochs it had reached before a crash: replace
         if step >= epoch:
           mngr.delete(step)
       self._managers[kind] = mngr
-    mngr.save(epoch, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state_tree), metadata=ocp.args.JsonSave(metadata)))
+    mngr.save(
+      epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state_tree), metadata=ocp.args.JsonSave(metadata))
+    )
     mngr.wait_until_finished()
 
   def save(self, kind: str, epoch: int, state_tree: Any, metadata: dict) -> None:
@@ -147,7 +153,7 @@ class RunCheckpoints:
     if not self.asynchronous:
       self._write(kind, int(epoch), state_tree, metadata)
       return
-    state_tree = host_copy(state_tree)   # the caller may donate or overwrite its buffers during the write
+    state_tree = host_copy(state_tree)  # the caller may donate or overwrite its buffers during the write
     self.wait()
     self._pending = self._pool.submit(self._write, kind, int(epoch), state_tree, metadata)
 
@@ -193,9 +199,10 @@ def latest_epoch(run_dir: str, kind: str) -> Optional[int]:
 def _corrupt(path: str, step: int, err: Exception) -> CorruptCheckpointError:
   first = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
   return CorruptCheckpointError(
-      f"checkpoint {path}/{step} is unreadable, probably truncated or corrupted ({type(err).__name__}: {first}); "
-      f"delete {path}/{step} (training then resumes from an older checkpoint or starts that run again), "
-      "or retrain")
+    f"checkpoint {path}/{step} is unreadable, probably truncated or corrupted ({type(err).__name__}: {first}); "
+    f"delete {path}/{step} (training then resumes from an older checkpoint or starts that run again), "
+    "or retrain"
+  )
 
 
 class _DropAbandonedReads(logging.Filter):
@@ -237,7 +244,7 @@ def _silence_abandoned_reads() -> None:
   prints or raises meanwhile is lost.
   """
   with _HOOK_LOCK:
-    logging.getLogger("asyncio").addFilter(_ABANDONED_READS)   # idempotent
+    logging.getLogger("asyncio").addFilter(_ABANDONED_READS)  # idempotent
     if getattr(sys.unraisablehook, "_mer_jax_filter", False):
       return
     inner = sys.unraisablehook
@@ -245,6 +252,7 @@ def _silence_abandoned_reads() -> None:
     def hook(unraisable):
       if not _is_closed_loop_callback(unraisable):
         inner(unraisable)
+
     hook._mer_jax_filter = True
     sys.unraisablehook = hook
 
@@ -257,8 +265,9 @@ def _restore_step(mngr: ocp.CheckpointManager, path: str, step: int, target: Any
       tree = getattr(tree, "tree", tree)
       dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
       target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=dev), tree)
-    out = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target), metadata=ocp.args.JsonRestore()))
+    out = mngr.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), metadata=ocp.args.JsonRestore())
+    )
     if not isinstance(out.metadata, dict):
       raise ValueError("the metadata item is missing")
     return out.state, out.metadata
@@ -333,17 +342,20 @@ def restore_newest_good(run_dir: str, kind: str, target: Any = None) -> tuple[An
         bad.append((step, e))
         continue
       if bad:
-        msg = (f"{path}: checkpoint(s) {', '.join(str(b) for b, _ in bad)} could not be read ({bad[0][1]}); "
-               f"falling back to the previous good checkpoint {path}/{step}")
+        msg = (
+          f"{path}: checkpoint(s) {', '.join(str(b) for b, _ in bad)} could not be read ({bad[0][1]}); "
+          f"falling back to the previous good checkpoint {path}/{step}"
+        )
         warnings.warn(msg, CheckpointFallbackWarning, stacklevel=2)
         print(f"warning: {msg}", file=sys.stderr, flush=True)
       return tree, meta, step
     if len(bad) == 1:
       raise bad[0][1]
     raise CorruptCheckpointError(
-        f"{path}: none of the checkpoints ({', '.join(str(b) for b, _ in bad)}) can be read, probably truncated or "
-        f"corrupted (newest: {str(bad[0][1]).split(' (', 1)[-1].split('); delete')[0]}); delete {path} to start "
-        "this run again, or retrain")
+      f"{path}: none of the checkpoints ({', '.join(str(b) for b, _ in bad)}) can be read, probably truncated or "
+      f"corrupted (newest: {str(bad[0][1]).split(' (', 1)[-1].split('); delete')[0]}); delete {path} to start "
+      "this run again, or retrain"
+    )
   finally:
     mngr.close()
 
@@ -365,8 +377,9 @@ def find_run_kind(run_dir: str) -> str:
     if latest_epoch(run_dir, kind) is not None:
       return kind
   raise UserError(
-      f"{run_dir}: not a mer_jax run directory (expected {run_dir}/best/<epoch> or {run_dir}/latest/<epoch>; "
-      "pass e.g. <workdir>/pretrain or <workdir>/finetune/folds/<fold_id>)")
+    f"{run_dir}: not a mer_jax run directory (expected {run_dir}/best/<epoch> or {run_dir}/latest/<epoch>; "
+    "pass e.g. <workdir>/pretrain or <workdir>/finetune/folds/<fold_id>)"
+  )
 
 
 def best_variables(tree: dict, kind: str) -> dict:

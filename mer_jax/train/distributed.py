@@ -51,6 +51,7 @@ T = TypeVar("T")
 @dataclasses.dataclass(frozen=True)
 class Spec:
   """How to join a multi-process run; ``auto``: let JAX detect SLURM / Open MPI."""
+
   coordinator_address: Optional[str] = None
   num_processes: Optional[int] = None
   process_id: Optional[int] = None
@@ -70,16 +71,23 @@ def _int(value, what: str, source: str) -> Optional[int]:
     raise ConfigError(f"{source} = {value!r}: {what} must be an integer") from None
 
 
-def resolve(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
-            process_id: Optional[int] = None, environ: Optional[dict] = None) -> Spec:
+def resolve(
+  coordinator_address: Optional[str] = None,
+  num_processes: Optional[int] = None,
+  process_id: Optional[int] = None,
+  environ: Optional[dict] = None,
+) -> Spec:
   """The :class:`Spec` from flags (given values) else environment variables (see the module table).
 
   Raises ConfigError when the settings are incomplete or inconsistent.
   """
   env = os.environ if environ is None else environ
   addr = coordinator_address or env.get(ENV_COORDINATOR) or None
-  n = num_processes if num_processes is not None else _int(env.get(ENV_NUM_PROCESSES), "the process count",
-                                                            ENV_NUM_PROCESSES)
+  n = (
+    num_processes
+    if num_processes is not None
+    else _int(env.get(ENV_NUM_PROCESSES), "the process count", ENV_NUM_PROCESSES)
+  )
   pid = process_id if process_id is not None else _int(env.get(ENV_PROCESS_ID), "the process id", ENV_PROCESS_ID)
   if addr is None and n is None and pid is None:
     for count_var in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
@@ -90,18 +98,28 @@ def resolve(coordinator_address: Optional[str] = None, num_processes: Optional[i
     raise ConfigError(f"--num_processes / {ENV_NUM_PROCESSES} = {n}: must be >= 1")
   if n == 1 and pid in (None, 0):
     return Spec(addr, 1, 0)
-  missing = [what for what, v in (("--coordinator_address / " + ENV_COORDINATOR, addr),
-                                  ("--num_processes / " + ENV_NUM_PROCESSES, n),
-                                  ("--process_id / " + ENV_PROCESS_ID, pid)) if v is None]
+  missing = [
+    what
+    for what, v in (
+      ("--coordinator_address / " + ENV_COORDINATOR, addr),
+      ("--num_processes / " + ENV_NUM_PROCESSES, n),
+      ("--process_id / " + ENV_PROCESS_ID, pid),
+    )
+    if v is None
+  ]
   if missing:
-    raise ConfigError(f"multi-process training needs {', '.join(missing)} as well "
-                      f"(got coordinator {addr!r}, process count {n}, process id {pid}); "
-                      "give all three, e.g. --coordinator_address=host0:12355 --num_processes=2 --process_id=0")
+    raise ConfigError(
+      f"multi-process training needs {', '.join(missing)} as well "
+      f"(got coordinator {addr!r}, process count {n}, process id {pid}); "
+      "give all three, e.g. --coordinator_address=host0:12355 --num_processes=2 --process_id=0"
+    )
   if not 0 <= pid < n:
     raise ConfigError(f"--process_id / {ENV_PROCESS_ID} = {pid} must be in 0..{n - 1} (--num_processes={n})")
   if ":" not in addr:
-    raise ConfigError(f"--coordinator_address / {ENV_COORDINATOR} = {addr!r}: expected host:port, "
-                      "e.g. host0:12355 (process 0's host, a free port)")
+    raise ConfigError(
+      f"--coordinator_address / {ENV_COORDINATOR} = {addr!r}: expected host:port, "
+      "e.g. host0:12355 (process 0's host, a free port)"
+    )
   return Spec(addr, n, pid)
 
 
@@ -120,13 +138,16 @@ def initialize(spec: Spec, *, initialization_timeout: int = 300) -> bool:
     if spec.auto:
       jax.distributed.initialize(initialization_timeout=initialization_timeout)
     else:
-      jax.distributed.initialize(spec.coordinator_address, spec.num_processes, spec.process_id,
-                                 initialization_timeout=initialization_timeout)
+      jax.distributed.initialize(
+        spec.coordinator_address, spec.num_processes, spec.process_id, initialization_timeout=initialization_timeout
+      )
   except (RuntimeError, ValueError) as e:
     where = "from SLURM/MPI" if spec.auto else f"at {spec.coordinator_address}"
-    raise ConfigError(f"cannot join the multi-process run {where} ({type(e).__name__}: "
-                      f"{str(e).splitlines()[0] if str(e) else e}); check that every process was started with the "
-                      "same coordinator address and process count, and that the port is free and reachable") from None
+    raise ConfigError(
+      f"cannot join the multi-process run {where} ({type(e).__name__}: "
+      f"{str(e).splitlines()[0] if str(e) else e}); check that every process was started with the "
+      "same coordinator address and process count, and that the port is free and reachable"
+    ) from None
   return True
 
 
@@ -138,6 +159,7 @@ def is_primary() -> bool:
 def global_mesh():
   """The ``('data',)`` mesh over every process's devices (all local devices when single-process)."""
   from mer_jax.train import parallel
+
   return parallel.make_mesh(jax.devices())
 
 
@@ -173,6 +195,7 @@ def barrier(name: str) -> None:
   """Waits until every process reaches ``barrier(name)`` (no-op single-process)."""
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+
     multihost_utils.sync_global_devices(name)
 
 

@@ -9,8 +9,13 @@ import ml_collections
 
 # Fields that do not change what is computed (speed, logging, reporting). ``pretrained_checkpoint`` is NOT
 # one of them: it decides the weights every fold starts from, so a workdir resumed with another one is refused.
-VOLATILE = ("finetune.parallel_folds", "log_every_steps", "checkpoint_every_epochs", "checkpoint_async",
-            "bootstrap_samples")
+VOLATILE = (
+  "finetune.parallel_folds",
+  "log_every_steps",
+  "checkpoint_every_epochs",
+  "checkpoint_async",
+  "bootstrap_samples",
+)
 
 
 def fingerprint(config: ml_collections.ConfigDict, keep: tuple[str, ...] = ()) -> str:

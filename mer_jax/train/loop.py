@@ -74,6 +74,7 @@ class RunData:
   run_dir: checkpoint directory (None: no checkpoints).
   metadata: stored with every checkpoint (config JSON, class_names, image_size, kind, ...).
   """
+
   name: str
   train_x: np.ndarray
   train_y: np.ndarray
@@ -87,6 +88,7 @@ class RunData:
 @dataclasses.dataclass
 class FitResult:
   """variables: the best-validation ``{'params','batch_stats'}``; epochs are 0-based."""
+
   variables: dict
   best_epoch: int
   best_val_accuracy: float
@@ -100,6 +102,7 @@ class FitResult:
 @dataclasses.dataclass
 class _Book:
   """Host-side bookkeeping of one run (saved in the ``latest`` metadata)."""
+
   best_accuracy: float = -1.0
   best_loss: float = float("inf")
   best_epoch: int = -1
@@ -125,6 +128,7 @@ class _Book:
 # Compiled functions (cached per mesh so that successive folds reuse the compilation)
 # ---------------------------------------------------------------------------------------------
 
+
 def _masked_plateau(state: TrainState, val_loss, active):
   new = plateau_step(state, val_loss)
   return jax.tree.map(lambda n, o: jnp.where(active, n, o), new, state)
@@ -132,9 +136,11 @@ def _masked_plateau(state: TrainState, val_loss, active):
 
 def _select(mask, new, old):
   """Per-run choice between stacked pytrees: mask [F] bool."""
+
   def pick(n, o):
     m = mask.reshape(mask.shape + (1,) * (n.ndim - 1))
     return jnp.where(m, n, o)
+
   return jax.tree.map(pick, new, old)
 
 
@@ -147,20 +153,24 @@ def _compiled(mesh: jax.sharding.Mesh, stacked: bool, apply_fn: Callable):
   # their gradients up to 8% wrong (benchmarks/RESULTS.md, optimisation log entries 8 and 16).
   if not stacked:
     return dict(
-        train=jax.jit(train_step, in_shardings=(rep, data, data), out_shardings=(rep, rep), donate_argnums=0),
-        logits=jax.jit(logits, in_shardings=(rep, data), out_shardings=rep),
-        plateau=jax.jit(plateau_step, in_shardings=(rep, rep), out_shardings=rep))
+      train=jax.jit(train_step, in_shardings=(rep, data, data), out_shardings=(rep, rep), donate_argnums=0),
+      logits=jax.jit(logits, in_shardings=(rep, data), out_shardings=rep),
+      plateau=jax.jit(plateau_step, in_shardings=(rep, rep), out_shardings=rep),
+    )
   return dict(
-      train=jax.jit(jax.vmap(masked_train_step), in_shardings=(rep, data, data, rep), out_shardings=(rep, rep),
-                    donate_argnums=0),
-      logits=jax.jit(jax.vmap(logits), in_shardings=(rep, data), out_shardings=rep),
-      plateau=jax.jit(jax.vmap(_masked_plateau), in_shardings=(rep, rep, rep), out_shardings=rep),
-      select=jax.jit(_select, in_shardings=(rep, rep, rep), out_shardings=rep))
+    train=jax.jit(
+      jax.vmap(masked_train_step), in_shardings=(rep, data, data, rep), out_shardings=(rep, rep), donate_argnums=0
+    ),
+    logits=jax.jit(jax.vmap(logits), in_shardings=(rep, data), out_shardings=rep),
+    plateau=jax.jit(jax.vmap(_masked_plateau), in_shardings=(rep, rep, rep), out_shardings=rep),
+    select=jax.jit(_select, in_shardings=(rep, rep, rep), out_shardings=rep),
+  )
 
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------
+
 
 def _val_scores(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
   """(loss, accuracy) of logits [M, K] (float64 on the host; eq. 10 for the loss)."""
@@ -186,8 +196,10 @@ def _check_same_config(directory: str, saved: dict, current: dict) -> None:
   """A checkpoint to resume from must come from the same configuration (fingerprints in the metadata)."""
   want, got = current.get("fingerprint"), saved.get("fingerprint")
   if want is not None and got != want:
-    raise UserError(f"{directory}/latest was written with a different configuration (fingerprint {got} != {want}); "
-                    f"use a new --workdir, or delete {directory} to start this run again")
+    raise UserError(
+      f"{directory}/latest was written with a different configuration (fingerprint {got} != {want}); "
+      f"use a new --workdir, or delete {directory} to start this run again"
+    )
 
 
 def _check_resumable(directory: str, current: dict) -> Optional[dict]:
@@ -205,8 +217,15 @@ class TrainingDivergedError(UserError):
   """The loss became NaN or infinite; the run stopped before saving anything from that epoch."""
 
 
-def _diverged(run: RunData, train_cfg: ml_collections.ConfigDict, epoch: int, where: str, what: str,
-              value: float, ckpt_dir: Optional[str] = None) -> TrainingDivergedError:
+def _diverged(
+  run: RunData,
+  train_cfg: ml_collections.ConfigDict,
+  epoch: int,
+  where: str,
+  what: str,
+  value: float,
+  ckpt_dir: Optional[str] = None,
+) -> TrainingDivergedError:
   section = "pretrain" if run.metadata.get("kind") == "pretrain" else "finetune"
   cfg = run.metadata.get("config") or {}
   ckpt_dir = ckpt_dir or run.run_dir
@@ -218,11 +237,12 @@ def _diverged(run: RunData, train_cfg: ml_collections.ConfigDict, epoch: int, wh
   else:
     keep = "this run writes no checkpoints"
   return TrainingDivergedError(
-      f"{run.name}: the {what} is {value} at epoch {epoch + 1}, {where}; training of this run stopped and "
-      f"{keep}. Config {cfg.get('name', '?')!r}: {section}.learning_rate={float(train_cfg.learning_rate):g}, "
-      f"{section}.batch_size={int(train_cfg.batch_size)}, {section}.optimizer={train_cfg.optimizer!r}, "
-      f"seed={cfg.get('seed', '?')}. Lower --config.{section}.learning_rate or check the inputs for NaN/Inf, "
-      "and rerun with a new --workdir")
+    f"{run.name}: the {what} is {value} at epoch {epoch + 1}, {where}; training of this run stopped and "
+    f"{keep}. Config {cfg.get('name', '?')!r}: {section}.learning_rate={float(train_cfg.learning_rate):g}, "
+    f"{section}.batch_size={int(train_cfg.batch_size)}, {section}.optimizer={train_cfg.optimizer!r}, "
+    f"seed={cfg.get('seed', '?')}. Lower --config.{section}.learning_rate or check the inputs for NaN/Inf, "
+    "and rerun with a new --workdir"
+  )
 
 
 def _write(writer, step: int, scalars: dict) -> None:
@@ -254,6 +274,7 @@ def _logits_in_batches(logits_fn, variables, images: np.ndarray, batch: int, sha
 # The epoch loop, shared by fit and fit_many (each keeps only its stepping: _Single / _Stacked)
 # ---------------------------------------------------------------------------------------------
 
+
 class _EpochProgress(periodic_actions.ReportProgress):
   """clu's ReportProgress called at the start of training and after every epoch (``every_secs=0``: it reports at
   each epoch end: the work-unit notes (absl INFO) and, given a writer, ``steps_per_sec`` / ``uptime`` scalars);
@@ -271,14 +292,19 @@ def _duration(seconds: float) -> str:
 
 
 def _discard_latest(directory: str, saved: Any, names: list) -> None:
-  logging.warning("%s holds the vmapped group %s, not %s (another grouping of folds, e.g. another "
-                  "finetune.parallel_folds): deleting it; this group trains from its first epoch",
-                  os.path.join(directory, "latest"), saved, names)
+  logging.warning(
+    "%s holds the vmapped group %s, not %s (another grouping of folds, e.g. another "
+    "finetune.parallel_folds): deleting it; this group trains from its first epoch",
+    os.path.join(directory, "latest"),
+    saved,
+    names,
+  )
   shutil.rmtree(os.path.join(directory, "latest"))
 
 
-def _restore_latest(directory: Optional[str], current: dict, template: dict,
-                    names: Optional[list]) -> Optional[tuple[dict, dict]]:
+def _restore_latest(
+  directory: Optional[str], current: dict, template: dict, names: Optional[list]
+) -> Optional[tuple[dict, dict]]:
   """(tree, metadata) of ``<directory>/latest`` to resume from, or None to start afresh.
 
   Args:
@@ -300,17 +326,27 @@ def _restore_latest(directory: Optional[str], current: dict, template: dict,
   if names is not None and meta is not None and meta.get("runs") != names:
     _discard_latest(directory, meta.get("runs"), names)
     return None
-  tree, meta, _ = ckpt.restore_newest_good(directory, "latest", template)   # falls back past a damaged one
+  tree, meta, _ = ckpt.restore_newest_good(directory, "latest", template)  # falls back past a damaged one
   _check_same_config(directory, meta, current)
-  if names is not None and meta.get("runs") != names:      # the readable (older) checkpoint holds another grouping
+  if names is not None and meta.get("runs") != names:  # the readable (older) checkpoint holds another grouping
     _discard_latest(directory, meta.get("runs"), names)
     return None
   return tree, meta
 
 
-def _epoch_loop(st, train_cfg: ml_collections.ConfigDict, ckpts: Optional[ckpt.RunCheckpoints], *, num_classes: int,
-                mesh: jax.sharding.Mesh, writer, checkpoint_every: int, progress: bool, log_every_steps: int,
-                on_epoch_end: Optional[Callable[[int], None]]) -> list[FitResult]:
+def _epoch_loop(
+  st,
+  train_cfg: ml_collections.ConfigDict,
+  ckpts: Optional[ckpt.RunCheckpoints],
+  *,
+  num_classes: int,
+  mesh: jax.sharding.Mesh,
+  writer,
+  checkpoint_every: int,
+  progress: bool,
+  log_every_steps: int,
+  on_epoch_end: Optional[Callable[[int], None]],
+) -> list[FitResult]:
   """Trains the F runs of the stepper ``st`` (:class:`_Single`: F = 1, or :class:`_Stacked`) epoch by epoch.
 
   Restore-or-init, the NaN/Inf checks, history and scalars, the plateau schedule, model selection, early
@@ -335,7 +371,7 @@ def _epoch_loop(st, train_cfg: ml_collections.ConfigDict, ckpts: Optional[ckpt.R
   max_epochs = int(train_cfg.epochs)
   select = bool(train_cfg.get("select_best", True))
   report = _EpochProgress(writer=writer, every_secs=0.0)
-  report(step)                   # starts clu's clock (a first call never reports)
+  report(step)  # starts clu's clock (a first call never reports)
   t_loop = time.monotonic()
 
   def after_step(loss, step_active: np.ndarray) -> None:
@@ -343,22 +379,30 @@ def _epoch_loop(st, train_cfg: ml_collections.ConfigDict, ckpts: Optional[ckpt.R
     step += 1
     if writer is not None and log_every_steps > 0 and step % log_every_steps == 0:
       now = np.asarray(jax.device_get(loss)).reshape(-1)
-      writer.write_scalars(step, {f"{r.name}/step_train_loss": float(now[f])
-                                  for f, r in enumerate(runs) if step_active[f]})
+      writer.write_scalars(
+        step, {f"{r.name}/step_train_loss": float(now[f]) for f, r in enumerate(runs) if step_active[f]}
+      )
 
   while not all(b.stopped for b in books) and epoch < max_epochs:
     active = np.array([not b.stopped for b in books])
     first_step = step
     state, losses, masks, n_steps = st.train_epoch(state, epoch, active, after_step)
-    step_losses = np.asarray(jax.device_get(losses), np.float64).reshape(len(losses), f_runs)   # one transfer
+    step_losses = np.asarray(jax.device_get(losses), np.float64).reshape(len(losses), f_runs)  # one transfer
     bad = np.argwhere(np.asarray(masks) & ~np.isfinite(step_losses))
     if bad.size:
       s, f = (int(v) for v in bad[0])
       _flush(ckpts)
-      raise _diverged(runs[f], train_cfg, epoch, st.train_where(first_step, s), "training loss", step_losses[s, f],
-                      ckpt_dir=st.ckpt_dir)
+      raise _diverged(
+        runs[f],
+        train_cfg,
+        epoch,
+        st.train_where(first_step, s),
+        "training loss",
+        step_losses[s, f],
+        ckpt_dir=st.ckpt_dir,
+      )
     with report.timed("eval", wait_jax_async_dispatch=False):
-      scores = st.val_scores(state)      # [(loss, accuracy)] per run
+      scores = st.val_scores(state)  # [(loss, accuracy)] per run
     for f, (sc, r) in enumerate(zip(scores, runs)):
       if active[f] and not np.isfinite(sc[0]):
         _flush(ckpts)
@@ -373,46 +417,75 @@ def _epoch_loop(st, train_cfg: ml_collections.ConfigDict, ckpts: Optional[ckpt.R
       improved[f] = b.update(epoch, val_acc, val_loss, patience, max_epochs, select)
       lr = float(train_cfg.learning_rate) * float(scale[f])
       train_loss = float(np.mean(step_losses[: n_steps[f], f]))
-      b.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                        "val_accuracy": val_acc, "lr": lr})
-      _write(writer, epoch, {f"{r.name}/train_loss": train_loss, f"{r.name}/val_loss": val_loss,
-                             f"{r.name}/val_accuracy": val_acc, f"{r.name}/lr": lr})
+      b.history.append(
+        {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_acc, "lr": lr}
+      )
+      _write(
+        writer,
+        epoch,
+        {
+          f"{r.name}/train_loss": train_loss,
+          f"{r.name}/val_loss": val_loss,
+          f"{r.name}/val_accuracy": val_acc,
+          f"{r.name}/lr": lr,
+        },
+      )
     if improved.any():
       best = st.keep(best, state, improved)
     if ckpts and (all(b.stopped for b in books) or (epoch + 1) % max(checkpoint_every, 1) == 0):
       with report.timed("checkpoint", wait_jax_async_dispatch=False):
-        ckpts.save("latest", epoch + 1, {"state": flax.serialization.to_state_dict(state), "best": best},
-                   st.latest_metadata(books, epoch, scores, step))
+        ckpts.save(
+          "latest",
+          epoch + 1,
+          {"state": flax.serialization.to_state_dict(state), "best": best},
+          st.latest_metadata(books, epoch, scores, step),
+        )
     report(step)
     if progress:
       if f_runs == 1:
         h = books[0].history[-1]
-        text = (f"loss {h['train_loss']:.4f} val_loss {h['val_loss']:.4f} val_acc {h['val_accuracy']:.3f} "
-                f"lr {h['lr']:.2g}" + (" *" if improved[0] else ""))
+        text = (
+          f"loss {h['train_loss']:.4f} val_loss {h['val_loss']:.4f} val_acc {h['val_accuracy']:.3f} "
+          f"lr {h['lr']:.2g}" + (" *" if improved[0] else "")
+        )
       else:
         text = f"active {int(active.sum())}/{f_runs} val_acc [{' '.join(f'{sc[1]:.2f}' for sc in scores)}]"
       eta = (max_epochs - epoch - 1) * max(n for n, a in zip(n_steps, active) if a) / report.steps_per_sec
-      print(f"[{st.label}] epoch {epoch + 1}/{max_epochs} {text} | {report.steps_per_sec:.3g} steps/s, "
-            f"{_duration(time.monotonic() - t_loop)} elapsed, ETA <= {_duration(eta)}", flush=True)
+      print(
+        f"[{st.label}] epoch {epoch + 1}/{max_epochs} {text} | {report.steps_per_sec:.3g} steps/s, "
+        f"{_duration(time.monotonic() - t_loop)} elapsed, ETA <= {_duration(eta)}",
+        flush=True,
+      )
     if on_epoch_end is not None:
       on_epoch_end(epoch)
     epoch += 1
 
   variables = st.finish(best, books, ckpts)
   wall = (time.time() - t0) / f_runs
-  return [FitResult(variables=v, best_epoch=b.best_epoch, best_val_accuracy=b.best_accuracy,
-                    best_val_loss=b.best_loss, epochs_trained=b.epochs_done, history=b.history,
-                    resumed_from_epoch=resumed, wall_time_s=wall) for v, b in zip(variables, books)]
+  return [
+    FitResult(
+      variables=v,
+      best_epoch=b.best_epoch,
+      best_val_accuracy=b.best_accuracy,
+      best_val_loss=b.best_loss,
+      epochs_trained=b.epochs_done,
+      history=b.history,
+      resumed_from_epoch=resumed,
+      wall_time_s=wall,
+    )
+    for v, b in zip(variables, books)
+  ]
 
 
 # ---------------------------------------------------------------------------------------------
 # One run
 # ---------------------------------------------------------------------------------------------
 
+
 class _Single:
   """The stepping of one run: the non-vmapped jitted step, F = 1 for :func:`_epoch_loop`."""
 
-  names = None                 # no grouping to check on resume
+  names = None  # no grouping to check on resume
   val_where = "validation"
 
   def __init__(self, apply_fn: Callable, init_variables: dict, run: RunData, train_cfg, mesh, ckpt_dir):
@@ -425,8 +498,7 @@ class _Single:
 
   def initial(self):
     # may_alias=False: the state owns its buffers (they are donated to every step; the caller keeps its variables)
-    state = jax.device_put(create_state(self.apply_fn, self.init_variables, self.train_cfg), self.rep,
-                           may_alias=False)
+    state = jax.device_put(create_state(self.apply_fn, self.init_variables, self.train_cfg), self.rep, may_alias=False)
     return state, ckpt.host_copy(variables_of(state))
 
   def template(self, state, best):
@@ -437,7 +509,7 @@ class _Single:
     return state, ckpt.host_copy(tree["best"]), [_Book(**meta["loop"])], int(jax.device_get(state.step))
 
   def train_epoch(self, state, epoch, active, after_step):
-    run = self.run         # (the crash tests find the RunData as the local ``run`` of epoch_plan's caller)
+    run = self.run  # (the crash tests find the RunData as the local ``run`` of epoch_plan's caller)
     plan = epoch_plan(run.train_y, self.batch, epoch_rng(run.seed, epoch), bool(self.train_cfg.balanced_sampling))
     losses = []
     for idx in plan:
@@ -463,21 +535,37 @@ class _Single:
 
   def latest_metadata(self, books, epoch, scores, step):
     loss, acc = scores[0]
-    return dict(self.run.metadata, epoch=epoch, metrics={"val_accuracy": acc, "val_loss": loss},
-                loop=dataclasses.asdict(books[0]))
+    return dict(
+      self.run.metadata, epoch=epoch, metrics={"val_accuracy": acc, "val_loss": loss}, loop=dataclasses.asdict(books[0])
+    )
 
   def finish(self, best, books, ckpts):
     b = books[0]
     if ckpts and b.best_epoch >= 0:
-      ckpts.save("best", b.best_epoch, best, dict(
-          self.run.metadata, epoch=b.best_epoch, metrics={"val_accuracy": b.best_accuracy, "val_loss": b.best_loss}))
+      ckpts.save(
+        "best",
+        b.best_epoch,
+        best,
+        dict(self.run.metadata, epoch=b.best_epoch, metrics={"val_accuracy": b.best_accuracy, "val_loss": b.best_loss}),
+      )
     return [best]
 
 
-def fit(apply_fn: Callable, init_variables: dict, run: RunData, train_cfg: ml_collections.ConfigDict, *,
-        num_classes: int, mesh: Optional[jax.sharding.Mesh] = None, writer=None,
-        checkpoint_every: int = 1, progress: bool = True, log_every_steps: int = 0,
-        on_epoch_end: Optional[Callable[[int], None]] = None, checkpoint_async: bool = True) -> FitResult:
+def fit(
+  apply_fn: Callable,
+  init_variables: dict,
+  run: RunData,
+  train_cfg: ml_collections.ConfigDict,
+  *,
+  num_classes: int,
+  mesh: Optional[jax.sharding.Mesh] = None,
+  writer=None,
+  checkpoint_every: int = 1,
+  progress: bool = True,
+  log_every_steps: int = 0,
+  on_epoch_end: Optional[Callable[[int], None]] = None,
+  checkpoint_async: bool = True,
+) -> FitResult:
   """Trains one run from ``init_variables`` and returns its best-validation weights.
 
   Resumes from ``<run_dir>/latest`` when present (its metadata must carry the
@@ -508,19 +596,32 @@ def fit(apply_fn: Callable, init_variables: dict, run: RunData, train_cfg: ml_co
     TrainingDivergedError: the loss became NaN or infinite.
     UserError: ``<run_dir>/latest`` belongs to another config.
   """
-  ckpt_ctx = (ckpt.RunCheckpoints(run.run_dir, asynchronous=None if checkpoint_async else False)
-                if run.run_dir else contextlib.nullcontext())
+  ckpt_ctx = (
+    ckpt.RunCheckpoints(run.run_dir, asynchronous=None if checkpoint_async else False)
+    if run.run_dir
+    else contextlib.nullcontext()
+  )
   with ckpt_ctx as ckpts:
     mesh = mesh or parallel.make_mesh()
     st = _Single(apply_fn, init_variables, run, train_cfg, mesh, ckpts.run_dir if ckpts else None)
-    return _epoch_loop(st, train_cfg, ckpts, num_classes=num_classes, mesh=mesh, writer=writer,
-                       checkpoint_every=checkpoint_every, progress=progress, log_every_steps=log_every_steps,
-                       on_epoch_end=on_epoch_end)[0]
+    return _epoch_loop(
+      st,
+      train_cfg,
+      ckpts,
+      num_classes=num_classes,
+      mesh=mesh,
+      writer=writer,
+      checkpoint_every=checkpoint_every,
+      progress=progress,
+      log_every_steps=log_every_steps,
+      on_epoch_end=on_epoch_end,
+    )[0]
 
 
 # ---------------------------------------------------------------------------------------------
 # Several runs as one vmapped program
 # ---------------------------------------------------------------------------------------------
+
 
 def _stack(trees: Sequence[Any]) -> Any:
   return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
@@ -536,8 +637,16 @@ class _Stacked:
 
   val_where = "validation (vmapped group)"
 
-  def __init__(self, apply_fn: Callable, init_variables: Sequence[dict], runs: Sequence[RunData], train_cfg, mesh,
-               ckpt_dir, asynchronous):
+  def __init__(
+    self,
+    apply_fn: Callable,
+    init_variables: Sequence[dict],
+    runs: Sequence[RunData],
+    train_cfg,
+    mesh,
+    ckpt_dir,
+    asynchronous,
+  ):
     self.runs, self.names, self.ckpt_dir, self.asynchronous = list(runs), [r.name for r in runs], ckpt_dir, asynchronous
     self.label = f"{runs[0].name}..{runs[-1].name} ({len(runs)} vmapped)"
     self.apply_fn, self.init_variables, self.train_cfg = apply_fn, init_variables, train_cfg
@@ -548,10 +657,17 @@ class _Stacked:
 
   def initial(self):
     states = [create_state(self.apply_fn, v, self.train_cfg) for v in self.init_variables]
-    state = jax.device_put(states[0].replace(**{
-        k: _stack([getattr(s, k) for s in states])
-        for k in ("step", "params", "opt_state", "batch_stats", "epoch", "plateau")}), self.rep, may_alias=False)
-    best = jax.device_put(ckpt.host_copy(variables_of(state)), self.rep)   # own buffers: the state is donated
+    state = jax.device_put(
+      states[0].replace(
+        **{
+          k: _stack([getattr(s, k) for s in states])
+          for k in ("step", "params", "opt_state", "batch_stats", "epoch", "plateau")
+        }
+      ),
+      self.rep,
+      may_alias=False,
+    )
+    best = jax.device_put(ckpt.host_copy(variables_of(state)), self.rep)  # own buffers: the state is donated
     return state, best
 
   def template(self, state, best):
@@ -566,8 +682,10 @@ class _Stacked:
 
   def train_epoch(self, state, epoch, active, after_step):
     f_runs = len(self.runs)
-    plans = [epoch_plan(r.train_y, self.batch, epoch_rng(r.seed, epoch), bool(self.train_cfg.balanced_sampling))
-             for r in self.runs]
+    plans = [
+      epoch_plan(r.train_y, self.batch, epoch_rng(r.seed, epoch), bool(self.train_cfg.balanced_sampling))
+      for r in self.runs
+    ]
     losses, masks = [], []
     for s in range(max(len(p) for p, a in zip(plans, active) if a)):
       step_active = np.array([a and s < len(p) for p, a in zip(plans, active)])
@@ -576,8 +694,9 @@ class _Stacked:
       for f, (r, p) in enumerate(zip(self.runs, plans)):
         idx = p[s] if s < len(p) else p[0]
         x[f], y[f] = r.train_x[idx], r.train_y[idx]
-      state, loss = self.fns["train"](state, jax.device_put(x, self.data), jax.device_put(y, self.data),
-                                      jax.device_put(step_active, self.rep))
+      state, loss = self.fns["train"](
+        state, jax.device_put(x, self.data), jax.device_put(y, self.data), jax.device_put(step_active, self.rep)
+      )
       losses.append(loss)
       masks.append(step_active)
       after_step(loss, step_active)
@@ -594,9 +713,10 @@ class _Stacked:
       for f, r in enumerate(self.runs):
         part = r.val_x[a:b]
         x[f, : len(part)] = part
-      out.append(np.asarray(jax.device_get(self.fns["logits"](variables_of(state), jax.device_put(x, self.data))))
-                 [:, : b - a])
-    logits = np.concatenate(out, axis=1)   # [F, n_val, K]
+      out.append(
+        np.asarray(jax.device_get(self.fns["logits"](variables_of(state), jax.device_put(x, self.data))))[:, : b - a]
+      )
+    logits = np.concatenate(out, axis=1)  # [F, n_val, K]
     return [_val_scores(logits[f, : len(r.val_y)], r.val_y) for f, r in enumerate(self.runs)]
 
   def plateau(self, state, val_loss, active):
@@ -606,8 +726,13 @@ class _Stacked:
     return self.fns["select"](jax.device_put(improved, self.rep), variables_of(state), best)
 
   def latest_metadata(self, books, epoch, scores, step):
-    return {"runs": self.names, "epoch": epoch, "loop": [dataclasses.asdict(b) for b in books],
-            "fingerprint": self.runs[0].metadata.get("fingerprint"), "step": step}
+    return {
+      "runs": self.names,
+      "epoch": epoch,
+      "loop": [dataclasses.asdict(b) for b in books],
+      "fingerprint": self.runs[0].metadata.get("fingerprint"),
+      "step": step,
+    }
 
   def finish(self, best, books, ckpts):
     """Each run's weights [unstacked]; each run_dir gets its ``best`` checkpoint (written in the background, all
@@ -619,19 +744,34 @@ class _Stacked:
         variables.append(_unstack(best_host, f))
         if r.run_dir and b.best_epoch >= 0:
           writers.append(ckpt.RunCheckpoints(r.run_dir, asynchronous=self.asynchronous))
-          writers[-1].save("best", b.best_epoch, variables[-1], dict(
-              r.metadata, epoch=b.best_epoch, metrics={"val_accuracy": b.best_accuracy, "val_loss": b.best_loss}))
+          writers[-1].save(
+            "best",
+            b.best_epoch,
+            variables[-1],
+            dict(r.metadata, epoch=b.best_epoch, metrics={"val_accuracy": b.best_accuracy, "val_loss": b.best_loss}),
+          )
     finally:
       for w in writers:
         w.close()
     return variables
 
 
-def fit_many(apply_fn: Callable, init_variables: Sequence[dict], runs: Sequence[RunData],
-             train_cfg: ml_collections.ConfigDict, *, num_classes: int, group_dir: Optional[str] = None,
-             mesh: Optional[jax.sharding.Mesh] = None, writer=None, checkpoint_every: int = 1,
-             progress: bool = True, on_epoch_end: Optional[Callable[[int], None]] = None,
-             log_every_steps: int = 0, checkpoint_async: bool = True) -> list[FitResult]:
+def fit_many(
+  apply_fn: Callable,
+  init_variables: Sequence[dict],
+  runs: Sequence[RunData],
+  train_cfg: ml_collections.ConfigDict,
+  *,
+  num_classes: int,
+  group_dir: Optional[str] = None,
+  mesh: Optional[jax.sharding.Mesh] = None,
+  writer=None,
+  checkpoint_every: int = 1,
+  progress: bool = True,
+  on_epoch_end: Optional[Callable[[int], None]] = None,
+  log_every_steps: int = 0,
+  checkpoint_async: bool = True,
+) -> list[FitResult]:
   """``fit`` for F runs at once (one jitted, vmapped program; results equal to ``fit`` run by run).
 
   Args:
@@ -664,13 +804,23 @@ def fit_many(apply_fn: Callable, init_variables: Sequence[dict], runs: Sequence[
   with ckpt_ctx as ckpts:
     mesh = mesh or parallel.make_mesh()
     st = _Stacked(apply_fn, init_variables, runs, train_cfg, mesh, ckpts.run_dir if ckpts else None, asynchronous)
-    return _epoch_loop(st, train_cfg, ckpts, num_classes=num_classes, mesh=mesh, writer=writer,
-                       checkpoint_every=checkpoint_every, progress=progress, log_every_steps=log_every_steps,
-                       on_epoch_end=on_epoch_end)
+    return _epoch_loop(
+      st,
+      train_cfg,
+      ckpts,
+      num_classes=num_classes,
+      mesh=mesh,
+      writer=writer,
+      checkpoint_every=checkpoint_every,
+      progress=progress,
+      log_every_steps=log_every_steps,
+      on_epoch_end=on_epoch_end,
+    )
 
 
-def predict_probs(apply_fn: Callable, variables: dict, images: np.ndarray, batch_size: int,
-                  mesh: Optional[jax.sharding.Mesh] = None) -> np.ndarray:
+def predict_probs(
+  apply_fn: Callable, variables: dict, images: np.ndarray, batch_size: int, mesh: Optional[jax.sharding.Mesh] = None
+) -> np.ndarray:
   """Softmax probabilities [N, K] (float32) of images [N, H, W, C], in padded batches."""
   mesh = mesh or parallel.make_mesh()
   batch = parallel.pad_to_multiple(batch_size, mesh)

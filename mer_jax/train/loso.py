@@ -34,6 +34,7 @@ required) and resumes the running fold from its ``latest`` checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -52,7 +53,7 @@ from mer_jax.train.sampling import derived_seed, stratified_split
 
 VALIDATION = "validation"
 TEST_FOLD = "test_fold"
-LAST_EPOCH = "last_epoch"    # finetune.select_best=False: no model selection, the last epoch's weights
+LAST_EPOCH = "last_epoch"  # finetune.select_best=False: no model selection, the last epoch's weights
 
 
 class LeakageError(AssertionError):
@@ -62,6 +63,7 @@ class LeakageError(AssertionError):
 @dataclasses.dataclass
 class FoldSplit:
   """Indices into the dataset: train / val (model selection) / test (held-out subject)."""
+
   subject: str
   train_idx: np.ndarray
   val_idx: np.ndarray
@@ -81,8 +83,9 @@ def fold_seed(seed: int, index: int) -> int:
   return derived_seed(seed, 1000 + int(index))
 
 
-def split_fold(ds: ArrayDataset, subject: str, val_fraction: float, seed: int,
-               test_fold_early_stopping: bool = False) -> FoldSplit:
+def split_fold(
+  ds: ArrayDataset, subject: str, val_fraction: float, seed: int, test_fold_early_stopping: bool = False
+) -> FoldSplit:
   """The fold that holds out ``subject``; checks that it cannot leak (LeakageError)."""
   subjects = np.asarray([str(s) for s in ds.subjects])
   test_idx = np.flatnonzero(subjects == subject)
@@ -107,13 +110,15 @@ def check_no_leakage(ds: ArrayDataset, split: FoldSplit) -> None:
   if np.any(subjects[split.train_idx] == split.subject) or np.intersect1d(split.train_idx, split.test_idx).size:
     raise LeakageError(f"fold {split.subject!r}: held-out clips in the training set")
   if split.model_selection == VALIDATION and (
-      np.any(subjects[split.val_idx] == split.subject) or np.intersect1d(split.val_idx, split.test_idx).size):
+    np.any(subjects[split.val_idx] == split.subject) or np.intersect1d(split.val_idx, split.test_idx).size
+  ):
     raise LeakageError(f"fold {split.subject!r}: held-out clips in the model-selection (validation) set")
 
 
 def _atomic_json(path: str, obj: Any) -> None:
   """JSON via mer_jax.reporting.atomic_write_text (temp file unique per process, fsync, os.replace)."""
   from mer_jax.reporting import atomic_write_text
+
   atomic_write_text(path, lambda f: json.dump(obj, f, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
@@ -122,15 +127,25 @@ def _load_record(path: str, fp: str) -> dict:
     rec = json.load(f)
   if rec.get("fingerprint") != fp:
     raise UserError(
-        f"{path} was made with a different configuration (fingerprint {rec.get('fingerprint')} != {fp}); "
-        "use a new --workdir, or delete its finetune/ folder to retrain")
+      f"{path} was made with a different configuration (fingerprint {rec.get('fingerprint')} != {fp}); "
+      "use a new --workdir, or delete its finetune/ folder to retrain"
+    )
   return rec
 
 
-def run_loso(config: ml_collections.ConfigDict, ds: ArrayDataset, workdir: str, *, apply_fn: Callable,
-             init_fn: Callable[[int], dict], mesh: Optional[jax.sharding.Mesh] = None, writer=None,
-             progress: bool = True, on_epoch_end: Optional[Callable[[str, int], None]] = None,
-             subjects: Optional[Sequence[str]] = None) -> list[dict]:
+def run_loso(
+  config: ml_collections.ConfigDict,
+  ds: ArrayDataset,
+  workdir: str,
+  *,
+  apply_fn: Callable,
+  init_fn: Callable[[int], dict],
+  mesh: Optional[jax.sharding.Mesh] = None,
+  writer=None,
+  progress: bool = True,
+  on_epoch_end: Optional[Callable[[str, int], None]] = None,
+  subjects: Optional[Sequence[str]] = None,
+) -> list[dict]:
   """Runs (or resumes) every LOSO fold; returns the fold records in subject order.
 
   Args:
@@ -156,16 +171,20 @@ def run_loso(config: ml_collections.ConfigDict, ds: ArrayDataset, workdir: str, 
   mesh = mesh or parallel.make_mesh()
   num_classes = int(config.model.num_classes)
   if len(ds.class_names) != num_classes:
-    raise UserError(f"config.model.num_classes={num_classes} but the micro data has {len(ds.class_names)} "
-                    f"classes {list(ds.class_names)}; set --config.model.num_classes={len(ds.class_names)}")
+    raise UserError(
+      f"config.model.num_classes={num_classes} but the micro data has {len(ds.class_names)} "
+      f"classes {list(ds.class_names)}; set --config.model.num_classes={len(ds.class_names)}"
+    )
   all_subjects = subjects_of(ds)
   if len(all_subjects) < 2:
     raise DataError(f"LOSO needs at least two subjects; the data has {all_subjects}")
   chosen = list(subjects) if subjects is not None else all_subjects
   folds = [(all_subjects.index(s), s) for s in chosen]
   if not ft.get("select_best", True) and ft.test_fold_early_stopping:
-    raise ConfigError("finetune.select_best=False (last epoch, no model selection) contradicts "
-                      "finetune.test_fold_early_stopping=True (selection on the held-out subject); set one of them")
+    raise ConfigError(
+      "finetune.select_best=False (last epoch, no model selection) contradicts "
+      "finetune.test_fold_early_stopping=True (selection on the held-out subject); set one of them"
+    )
   fp = fingerprint(config)
   out_dir = os.path.join(workdir, "finetune")
   folds_dir = os.path.join(out_dir, "folds")
@@ -180,49 +199,70 @@ def run_loso(config: ml_collections.ConfigDict, ds: ArrayDataset, workdir: str, 
     else:
       pending.append((index, subject))
   if records and progress:
-    print(f"[loso] {len(records)} of {len(folds)} folds already finished in {folds_dir}; skipping them",
-          flush=True)
+    print(f"[loso] {len(records)} of {len(folds)} folds already finished in {folds_dir}; skipping them", flush=True)
   if int(ft.parallel_folds) > 0 and progress and mesh.devices.flat[0].platform == "cpu":
-    print(f"[loso] note: finetune.parallel_folds={int(ft.parallel_folds)} on a CPU: vmapped folds measured no "
-          "faster than folds one by one on XLA:CPU (benchmarks/RESULTS.md); they are meant for GPUs. "
-          "--config.finetune.parallel_folds=0 runs them one by one (the same computation, equal up to float "
-          "rounding).", flush=True)
+    print(
+      f"[loso] note: finetune.parallel_folds={int(ft.parallel_folds)} on a CPU: vmapped folds measured no "
+      "faster than folds one by one on XLA:CPU (benchmarks/RESULTS.md); they are meant for GPUs. "
+      "--config.finetune.parallel_folds=0 runs them one by one (the same computation, equal up to float "
+      "rounding).",
+      flush=True,
+    )
 
   def make_run(index: int, subject: str) -> tuple[loop.RunData, FoldSplit]:
     seed = fold_seed(config.seed, index)
     split = split_fold(ds, subject, ft.val_fraction, seed, bool(ft.test_fold_early_stopping))
     fid = fold_id(index, subject)
     run = loop.RunData(
-        name=f"fold{fid}", train_x=ds.images[split.train_idx], train_y=ds.labels[split.train_idx],
-        val_x=ds.images[split.val_idx], val_y=ds.labels[split.val_idx], seed=seed,
-        run_dir=os.path.join(folds_dir, fid),
-        metadata={"kind": "finetune", "config": config_json, "class_names": list(ds.class_names),
-                  "image_size": int(ds.images.shape[1]), "channels": int(ds.images.shape[-1]),
-                  "subject": subject, "fold": index, "model_selection": split.model_selection,
-                  "fingerprint": fp})
+      name=f"fold{fid}",
+      train_x=ds.images[split.train_idx],
+      train_y=ds.labels[split.train_idx],
+      val_x=ds.images[split.val_idx],
+      val_y=ds.labels[split.val_idx],
+      seed=seed,
+      run_dir=os.path.join(folds_dir, fid),
+      metadata={
+        "kind": "finetune",
+        "config": config_json,
+        "class_names": list(ds.class_names),
+        "image_size": int(ds.images.shape[1]),
+        "channels": int(ds.images.shape[-1]),
+        "subject": subject,
+        "fold": index,
+        "model_selection": split.model_selection,
+        "fingerprint": fp,
+      },
+    )
     return run, split
 
   def finish(index: int, subject: str, split: FoldSplit, res: loop.FitResult) -> dict:
     probs = loop.predict_probs(apply_fn, res.variables, ds.images[split.test_idx], int(ft.batch_size), mesh)
     rec = {
-        "fold": index, "fold_id": fold_id(index, subject), "subject": subject,
-        "clip_ids": [str(c) for c in ds.clip_ids[split.test_idx]],
-        "sources": [str(s) for s in ds.sources[split.test_idx]],
-        "y_true": ds.labels[split.test_idx].astype(int).tolist(),
-        "y_pred": probs.argmax(axis=1).astype(int).tolist(), "probs": probs.tolist(),
-        "epochs_trained": res.epochs_trained, "best_epoch": res.best_epoch,
-        "val_metric": res.best_val_accuracy, "val_loss": res.best_val_loss,
-        "model_selection": split.model_selection if ft.get("select_best", True) else LAST_EPOCH,
-        "wall_time_s": res.wall_time_s,
-        "n_train": int(split.train_idx.size), "n_val": int(split.val_idx.size),
-        "n_test": int(split.test_idx.size), "resumed_from_epoch": res.resumed_from_epoch, "fingerprint": fp,
+      "fold": index,
+      "fold_id": fold_id(index, subject),
+      "subject": subject,
+      "clip_ids": [str(c) for c in ds.clip_ids[split.test_idx]],
+      "sources": [str(s) for s in ds.sources[split.test_idx]],
+      "y_true": ds.labels[split.test_idx].astype(int).tolist(),
+      "y_pred": probs.argmax(axis=1).astype(int).tolist(),
+      "probs": probs.tolist(),
+      "epochs_trained": res.epochs_trained,
+      "best_epoch": res.best_epoch,
+      "val_metric": res.best_val_accuracy,
+      "val_loss": res.best_val_loss,
+      "model_selection": split.model_selection if ft.get("select_best", True) else LAST_EPOCH,
+      "wall_time_s": res.wall_time_s,
+      "n_train": int(split.train_idx.size),
+      "n_val": int(split.val_idx.size),
+      "n_test": int(split.test_idx.size),
+      "resumed_from_epoch": res.resumed_from_epoch,
+      "fingerprint": fp,
     }
     _atomic_json(os.path.join(folds_dir, rec["fold_id"] + ".json"), rec)
     return rec
 
   group = int(ft.parallel_folds)
-  batches = [pending[i:i + group] for i in range(0, len(pending), group)] if group > 0 else \
-      [[p] for p in pending]
+  batches = [pending[i : i + group] for i in range(0, len(pending), group)] if group > 0 else [[p] for p in pending]
   t0, done = time.time(), 0
   for chunk in batches:
     runs_splits = [make_run(i, s) for i, s in chunk]
@@ -231,28 +271,54 @@ def run_loso(config: ml_collections.ConfigDict, ds: ArrayDataset, workdir: str, 
     if group > 0:
       gid = fold_id(chunk[0][0], "") + f"to{chunk[-1][0]:03d}"
       hook = (lambda e, g=gid: on_epoch_end(g, e)) if on_epoch_end else None
-      results = loop.fit_many(apply_fn, inits, runs, ft, num_classes=num_classes,
-                              group_dir=os.path.join(out_dir, "groups", gid), mesh=mesh, writer=writer,
-                              checkpoint_every=int(config.checkpoint_every_epochs), progress=progress,
-                              on_epoch_end=hook, log_every_steps=int(config.log_every_steps),
-                              checkpoint_async=bool(config.checkpoint_async))
+      results = loop.fit_many(
+        apply_fn,
+        inits,
+        runs,
+        ft,
+        num_classes=num_classes,
+        group_dir=os.path.join(out_dir, "groups", gid),
+        mesh=mesh,
+        writer=writer,
+        checkpoint_every=int(config.checkpoint_every_epochs),
+        progress=progress,
+        on_epoch_end=hook,
+        log_every_steps=int(config.log_every_steps),
+        checkpoint_async=bool(config.checkpoint_async),
+      )
     else:
-      hook = (lambda e, f=fold_id(*chunk[0]): on_epoch_end(f, e)) if on_epoch_end else None
-      results = [loop.fit(apply_fn, inits[0], runs[0], ft, num_classes=num_classes, mesh=mesh, writer=writer,
-                          checkpoint_every=int(config.checkpoint_every_epochs), progress=progress,
-                          log_every_steps=int(config.log_every_steps), on_epoch_end=hook,
-                          checkpoint_async=bool(config.checkpoint_async))]
+      hook = functools.partial(on_epoch_end, fold_id(*chunk[0])) if on_epoch_end else None
+      results = [
+        loop.fit(
+          apply_fn,
+          inits[0],
+          runs[0],
+          ft,
+          num_classes=num_classes,
+          mesh=mesh,
+          writer=writer,
+          checkpoint_every=int(config.checkpoint_every_epochs),
+          progress=progress,
+          log_every_steps=int(config.log_every_steps),
+          on_epoch_end=hook,
+          checkpoint_async=bool(config.checkpoint_async),
+        )
+      ]
     for (index, subject), (_, split), res in zip(chunk, runs_splits, results):
       records[index] = finish(index, subject, split, res)
     done += len(chunk)
     if progress:
       elapsed = time.time() - t0
       eta = elapsed / done * (len(pending) - done)
-      accs = ", ".join(f"{records[i]['subject']}: "
-                       f"{np.mean(np.asarray(records[i]['y_true']) == np.asarray(records[i]['y_pred'])):.2f}"
-                       for i, _ in chunk)
-      print(f"[loso] {len(records)}/{len(folds)} folds done (test acc {accs}) | "
-            f"{loop._duration(elapsed)} elapsed, ETA {loop._duration(eta)}", flush=True)
+      accs = ", ".join(
+        f"{records[i]['subject']}: {np.mean(np.asarray(records[i]['y_true']) == np.asarray(records[i]['y_pred'])):.2f}"
+        for i, _ in chunk
+      )
+      print(
+        f"[loso] {len(records)}/{len(folds)} folds done (test acc {accs}) | "
+        f"{loop._duration(elapsed)} elapsed, ETA {loop._duration(eta)}",
+        flush=True,
+      )
   ordered = [records[i] for i, _ in sorted(folds)]
   _atomic_json(os.path.join(out_dir, "predictions.json"), concatenate(ordered))
   return ordered
@@ -260,8 +326,15 @@ def run_loso(config: ml_collections.ConfigDict, ds: ArrayDataset, workdir: str, 
 
 def concatenate(records: Sequence[dict]) -> dict:
   """All folds' predictions in one table (test clips of every fold, in fold order)."""
-  out = {"clip_ids": [], "subjects": [], "sources": [], "y_true": [], "y_pred": [], "probs": [],
-         "model_selection": sorted({r["model_selection"] for r in records})}
+  out = {
+    "clip_ids": [],
+    "subjects": [],
+    "sources": [],
+    "y_true": [],
+    "y_pred": [],
+    "probs": [],
+    "model_selection": sorted({r["model_selection"] for r in records}),
+  }
   for r in records:
     out["clip_ids"] += list(r["clip_ids"])
     out["subjects"] += [r["subject"]] * len(r["clip_ids"])

@@ -52,8 +52,9 @@ def batch_sharding(mesh: Mesh, fold_axis: bool = False) -> NamedSharding:
 def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch_size") -> None:
   n = mesh.devices.size
   if batch_size % n:
-    raise ConfigError(f"{what}={batch_size} is not a multiple of the {n} devices used for data "
-                      f"parallelism; choose a multiple of {n}")
+    raise ConfigError(
+      f"{what}={batch_size} is not a multiple of the {n} devices used for data parallelism; choose a multiple of {n}"
+    )
 
 
 def pad_to_multiple(n: int, mesh: Mesh) -> int:
@@ -82,7 +83,7 @@ def host_cores() -> int:
   """CPU cores this process may run on (its affinity mask, e.g. a SLURM or container limit)."""
   try:
     return len(os.sched_getaffinity(0))
-  except AttributeError:   # not on Linux
+  except AttributeError:  # not on Linux
     return os.cpu_count() or 1
 
 
@@ -100,8 +101,7 @@ def use_host_cores(config) -> tuple[int, str]:
   requested = int(config.get("cpu_devices", 0) or 0)
   if requested < 0:
     raise ConfigError(f"config.cpu_devices={requested}: use 0 (automatic) or a device count >= 1")
-  if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "") or \
-      os.environ.get("JAX_NUM_CPU_DEVICES"):
+  if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "") or os.environ.get("JAX_NUM_CPU_DEVICES"):
     return 0, "set by XLA_FLAGS / JAX_NUM_CPU_DEVICES"
   cores = host_cores()
   if requested:
@@ -111,10 +111,12 @@ def use_host_cores(config) -> tuple[int, str]:
     if config.pretrain.enabled and not config.get("pretrained_checkpoint", ""):
       batches.append(config.pretrain.batch_size)
     n = cpu_device_count(cores, batches)
-    why = (f"automatic: {cores} cores, batch sizes {sorted(set(batches))}, >= {MIN_IMAGES_PER_DEVICE} images "
-           "per device; --config.cpu_devices=1 for one device")
+    why = (
+      f"automatic: {cores} cores, batch sizes {sorted(set(batches))}, >= {MIN_IMAGES_PER_DEVICE} images "
+      "per device; --config.cpu_devices=1 for one device"
+    )
   try:
     jax.config.update("jax_num_cpu_devices", n)
-  except RuntimeError as e:   # a backend is already up (e.g. mer_jax.main.run called from a notebook)
+  except RuntimeError as e:  # a backend is already up (e.g. mer_jax.main.run called from a notebook)
     return 0, f"not changed ({e})"
   return n, why

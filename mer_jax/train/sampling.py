@@ -42,15 +42,16 @@ def stratified_split(labels: np.ndarray, fraction: float, rng: np.random.Generat
     counts = np.bincount(labels)
     c = int(np.argmax(counts))
     if counts[c] < 2:
-      raise DataError(f"cannot hold out a validation sample from {labels.size} training samples "
-                      "(every class has one sample); add data or use more subjects")
+      raise DataError(
+        f"cannot hold out a validation sample from {labels.size} training samples "
+        "(every class has one sample); add data or use more subjects"
+      )
     val_idx = np.sort(rng.permutation(np.flatnonzero(labels == c))[:1])
   train_idx = np.setdiff1d(np.arange(labels.size), val_idx)
   return train_idx, val_idx
 
 
-def epoch_plan(labels: np.ndarray, batch_size: int, rng: np.random.Generator,
-               balanced: bool = True) -> np.ndarray:
+def epoch_plan(labels: np.ndarray, batch_size: int, rng: np.random.Generator, balanced: bool = True) -> np.ndarray:
   """Indices of one epoch's batches, [steps, batch_size] int.
 
   balanced=True: every class present is drawn ``max_c n_c`` times (each class's

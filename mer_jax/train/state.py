@@ -29,6 +29,7 @@ class TrainState(train_state.TrainState):
   ``apply_fn`` is the model's ``apply``; ``tx`` is Adam; ``plateau_tx`` the
   ``reduce_on_plateau`` transformation (both static, not part of the pytree).
   """
+
   batch_stats: Any = None
   epoch: jax.Array = None
   plateau: Any = None
@@ -50,9 +51,11 @@ def make_optimizer(train_cfg: ml_collections.ConfigDict) -> tuple[optax.Gradient
   checked for users by :func:`mer_jax.configuration.validate` at start-up.
   """
   assert train_cfg.optimizer == "adam" and train_cfg.learning_rate > 0 and 0 < train_cfg.plateau_factor <= 1, (
-      train_cfg.optimizer, train_cfg.learning_rate, train_cfg.plateau_factor)
-  return _optimizer(float(train_cfg.learning_rate), float(train_cfg.plateau_factor),
-                    int(train_cfg.plateau_patience))
+    train_cfg.optimizer,
+    train_cfg.learning_rate,
+    train_cfg.plateau_factor,
+  )
+  return _optimizer(float(train_cfg.learning_rate), float(train_cfg.plateau_factor), int(train_cfg.plateau_patience))
 
 
 @functools.lru_cache(maxsize=None)
@@ -67,9 +70,16 @@ def create_state(apply_fn: Callable, variables: dict, train_cfg: ml_collections.
   tx, plateau_tx = make_optimizer(train_cfg)
   params = variables["params"]
   return TrainState(
-      step=jnp.asarray(0, jnp.int32), apply_fn=apply_fn, params=params, tx=tx,
-      opt_state=tx.init(params), batch_stats=variables.get("batch_stats", {}),
-      epoch=jnp.asarray(0, jnp.int32), plateau=plateau_tx.init(params), plateau_tx=plateau_tx)
+    step=jnp.asarray(0, jnp.int32),
+    apply_fn=apply_fn,
+    params=params,
+    tx=tx,
+    opt_state=tx.init(params),
+    batch_stats=variables.get("batch_stats", {}),
+    epoch=jnp.asarray(0, jnp.int32),
+    plateau=plateau_tx.init(params),
+    plateau_tx=plateau_tx,
+  )
 
 
 def plateau_step(state: TrainState, val_loss: jax.Array) -> TrainState:
@@ -83,6 +93,7 @@ class ModelApply:
   """``model.apply`` compared by value: models built from equal configs are equal, so the
   train state treedefs match and jitted steps compile once per process (a bound method
   ``model.apply`` compares by object identity and would recompile for every model instance)."""
+
   model: Any
 
   def __call__(self, *args, **kwargs):
@@ -109,6 +120,7 @@ def jit_init(model, rng: jax.Array, image_size: int, channels: int) -> dict:
     ``{'params', 'batch_stats'}``.
   """
   from mer_jax.models import init_variables
+
   return init_variables(model, rng, image_size, channels)
 
 

@@ -32,18 +32,20 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array) -> tuple
   uses (and updates running averages from) the statistics of the whole batch;
   under a data-parallel sharding XLA reduces them across devices.
   """
+
   def loss_fn(params):
     logits, updates = state.apply_fn(
-        {"params": params, "batch_stats": state.batch_stats}, images, train=True,
-        mutable=["batch_stats"])
+      {"params": params, "batch_stats": state.batch_stats}, images, train=True, mutable=["batch_stats"]
+    )
     return cross_entropy(logits, labels), updates["batch_stats"]
 
   (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   return state.apply_scaled_gradients(grads=grads, batch_stats=batch_stats), loss
 
 
-def masked_train_step(state: TrainState, images: jax.Array, labels: jax.Array,
-                      active: jax.Array) -> tuple[TrainState, jax.Array]:
+def masked_train_step(
+  state: TrainState, images: jax.Array, labels: jax.Array, active: jax.Array
+) -> tuple[TrainState, jax.Array]:
   """``train_step`` that leaves the state unchanged where ``active`` is False.
 
   Used under ``jax.vmap`` over LOSO folds: a fold whose epoch has fewer steps

@@ -30,20 +30,19 @@ def merge_pretrained(fresh: dict, pretrained: dict, source: str = "the pretraine
   params, report = {}, {"loaded": [], "reinitialised": []}
   for name, sub in fresh["params"].items():
     pre = pretrained["params"].get(name)
-    same = pre is not None and jax.tree.structure(pre) == jax.tree.structure(sub) \
-        and _shapes(pre) == _shapes(sub)
+    same = pre is not None and jax.tree.structure(pre) == jax.tree.structure(sub) and _shapes(pre) == _shapes(sub)
     if name == HEAD and not same:
       params[name] = sub
       report["reinitialised"].append(name)
       continue
     if not same:
       raise ConfigError(
-          f"{source}: parameters {name!r} do not match the fine-tuning model (different backbone / attention / "
-          "widths / image_size?); use the same config.model for pretraining and fine-tuning")
+        f"{source}: parameters {name!r} do not match the fine-tuning model (different backbone / attention / "
+        "widths / image_size?); use the same config.model for pretraining and fine-tuning"
+      )
     params[name] = pre
     report["loaded"].append(name)
   bs_fresh, bs_pre = fresh.get("batch_stats", {}), pretrained.get("batch_stats", {})
-  if jax.tree.structure(bs_fresh) != jax.tree.structure(bs_pre) or \
-      _shapes(bs_fresh) != _shapes(bs_pre):
+  if jax.tree.structure(bs_fresh) != jax.tree.structure(bs_pre) or _shapes(bs_fresh) != _shapes(bs_pre):
     raise ConfigError(f"{source}: BatchNorm statistics do not match the fine-tuning model")
   return {"params": params, "batch_stats": bs_pre}, report

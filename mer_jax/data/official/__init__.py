@@ -31,6 +31,7 @@ NOT_LISTED = "not in the MEGC 2019 list"
 @dataclasses.dataclass(frozen=True)
 class OfficialClip:
   """One row of an official list: the key as the list spells it and the class index (THREE_CLASSES order)."""
+
   dataset: str
   subject: str
   clip: str
@@ -80,7 +81,7 @@ def read_list(path: str) -> tuple[OfficialClip, ...]:
       if not row or all(not c.strip() for c in row):
         continue
       if n == 1 and [c.strip().lower() for c in row[:4]] == ["dataset", "subject", "clip", "label"]:
-        continue   # a header row
+        continue  # a header row
       if len(row) != 4:
         raise DataError(f"{path}, row {n}: expected 4 columns dataset,subject,clip,label, got {len(row)}: {row}")
       label = _label_index(row[3], f"{path}, row {n}")
@@ -132,7 +133,7 @@ def sample_class(sample, task: str, protocol: str) -> tuple[Optional[int], str]:
   Returns:
     (index or None, reason): reason is "" for a clean mapping, else a short text for the build summary.
   """
-  mapped = mappings.map_label(sample.dataset, sample.label, task, protocol)   # DataError for foreign labels
+  mapped = mappings.map_label(sample.dataset, sample.label, task, protocol)  # DataError for foreign labels
   if not applies(sample.dataset, task, protocol):
     return mapped, ("" if mapped is not None else "excluded by the mapping")
   official = _megc2019_labels(sample.dataset).get(megc_key(sample.dataset, sample.subject, sample.clip_id))
@@ -140,20 +141,20 @@ def sample_class(sample, task: str, protocol: str) -> tuple[Optional[int], str]:
     return None, (NOT_LISTED if mapped is not None else "excluded by the mapping")
   if mapped != official:
     was = "excluded" if mapped is None else THREE_CLASSES[mapped]
-    return official, (f"relabelled: {sample.label!r} maps to {was}, the MEGC 2019 list says "
-                      f"{THREE_CLASSES[official]}")
+    return official, (f"relabelled: {sample.label!r} maps to {was}, the MEGC 2019 list says {THREE_CLASSES[official]}")
   return official, ""
 
 
 @dataclasses.dataclass
 class Comparison:
   """How a copy of one dataset compares with the MEGC 2019 list (names in the list's spelling)."""
+
   dataset: str
-  listed: int                                   # clips of this dataset in the list
-  found: int                                    # of those, present in the copy
-  missing: list[str]                            # in the list, not in the copy (or skipped as unreadable)
-  extra: list[str]                              # kept by the label mapping, not in the list (left out)
-  relabelled: list[str]                         # in both, the mapping gives another class (list's label used)
+  listed: int  # clips of this dataset in the list
+  found: int  # of those, present in the copy
+  missing: list[str]  # in the list, not in the copy (or skipped as unreadable)
+  extra: list[str]  # kept by the label mapping, not in the list (left out)
+  relabelled: list[str]  # in both, the mapping gives another class (list's label used)
 
   @property
   def comparable(self) -> bool:
@@ -173,8 +174,11 @@ class Comparison:
       parts.append(f"{len(self.relabelled)} labelled differently, the list's label used ({_some(self.relabelled)})")
     if self.extra:
       parts.append(f"{len(self.extra)} mapped clips not in the list left out ({_some(self.extra)})")
-    verdict = ("comparable with published MEGC 2019 composite results" if self.comparable else
-               "NOT the official composite: numbers are not directly comparable with published ones")
+    verdict = (
+      "comparable with published MEGC 2019 composite results"
+      if self.comparable
+      else "NOT the official composite: numbers are not directly comparable with published ones"
+    )
     return "; ".join([head] + parts) + f" -> {verdict}"
 
 
@@ -211,5 +215,6 @@ def compare(dataset: str, samples, skipped_names: Iterable[str] = ()) -> Compari
     elif mappings.map_label(dataset, s.label, "3class", "megc2019") is not None:
       extra.append(name)
   missing = ["/".join(k[1:]) for k in labels if k not in seen]
-  return Comparison(dataset=dataset, listed=len(labels), found=len(seen), missing=missing, extra=extra,
-                    relabelled=relabelled)
+  return Comparison(
+    dataset=dataset, listed=len(labels), found=len(seen), missing=missing, extra=extra, relabelled=relabelled
+  )
