@@ -134,7 +134,7 @@ def check_weights_match_config(config: Any, variables: dict, where: str) -> None
 
   model = build_model(config.model)
   size, channels = int(config.image_size), int(config.get("channels", 3))
-  want = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0), size, channels))
+  want = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), size, channels))
   want_t, got_t = _shape_table(want), _shape_table({k: variables.get(k, {}) for k in want})
   if want_t == got_t:
     return

@@ -29,7 +29,7 @@ def run_dir(tmp_path_factory):
   model = build_model(config.model)
   variables = jax.device_get((lambda r: jit_init(model, r, train_data.SIZE, 3))(jax.random.PRNGKey(3)))
   state = st.create_state(model_apply(model), variables, config.finetune)
-  grads = jax.tree_util.tree_map(jnp.ones_like, state.params)
+  grads = jax.tree.map(jnp.ones_like, state.params)
   state = jax.jit(lambda s, g: s.apply_scaled_gradients(grads=g, batch_stats=s.batch_stats))(state, grads)
   state = jax.jit(st.plateau_step)(state, jnp.asarray(0.7))
   d = str(tmp_path_factory.mktemp("run"))
@@ -65,7 +65,7 @@ def test_train_state_round_trip_is_exact(run_dir):
     d, "latest", {"state": flax.serialization.to_state_dict(template), "best": st.variables_of(template)}
   )
   restored = flax.serialization.from_state_dict(template, tree["state"])
-  for a, b in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(state)):
+  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert int(restored.step) == 1 and int(restored.epoch) == 1
   assert meta["loop"]["epochs_done"] == 1
@@ -79,7 +79,7 @@ def test_load_for_inference(run_dir):
   cfg, variables, names = ckpt.load_for_inference(d)
   assert names == ["negative", "positive", "surprise"]
   assert cfg.model.growth_rate == config.model.growth_rate and cfg.name == "tiny"
-  for a, b in zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(st.variables_of(state))):
+  for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(st.variables_of(state))):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   # the variables run in a model rebuilt from the stored config
   logits = build_model(cfg.model).apply(variables, jnp.zeros((2, 16, 16, 3)), train=False)
@@ -120,8 +120,8 @@ def test_load_for_inference_and_inspect_work_from_latest_alone(run_dir, tmp_path
   shutil.rmtree(os.path.join(only_latest, "best"))
   _, variables2, classes2 = ckpt.load_for_inference(only_latest)
   assert classes2 == classes
-  assert jax.tree_util.tree_structure(variables) == jax.tree_util.tree_structure(variables2)
-  for a, b in zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(variables2)):
+  assert jax.tree.structure(variables) == jax.tree.structure(variables2)
+  for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(variables2)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   params_part = inspect_checkpoint.describe(only_latest).split("parameters:")[1]
   assert "opt_state" not in params_part and "mu" not in params_part

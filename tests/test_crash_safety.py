@@ -225,7 +225,7 @@ def latest_checkpoints(workdir) -> dict:
   for fid in fold_records(workdir):
     run_dir = os.path.join(workdir, "finetune", "folds", fid)
     tree, meta = ckpt.restore(run_dir, "latest")
-    out[fid] = (ckpt.latest_epoch(run_dir, "latest"), jax.tree_util.tree_map(np.asarray, tree), meta["loop"])
+    out[fid] = (ckpt.latest_epoch(run_dir, "latest"), jax.tree.map(np.asarray, tree), meta["loop"])
   return out
 
 
@@ -365,7 +365,7 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous_good_one(tiny, t
   assert "warning:" in capfd.readouterr().err
   assert res.resumed_from_epoch == 2 and res.epochs_trained == 4
   # resumed from epoch 2: the same weights as the uninterrupted run
-  for a, b in zip(jax.tree_util.tree_leaves(ref.variables), jax.tree_util.tree_leaves(res.variables)):
+  for a, b in zip(jax.tree.leaves(ref.variables), jax.tree.leaves(res.variables)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert sorted(os.listdir(latest)) == ["3", "4"]  # the damaged one was replaced
 
@@ -407,7 +407,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny, tmp_pat
     assert needle in msg, (needle, msg)
   assert ckpt.latest_epoch(str(tmp_path / "run"), "latest") == 2
   tree, meta = ckpt.restore(str(tmp_path / "run"), "latest")
-  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(tree["state"]["params"]))
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(tree["state"]["params"]))
 
 
 def test_exploding_learning_rate_names_the_step(tiny, tmp_path):

@@ -285,8 +285,8 @@ _FOUR_DEVICES = textwrap.dedent("""
       y = jax.device_put(ds.labels[:8], parallel.batch_sharding(mesh))
       s1, loss = fns["train"](s0, x, y)
       steps[n] = (jax.device_get(s1.batch_stats), float(loss), len(x.sharding.device_set))
-    diff = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree_util.tree_leaves(steps[1][0]),
-                                                          jax.tree_util.tree_leaves(steps[4][0])))
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(steps[1][0]),
+                                                          jax.tree.leaves(steps[4][0])))
     out["bn_diff"], out["loss"], out["devices"] = diff, [steps[1][1], steps[4][1]], [steps[1][2], steps[4][2]]
     for n in (1, 4):
       mesh = parallel.make_mesh(jax.devices()[:n])

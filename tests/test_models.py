@@ -135,8 +135,8 @@ def test_batchnorm_train_updates_stats_and_eval_uses_them():
   x = jax.random.uniform(jax.random.key(1), (4, 32, 32, 3)) * 3 + 1
   train = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))
   _, updates = train(variables, x)
-  before = jax.tree_util.tree_leaves(variables["batch_stats"])
-  after = jax.tree_util.tree_leaves(updates["batch_stats"])
+  before = jax.tree.leaves(variables["batch_stats"])
+  after = jax.tree.leaves(updates["batch_stats"])
   assert any(not np.allclose(a, b) for a, b in zip(before, after))
   # Eval mode is deterministic and does not depend on the other samples of the batch.
   infer = jax.jit(lambda v, x: model.apply(v, x, train=False))
@@ -205,7 +205,7 @@ def test_attention_none_is_identity_on_the_skip_path():
   x = jax.random.normal(jax.random.key(0), (2, 6, 6, 8))
   mod = MixedAttention(kind="none")
   v = mod.init(jax.random.key(1), x)
-  assert not jax.tree_util.tree_leaves(v)  # no parameters
+  assert not jax.tree.leaves(v)  # no parameters
   np.testing.assert_array_equal(mod.apply(v, x), x)
   # In the whole network: with attention=none, no attention parameters exist and nothing is sown.
   cfg = tiny_cfg(attention="none")
@@ -214,7 +214,7 @@ def test_attention_none_is_identity_on_the_skip_path():
   _, state = jax.eval_shape(
     lambda v: model.apply(v, jnp.ones((1, 32, 32, 3)), train=False, mutable=["intermediates"]), variables
   )
-  assert "intermediates" not in state or not jax.tree_util.tree_leaves(state["intermediates"])
+  assert "intermediates" not in state or not jax.tree.leaves(state["intermediates"])
   assert not any(
     "attention" in jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(variables["params"])[0]
   )
@@ -326,7 +326,7 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
   cfg = tiny_cfg(dtype="bfloat16")
   model = build_model(cfg)
   variables = init_variables(model, jax.random.key(0), 32)
-  assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(variables["params"]))
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
   x = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3))
   logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
   assert logits.dtype == jnp.float32
@@ -389,13 +389,12 @@ def _first_step_gradients(model_cfg, variables, images, labels, *, dtype, folds=
   model = build_model(cfg)
   apply_fn = model_apply(model)
   train_cfg = config_defaults.get_train_config(batch_size=images.shape[-4], epochs=1)
-  cast = lambda t: jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a), dtype), t)
+  cast = lambda t: jax.tree.map(lambda a: jnp.asarray(np.asarray(a), dtype), t)
   mesh = parallel.make_mesh(jax.devices()[:1])
   fns = loop._compiled(mesh, bool(folds), apply_fn)
   if folds:
     per_fold = [
-      create_state(apply_fn, cast(jax.tree_util.tree_map(lambda a, f=f: a[f], variables)), train_cfg)
-      for f in range(folds)
+      create_state(apply_fn, cast(jax.tree.map(lambda a, f=f: a[f], variables)), train_cfg) for f in range(folds)
     ]
     state = per_fold[0].replace(
       **{
@@ -410,7 +409,7 @@ def _first_step_gradients(model_cfg, variables, images, labels, *, dtype, folds=
   jaxpr = jax.make_jaxpr(fns["train"])(*args)
   new_state, _ = fns["train"](*args)
   mu = new_state.opt_state[0].mu
-  return [np.asarray(m, np.float64) for m in jax.tree_util.tree_leaves(mu)], jaxpr
+  return [np.asarray(m, np.float64) for m in jax.tree.leaves(mu)], jaxpr
 
 
 def _relative_error(got, ref) -> float:
@@ -424,7 +423,7 @@ def test_float64_model_is_float64_end_to_end():
     cfg = tiny_cfg(dtype="float64")
     model = build_model(cfg)
     variables = init_variables(model, jax.random.key(0), 32)
-    leaves = jax.tree_util.tree_leaves(variables)
+    leaves = jax.tree.leaves(variables)
     assert leaves and all(a.dtype == jnp.float64 for a in leaves)
     x = jnp.ones((1, 32, 32, 3), jnp.float32)
     assert model.apply(variables, x, train=False).dtype == jnp.float64
@@ -463,7 +462,7 @@ def test_vmapped_fit_many_step_gradients_match_a_float64_reference():
   model = build_model(cfg)
   vs = [init_variables(model, jax.random.key(f), 32) for f in range(2)]
   vs = [{"params": _shift_conv_biases(v["params"], 100.0), "batch_stats": v["batch_stats"]} for v in vs]
-  stacked = jax.tree_util.tree_map(lambda *a: np.stack([np.asarray(u) for u in a]), *vs)
+  stacked = jax.tree.map(lambda *a: np.stack([np.asarray(u) for u in a]), *vs)
   rng = np.random.default_rng(1)
   x = rng.uniform(size=(2, 8, 32, 32, 3)).astype(np.float32)
   y = rng.integers(0, 3, (2, 8)).astype(np.int32)

@@ -59,7 +59,7 @@ def test_same_logits_with_copied_weights(size, placement):
   variables = jax.device_get(init_variables(model, jax.random.key(1), size, 3))
   # Non-trivial BatchNorm statistics, so that inference mode tests the running averages too.
   rng = np.random.default_rng(0)
-  variables["batch_stats"] = jax.tree_util.tree_map(
+  variables["batch_stats"] = jax.tree.map(
     lambda a: (rng.uniform(0.5, 1.5, a.shape) if a.ndim else a).astype(np.float32), variables["batch_stats"]
   )
   twin = torch_twin.load_flax_variables(torch_twin.from_model_config(c, image_size=size), variables)

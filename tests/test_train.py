@@ -78,12 +78,10 @@ def test_plateau_scales_the_adam_step(tiny):
   assert int(s.epoch) == 6
   # Adam's first step moves every parameter by ~lr * scale.
   fresh = st.create_state(model_apply(model), jax.device_get(init(jax.random.PRNGKey(0))), cfg)
-  grads = jax.tree_util.tree_map(jnp.ones_like, fresh.params)
+  grads = jax.tree.map(jnp.ones_like, fresh.params)
   for state, lr in ((fresh, 0.01), (s, 0.01 * 0.01)):
     new = jax.jit(lambda t, g: t.apply_scaled_gradients(grads=g, batch_stats=t.batch_stats))(state, grads)
-    delta = jax.tree_util.tree_leaves(
-      jax.tree_util.tree_map(lambda a, b: jnp.abs(a - b).max(), new.params, state.params)
-    )
+    delta = jax.tree.leaves(jax.tree.map(lambda a, b: jnp.abs(a - b).max(), new.params, state.params))
     np.testing.assert_allclose(max(delta), lr, rtol=1e-3)
 
 
@@ -124,7 +122,7 @@ def test_fit_keeps_best_validation_weights_and_stops_early(fitted):
   assert np.mean(probs.argmax(1) == run.val_y) == pytest.approx(res.best_val_accuracy)
   # the best checkpoint holds exactly these weights; latest holds the last epoch
   _, variables, names = ckpt.load_for_inference(run.run_dir)
-  for a, b in zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(res.variables)):
+  for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(res.variables)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert names == ["negative", "positive", "surprise"]
   assert ckpt.latest_epoch(run.run_dir, "latest") == res.epochs_trained
@@ -142,7 +140,7 @@ def test_fit_is_deterministic(fitted):
     num_classes=3,
     progress=False,
   )
-  for a, b in zip(jax.tree_util.tree_leaves(again.variables), jax.tree_util.tree_leaves(res.variables)):
+  for a, b in zip(jax.tree.leaves(again.variables), jax.tree.leaves(res.variables)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   p1 = loop.predict_probs(model_apply(model), again.variables, run.val_x, 8)
   p2 = loop.predict_probs(model_apply(model), res.variables, run.val_x, 8)
@@ -163,14 +161,14 @@ def test_sync_checkpoints_and_device_inputs_give_the_same_run(fitted, tmp_path):
     progress=False,
     checkpoint_async=False,
   )
-  assert not any(x.is_deleted() for x in jax.tree_util.tree_leaves(v_dev))
-  for a, b in zip(jax.tree_util.tree_leaves(sync.variables), jax.tree_util.tree_leaves(res.variables)):
+  assert not any(x.is_deleted() for x in jax.tree.leaves(v_dev))
+  for a, b in zip(jax.tree.leaves(sync.variables), jax.tree.leaves(res.variables)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   for kind in ("best", "latest"):
     assert ckpt.latest_epoch(str(tmp_path), kind) == ckpt.latest_epoch(run.run_dir, kind)
     (t_async, m_async), (t_sync, m_sync) = ckpt.restore(run.run_dir, kind), ckpt.restore(str(tmp_path), kind)
     assert m_async == m_sync
-    for a, b in zip(jax.tree_util.tree_leaves(t_async), jax.tree_util.tree_leaves(t_sync)):
+    for a, b in zip(jax.tree.leaves(t_async), jax.tree.leaves(t_sync)):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
@@ -219,7 +217,7 @@ def _fresh_like(model):
   """Random variables with ``model``'s structure (shapes from eval_shape: no compilation)."""
   shapes = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0), train_data.SIZE))
   rng = np.random.default_rng(0)
-  return jax.tree_util.tree_map(lambda s: rng.normal(size=s.shape).astype(s.dtype), shapes)
+  return jax.tree.map(lambda s: rng.normal(size=s.shape).astype(s.dtype), shapes)
 
 
 def test_main_pipeline_pretrains_transfers_and_reports(tiny, tmp_path, monkeypatch):
@@ -246,7 +244,7 @@ def test_main_pipeline_pretrains_transfers_and_reports(tiny, tmp_path, monkeypat
   assert loads == ["macro", "micro"]
   # fold initialisation == pretrained best checkpoint (backbone and attention and, 3 classes -> 3, the head)
   _, pre, _ = ckpt.load_for_inference(os.path.join(tmp_path, "pretrain"))
-  for a, b in zip(jax.tree_util.tree_leaves(inits[0]), jax.tree_util.tree_leaves(pre)):
+  for a, b in zip(jax.tree.leaves(inits[0]), jax.tree.leaves(pre)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   with open(out["reports"]["results_json"]) as f:
     res = json.load(f)
@@ -268,7 +266,7 @@ def test_main_pipeline_pretrains_transfers_and_reports(tiny, tmp_path, monkeypat
   inits.clear()
   main_mod.run(config, str(tmp_path / "reuse"), load_arrays=load_arrays, progress=False)
   assert loads == ["micro"]
-  for a, b in zip(jax.tree_util.tree_leaves(inits[0]), jax.tree_util.tree_leaves(pre)):
+  for a, b in zip(jax.tree.leaves(inits[0]), jax.tree.leaves(pre)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 

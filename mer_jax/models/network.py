@@ -86,10 +86,10 @@ def init_variables(model: MERNet, rng: jax.Array, image_size: int, channels: int
   x = jnp.zeros((1, image_size, image_size, channels), jnp.float32)
   variables = jax.jit(lambda r, x: model.init(r, x, train=False))(rng, x)
   pdt = param_dtype_for(model.dtype)
-  stats = jax.tree_util.tree_map(lambda a: a.astype(pdt), variables.get("batch_stats", {}))
+  stats = jax.tree.map(lambda a: a.astype(pdt), variables.get("batch_stats", {}))
   return {"params": variables["params"], "batch_stats": stats}
 
 
 def count_params(tree) -> int:
   """Total number of scalars in a pytree of arrays."""
-  return int(sum(x.size for x in jax.tree_util.tree_leaves(tree)))
+  return int(sum(x.size for x in jax.tree.leaves(tree)))
