@@ -22,7 +22,6 @@ import datetime
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from mer_jax import reporting  # noqa: E402
 from mer_jax.data import preprocess, readers, synth  # noqa: E402
 
 FULL_SET = 255  # CASME II clips
@@ -137,15 +137,7 @@ def main() -> int:
       face_lib.clip_face_box(preprocess.read_frames(s.frame_paths[s.onset : s.onset + 1])).size
       for s in samples[:: max(1, len(samples) // 8)]
     ]
-    try:
-      head = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        cwd=os.path.dirname(os.path.abspath(__file__)),
-      ).stdout.strip()
-    except OSError:
-      head = "?"
+    head = reporting.git_commit_of_repo() or "?"
     print(
       f"# preprocess benchmark {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC | "
       f"git {head} | jax {jax.__version__} on {jax.default_backend()} | {platform.machine()}, "

@@ -13,12 +13,12 @@ import argparse
 import dataclasses
 import os
 import platform
-import subprocess
 import time
 
 import cv2
 import numpy as np
 
+from mer_jax import reporting
 from mer_jax.data import synth
 from mer_jax.spotting import spotter as sp
 from mer_jax.spotting import synth_long
@@ -46,15 +46,7 @@ def main() -> None:
   ap.add_argument("--flows", default="farneback,dis")
   a = ap.parse_args()
   frames = phone_frames(a.frames)
-  try:
-    head = subprocess.run(
-      ["git", "rev-parse", "--short", "HEAD"],
-      capture_output=True,
-      text=True,
-      cwd=os.path.dirname(os.path.abspath(__file__)),
-    ).stdout.strip()
-  except OSError:
-    head = "unknown"
+  head = reporting.git_commit_of_repo() or "unknown"
   print(
     f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()}-core {platform.machine()}, "
     f"commit {head}; {a.frames} frames 640x360 at 30 fps, OpenCV threads {cv2.getNumThreads()}"

@@ -167,6 +167,16 @@ def run_plan(
   return failed, False
 
 
+def parse_with_overrides(ap: argparse.ArgumentParser, argv: Optional[Sequence[str]]):
+  """(args, extra): ``ap``'s arguments and the ``--config.<field>=<value>`` overrides to pass on to every run;
+  any other unknown argument is a usage error."""
+  args, extra = ap.parse_known_args(argv)
+  bad = [a for a in extra if not a.startswith("--config.")]
+  if bad:
+    ap.error(f"unrecognised arguments {bad} (only --config.<field>=<value> overrides are passed on)")
+  return args, extra
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[argparse.Namespace, list[str]]:
   ap = argparse.ArgumentParser(prog="experiments/ablation.py", description=__doc__.split("\n\n")[0])
   ap.add_argument("--workdir", required=True, help="root folder; one sub-folder per variant")
@@ -182,11 +192,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[argparse.Namespace
     help="let the EVM-off run pretrain on its own instead of reusing the proposed run's",
   )
   ap.add_argument("--python", default=sys.executable, help="interpreter for the runs (default: this one)")
-  args, extra = ap.parse_known_args(argv)
-  bad = [a for a in extra if not a.startswith("--config.")]
-  if bad:
-    ap.error(f"unrecognised arguments {bad} (only --config.<field>=<value> overrides are passed on)")
-  return args, extra
+  return parse_with_overrides(ap, argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -38,6 +38,7 @@ from typing import Any, Optional, Sequence
 if __package__ in (None, ""):  # `python experiments/evm_ablation.py`: make `mer_jax` importable from a checkout
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from experiments import ablation  # noqa: E402
 from mer_jax import config_defaults  # noqa: E402
 
 # The two band readings as evm-section overrides (mer_jax/config_defaults.py EVM_READINGS defines them).
@@ -283,21 +284,6 @@ def table_markdown(
   return "\n".join(lines)
 
 
-def _git_commit() -> str:
-  try:
-    return (
-      subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        cwd=os.path.dirname(os.path.abspath(__file__)),
-      ).stdout.strip()
-      or "unknown"
-    )
-  except OSError:
-    return "unknown"
-
-
 def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[argparse.Namespace, list[str]]:
   ap = argparse.ArgumentParser(prog="python -m experiments.evm_ablation", description=__doc__.split("\n\n")[0])
   ap.add_argument("--workdir", required=True, help="root folder: seed<S>/<variant> run folders and the tables")
@@ -320,10 +306,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[argparse.Namespace
   ap.add_argument("--rerun", action="store_true", help="start runs again even if results.json exists")
   ap.add_argument("--keep-going", action="store_true", help="go on after a failed run; the tables mark it missing")
   ap.add_argument("--python", default=sys.executable, help="interpreter for the runs (default: this one)")
-  args, extra = ap.parse_known_args(argv)
-  bad = [a for a in extra if not a.startswith("--config.")]
-  if bad:
-    ap.error(f"unrecognised arguments {bad} (only --config.<field>=<value> overrides are passed on)")
+  args, extra = ablation.parse_with_overrides(ap, argv)
   try:
     args.seed_list = [int(s) for s in args.seeds.split(",") if s.strip()]
   except ValueError:
@@ -410,11 +393,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for name, _ in run
   }
   summary = summarise(per_seed)
+  commit = reporting.git_commit_of_repo() or "unknown"
   header = (
     f"# EVM ablation on SynthME (CDE LOSO, {args.config}, seeds {args.seeds}, motion amplitude "
     f"{args.amplitude[0]:g}-{args.amplitude[1]:g} px at 112 px)\n\n"
     f"UF1 / UAR / accuracy of the whole set, mean +- sample std over seeds. "
-    f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, git {_git_commit()}.\n\n"
+    f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, git {commit}.\n\n"
   )
   md = header + table_markdown(order, summary, alias, skipped, settings, per_seed) + "\n"
   os.makedirs(args.workdir, exist_ok=True)
@@ -424,7 +408,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     "seeds": args.seed_list,
     "amplitude_px_at_112": list(args.amplitude),
     "extra_overrides": extra,
-    "git_commit": _git_commit(),
+    "git_commit": commit,
     "variants": {n: ov for n, ov in VARIANTS if n in order},
     "aliases": alias,
     "skipped": skipped,

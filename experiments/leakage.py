@@ -242,11 +242,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[argparse.Namespace
   ap.add_argument("--bootstrap-samples", type=int, default=2000, help="paired bootstrap resamples (default 2000)")
   ap.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
   ap.add_argument("--python", default=sys.executable, help="interpreter for the runs (default: this one)")
-  args, extra = ap.parse_known_args(argv)
-  bad = [a for a in extra if not a.startswith("--config.")]
-  if bad:
-    ap.error(f"unrecognised arguments {bad} (only --config.<field>=<value> overrides are passed on)")
-  return args, extra
+  return ablation.parse_with_overrides(ap, argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -23,10 +23,10 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import time
 from typing import Optional, Sequence
 
+from mer_jax import reporting
 from mer_jax.errors import ConfigError, DataError, run_cli
 from mer_jax.spot import load_params
 from mer_jax.spotting import evaluate as ev
@@ -36,22 +36,6 @@ from mer_jax.spotting.readers import CAS_LONG, DISPLAY_NAMES, SAMM_LV, read_long
 
 DATASETS = (CAS_LONG, SAMM_LV)
 METHODS = ("spotter", "baseline")
-
-
-def _git_head() -> str:
-  try:
-    return (
-      subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        cwd=os.path.dirname(os.path.abspath(__file__)),
-        capture_output=True,
-        text=True,
-        timeout=10,
-      ).stdout.strip()
-      or "unknown"
-    )
-  except (OSError, subprocess.SubprocessError):
-    return "unknown"
 
 
 def machine() -> str:
@@ -210,7 +194,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   results = {
     "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     "machine": machine(),
-    "commit": _git_head(),
+    "commit": reporting.git_commit_of_repo() or "unknown",
     "rule": a.rule,
     "synthetic": a.synth,
     "base_params": base.as_dict(),
