@@ -1,8 +1,8 @@
 """Spot, then recognise: spot expressions in a video and classify each spotted micro-expression with a trained
 mer_jax checkpoint.
 
-    python -m mer_jax.analyse --checkpoint RUN_DIR --input VIDEO_OR_FRAME_FOLDER --out FILE.json [--fps N]
-        [--params PARAMS.json] [--types micro|all] [--quiet]
+    python -m mer_jax.analyse --checkpoint RUN_DIR --input VIDEO_OR_FRAME_FOLDER --out FILE [--fps N]
+        [--format json|str] [--params PARAMS.json] [--types micro|all] [--video-name NAME] [--subject S] [--quiet]
 
 Spotting is ``python -m mer_jax.spot`` (same input rules, ``--params`` and progress). Each spotted interval of the
 chosen types (default: micro-expressions only) becomes a clip of its frames ``onset..offset``, which goes through
@@ -13,13 +13,14 @@ RUN_DIR is a run directory written by training (``<workdir>/finetune/folds/<fold
 Output: the JSON of ``mer_jax.spot`` plus, on every classified prediction, ``label`` (also written as
 ``emotion``, so ``python -m mer_jax.spot_eval`` can compute STRS when the checkpoint's classes are the dataset's
 emotions), ``probabilities`` ({class: p}), ``clip_apex`` (the frame the classifier took as apex, a frame number of
-the video) and ``clip_face_found``; and ``checkpoint``, ``class_names`` at the top.
+the video) and ``clip_face_found``; and ``checkpoint``, ``class_names`` at the top. ``--format str`` writes the
+spot-then-recognise CSV instead: ``subject,video,onset,offset,emotion``, one line per classified micro-expression
+(``--subject``, default the video name), which ``python -m mer_jax.spot_eval`` reads as micro-expressions.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import warnings
@@ -77,6 +78,7 @@ def analyse(
   types: str = "micro",
   batch_size: int = 32,
   quiet: bool = True,
+  video: Optional[str] = None,
 ) -> dict:
   """Spots ``input_path`` and classifies the spotted intervals (module docstring).
 
@@ -88,6 +90,7 @@ def analyse(
     types: 'micro' (classify micro-expressions only) or 'all'.
     batch_size: clips per jitted inference call.
     quiet: no progress on stderr.
+    video: the video name written in each prediction (default: the input's name).
   Returns:
     The ``mer_jax.spot`` result with ``checkpoint``, ``class_names`` and, per classified prediction,
     ``label``, ``emotion``, ``probabilities``, ``clip_apex``, ``clip_face_found``.
@@ -100,7 +103,7 @@ def analyse(
     raise ConfigError(f"--types {types!r}: use one of {', '.join(TYPES)}")
   config, variables, class_names = predict.resolve_checkpoint(checkpoint_dir)
   cfg = predict.inference_config(config, "spot")
-  result = spot.spot_file(input_path, fps=fps, params=params or sp.SpotParams(), quiet=quiet)
+  result = spot.spot_file(input_path, fps=fps, params=params or sp.SpotParams(), quiet=quiet, video=video)
   chosen = [q for q in result["predictions"] if types == "all" or q["type"] == "micro"]
   result.update(checkpoint=os.path.abspath(checkpoint_dir), class_names=list(class_names))
   if not chosen:
@@ -134,9 +137,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   ap.add_argument("--checkpoint", required=True, help="run directory written by training")
   ap.add_argument("--input", required=True, help="video file or frame folder")
   ap.add_argument("--fps", type=float, default=None, help="frame rate (required for a frame folder)")
-  ap.add_argument("--out", required=True, help="output JSON file")
+  ap.add_argument("--out", required=True, help="output file")
+  ap.add_argument(
+    "--format",
+    choices=("json", "str"),
+    default="json",
+    help="json (default, everything) or str: subject,video,onset,offset,emotion per classified micro-expression",
+  )
   ap.add_argument("--params", default=None, help="JSON file of spotter parameters (e.g. spot_bench's params)")
   ap.add_argument("--types", choices=TYPES, default="micro", help="which spotted intervals to classify")
+  ap.add_argument("--video-name", default=None, help="video name in the output (default: the input's name)")
+  ap.add_argument("--subject", default=None, help="subject column of --format str (default: the video name)")
   ap.add_argument("--quiet", action="store_true")
   return ap.parse_args(argv)
 
@@ -145,9 +156,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   a = parse_args(argv)
   params = spot.load_params(a.params)
   spot.check_out(a.out)
-  result = analyse(a.checkpoint, a.input, fps=a.fps, params=params, types=a.types, quiet=a.quiet)
-  with open(a.out, "w") as f:
-    json.dump(result, f, indent=1)
+  result = analyse(a.checkpoint, a.input, fps=a.fps, params=params, types=a.types, quiet=a.quiet, video=a.video_name)
+  spot.write_result(result, a.out, a.format, subject=a.subject)
   for q in result["predictions"]:
     lab = f"  {q['label']} ({q['probabilities'][q['label']]:.2f})" if "label" in q else ""
     print(f"{q['video']} {q['type']:5s} {q['onset']}-{q['offset']} ({q['onset_s']:.2f}-{q['offset_s']:.2f} s){lab}")

@@ -1,20 +1,24 @@
 """Spot micro- and macro-expressions in a video of a face (training-free optical-flow spotter).
 
-    python -m mer_jax.spot --input VIDEO_OR_FRAME_FOLDER [--fps N] --out FILE [--format json|megc]
-        [--params PARAMS.json] [--video-name NAME] [--quiet]
+    python -m mer_jax.spot --input VIDEO_OR_FRAME_FOLDER [--fps N] --out FILE [--format json|megc|str]
+        [--params PARAMS.json] [--video-name NAME] [--checkpoint RUN_DIR [--subject S]] [--quiet]
 
 The input is a video file (anything OpenCV's FFmpeg backend opens: .mp4, .avi, .mov ...) or a folder of frames
 (.jpg/.png/.bmp in natural order: img2 before img10; ``--fps`` required). Any length: frames are streamed, only
 the last ``k + step`` (about 0.2 s) are held. ``--params`` takes a JSON object of
 :class:`mer_jax.spotting.spotter.SpotParams` fields, or the ``params.json`` that ``python -m mer_jax.spot_bench``
 writes (the setting chosen on all of a dataset's subjects); without it the defaults are used, which were not
-tuned on any data.
+tuned on any data. Nothing is spotted where no face is tracked or across a shot cut (stderr says where).
 
-Output (``--format json``, default): ``{"input", "video", "fps", "num_frames", "face_found", "params",
-"predictions": [{"video", "onset", "apex", "offset", "onset_s", "apex_s", "offset_s", "type", "score"}]}`` with
-1-based inclusive frame numbers, seconds from the first frame (``(frame - 1) / fps``), type ``micro`` (at most
-0.5 s) or ``macro``. ``--format megc``: CSV ``vid,pred_onset,pred_offset,type,score`` with type ``me`` / ``mae``
-(the MEGC submission columns). Both are read by ``python -m mer_jax.spot_eval``.
+Output (``--format json``, default): ``{"input", "video", "fps", "num_frames", "face_found", "face_frames",
+"face_absent", "cuts", "params", "predictions": [{"video", "onset", "apex", "offset", "onset_s", "apex_s",
+"offset_s", "type", "score"}]}`` with 1-based inclusive frame numbers, seconds from the first frame
+(``(frame - 1) / fps``), type ``micro`` (at most 0.5 s) or ``macro``; ``face_absent`` lists the frame ranges
+without a tracked face, ``cuts`` the first frames of new shots. ``--format megc``: CSV
+``vid,pred_onset,pred_offset,type,score`` with type ``me`` / ``mae`` (the MEGC submission columns). With
+``--checkpoint`` each spotted micro-expression is also classified (what ``python -m mer_jax.analyse`` does), and
+``--format str`` writes the spot-then-recognise CSV ``subject,video,onset,offset,emotion`` (micro-expressions
+only). All three are read by ``python -m mer_jax.spot_eval``.
 
 Progress goes to stderr every 2 s (``--quiet`` turns it off). Bad input is one ``error:`` line and exit code 2.
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import os
@@ -34,11 +39,12 @@ from typing import Iterator, Optional, Sequence
 import cv2
 import numpy as np
 
-from mer_jax import video_io
+from mer_jax import reporting, video_io
 from mer_jax.errors import ConfigError, DataError, run_cli
 from mer_jax.spotting import spotter as sp
 
-FORMATS = ("json", "megc")
+FORMATS = ("json", "megc", "str")
+STR_COLUMNS = ("subject", "video", "onset", "offset", "emotion")
 
 
 def load_params(path: Optional[str]) -> sp.SpotParams:
@@ -162,22 +168,43 @@ def spot_file(
       f"{path}: {n} frames; the spotter compares each frame with the one {ms.k} frames earlier "
       f"(k_seconds={params.k_seconds} at {fps:g} fps), so it needs at least {ms.k + 2} frames"
     )
+  absent = ms.face_absent()
   if not ms.face_found:
     print(
-      f"warning: {path}: OpenCV's Haar frontal-face cascade found no face in any tested frame; the centre "
-      "square of the frame was used",
+      f"warning: {path}: OpenCV's Haar frontal-face cascade found no face in any tested frame; nothing was "
+      "spotted (the spotter measures motion inside a face)",
       file=sys.stderr,
     )
-  intervals = sp.extract_intervals(ms.signal, fps, params, k=ms.k)
+  elif absent or ms.cuts:
+    gone = sum(b - a + 1 for a, b in absent)
+    print(
+      f"note: {path}: no face tracked in {gone} of {n} frames ({_ranges(absent, fps)})"
+      + (f"; shot cut(s) at frame(s) {', '.join(map(str, ms.cuts))}" if ms.cuts else "")
+      + "; nothing is spotted without a face or across a cut",
+      file=sys.stderr,
+    )
+  intervals = sp.extract_intervals(ms.signal, fps, params, k=ms.k, valid=ms.valid)
   return {
     "input": os.path.abspath(path),
     "video": name,
     "fps": fps,
     "num_frames": n,
     "face_found": ms.face_found,
+    "face_frames": int(ms.face.sum()) if ms.face is not None else n,
+    "face_absent": [list(r) for r in absent],
+    "cuts": list(ms.cuts),
     "params": params.as_dict(),
     "predictions": sp.iter_intervals(intervals, name, fps),
   }
+
+
+def _ranges(ranges: Sequence[tuple[int, int]], fps: float, most: int = 4) -> str:
+  """'frames 1-30 (0.00-0.97 s), ...' for at most ``most`` ranges."""
+  if not ranges:
+    return "none"
+  txt = [f"{a}-{b} ({(a - 1) / fps:.2f}-{(b - 1) / fps:.2f} s)" for a, b in ranges[:most]]
+  more = f" and {len(ranges) - most} more" if len(ranges) > most else ""
+  return "frames " + ", ".join(txt) + more
 
 
 def check_out(out: str) -> None:
@@ -187,18 +214,31 @@ def check_out(out: str) -> None:
     raise DataError(f"--out {out}: folder {d} does not exist; create it first")
 
 
-def write_result(result: dict, out: str, fmt: str) -> None:
-  """Writes ``result`` as JSON or as MEGC CSV (module docstring)."""
+def write_result(result: dict, out: str, fmt: str, subject: Optional[str] = None) -> None:
+  """Writes ``result`` as JSON, MEGC CSV or STR CSV (module docstring).
+
+  ``str`` needs classified predictions (``mer_jax.analyse``): one line per classified micro-expression,
+  ``subject,video,onset,offset,emotion``; ``subject`` defaults to the video name.
+  """
   check_out(out)
   if fmt == "json":
-    with open(out, "w") as f:
-      json.dump(result, f, indent=1)
-    return
-  with open(out, "w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(["vid", "pred_onset", "pred_offset", "type", "score"])
-    for p in result["predictions"]:
-      w.writerow([p["video"], p["onset"], p["offset"], "me" if p["type"] == "micro" else "mae", p["score"]])
+    text = json.dumps(result, indent=1)
+  else:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    if fmt == "megc":
+      w.writerow(["vid", "pred_onset", "pred_offset", "type", "score"])
+      for p in result["predictions"]:
+        w.writerow([p["video"], p["onset"], p["offset"], "me" if p["type"] == "micro" else "mae", p["score"]])
+    elif fmt == "str":
+      w.writerow(STR_COLUMNS)
+      for p in result["predictions"]:
+        if p["type"] == "micro" and "emotion" in p:
+          w.writerow([subject or p["video"], p["video"], p["onset"], p["offset"], p["emotion"]])
+    else:
+      raise ConfigError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
+    text = buf.getvalue()
+  reporting.atomic_write_text(out, text)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -206,19 +246,41 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   ap.add_argument("--input", required=True, help="video file or frame folder")
   ap.add_argument("--fps", type=float, default=None, help="frame rate (required for a frame folder)")
   ap.add_argument("--out", required=True, help="output file")
-  ap.add_argument("--format", choices=FORMATS, default="json")
+  ap.add_argument(
+    "--format",
+    choices=FORMATS,
+    default="json",
+    help="json (default); megc: vid,pred_onset,pred_offset,type,score; str: subject,video,onset,offset,emotion "
+    "(spot-then-recognise: needs --checkpoint)",
+  )
   ap.add_argument("--params", default=None, help="JSON file of spotter parameters (e.g. spot_bench's params.json)")
   ap.add_argument("--video-name", default=None, help="video name in the output (default: the input's name)")
+  ap.add_argument("--subject", default=None, help="subject column of --format str (default: the video name)")
+  ap.add_argument(
+    "--checkpoint",
+    default=None,
+    help="run directory of a trained model: classify each spotted micro-expression (as python -m mer_jax.analyse)",
+  )
   ap.add_argument("--quiet", action="store_true", help="no progress on stderr")
   return ap.parse_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   a = parse_args(argv)
+  if a.format == "str" and a.checkpoint is None:
+    raise ConfigError(
+      "--format str writes subject,video,onset,offset,emotion: the emotion of each spotted micro-expression "
+      "needs a trained model; add --checkpoint RUN_DIR (or use python -m mer_jax.analyse --format str)"
+    )
   params = load_params(a.params)
   check_out(a.out)
-  result = spot_file(a.input, fps=a.fps, params=params, video=a.video_name, quiet=a.quiet)
-  write_result(result, a.out, a.format)
+  if a.checkpoint is not None:
+    from mer_jax import analyse
+
+    result = analyse.analyse(a.checkpoint, a.input, fps=a.fps, params=params, quiet=a.quiet, video=a.video_name)
+  else:
+    result = spot_file(a.input, fps=a.fps, params=params, video=a.video_name, quiet=a.quiet)
+  write_result(result, a.out, a.format, subject=a.subject)
   kinds = {t: sum(p["type"] == t for p in result["predictions"]) for t in ("micro", "macro")}
   print(
     f"{result['video']}: {result['num_frames']} frames at {result['fps']:g} fps, {kinds['micro']} micro- and "

@@ -89,3 +89,44 @@ def test_each_spotted_interval_is_classified_like_predict_on_its_frames(setup, t
 def test_bad_types_is_a_config_error(setup):
   with pytest.raises(ConfigError, match="--types 'macro': use one of micro, all"):
     analyse.analyse(setup["run_dir"], setup["folder"], fps=30.0, types="macro")
+
+
+def test_str_format_lists_the_classified_micro_expressions(setup, tmp_path):
+  """--format str (analyse, and spot with --checkpoint) writes subject,video,onset,offset,emotion for every
+  classified micro-expression, and spot_eval reads it back as micro-expressions with their emotions."""
+  from mer_jax import spot
+
+  rng = np.random.default_rng(0)
+  ident = synth.make_identity(rng)
+  aus = synth.expression_aus("surprise", np.random.default_rng(5))
+  events = [synth_long._Event("micro", 68, 12, apex=6, aus=aus, amplitude=3.0)]
+  frames = np.stack(list(synth_long.render_video(ident, events, 90, frame_size=128, rng=np.random.default_rng(1))))
+  folder = fx.write_frames(str(tmp_path / "clip"), frames[..., ::-1].astype(np.float32) / 255.0)
+  js, st, st2 = tmp_path / "a.json", tmp_path / "a.csv", tmp_path / "b.csv"
+  common = ["--checkpoint", setup["run_dir"], "--input", folder, "--fps", "30", "--quiet"]
+  assert analyse.main(common + ["--out", str(js)]) == 0
+  assert analyse.main(common + ["--out", str(st), "--format", "str", "--subject", "s07"]) == 0
+  res = json.loads(js.read_text())
+  micro = [q for q in res["predictions"] if q["type"] == "micro"]
+  assert any(ev.iou((q["onset"], q["offset"]), (68, 79)) > 0 for q in micro), res["predictions"]
+  lines = st.read_text().splitlines()
+  assert lines[0] == "subject,video,onset,offset,emotion"
+  assert lines[1:] == [f"s07,clip,{q['onset']},{q['offset']},{q['emotion']}" for q in micro]
+  back = ev.load_predictions(str(st))
+  assert [(b.video, b.onset, b.offset, b.type, b.emotion) for b in back] == [
+    ("clip", q["onset"], q["offset"], "micro", q["emotion"]) for q in micro
+  ]
+  assert spot.main(common + ["--out", str(st2), "--format", "str", "--subject", "s07"]) == 0
+  assert st2.read_text() == st.read_text()
+  with pytest.raises(ConfigError, match="--format str writes subject,video,onset,offset,emotion: .* add --checkpoint"):
+    spot.main(["--input", folder, "--fps", "30", "--out", str(st2), "--format", "str"])
+  # only classified micro-expressions are written; the subject defaults to the video
+  result = {
+    "predictions": [
+      {"video": "v", "onset": 3, "offset": 9, "type": "micro", "emotion": "negative"},
+      {"video": "v", "onset": 20, "offset": 60, "type": "macro", "emotion": "positive"},
+      {"video": "v", "onset": 70, "offset": 75, "type": "micro"},
+    ]
+  }
+  spot.write_result(result, str(st2), "str")
+  assert st2.read_text() == "subject,video,onset,offset,emotion\nv,v,3,9,negative\n"

@@ -72,6 +72,7 @@ def test_spot_phone_mp4_finds_the_expression_and_writes_both_formats(phone_video
   assert p.returncode == 0, p.stderr
   res = json.loads(out.read_text())
   assert res["fps"] == 30.0 and res["num_frames"] == 150 and res["face_found"] and res["video"] == "phone"
+  assert res["face_frames"] == 150 and res["face_absent"] == [] and res["cuts"] == []
   macro = [q for q in res["predictions"] if q["type"] == "macro"]
   assert len(macro) == 1, res["predictions"]
   m = macro[0]

@@ -192,6 +192,15 @@ def test_json_and_megc_csv_predictions(tmp_path):
   c2.write_text("type,vid,pred_offset,pred_onset,score\nmae,006_1,400,100,0.25\n")
   (h,) = ev.load_predictions(str(c2))
   assert (h.video, h.onset, h.offset, h.type, h.score) == ("006_1", 100, 400, "macro", 0.25)
+  # spot-then-recognise files (subject,video,onset,offset,emotion): no type column, every line a micro-expression
+  c3 = tmp_path / "str.csv"
+  c3.write_text("subject,video,onset,offset,emotion\ns15,15_0401,3,9,Surprise\n")
+  (t,) = ev.load_predictions(str(c3))
+  assert (t.video, t.onset, t.offset, t.type, t.emotion) == ("15_0401", 3, 9, "micro", "surprise")
+  c4 = tmp_path / "notype.csv"
+  c4.write_text("vid,onset,offset\n15_0401,3,9\n")
+  with pytest.raises(DataError, match="header has no column\\(s\\) type"):
+    ev.load_predictions(str(c4))
 
 
 @pytest.mark.parametrize(

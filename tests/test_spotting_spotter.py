@@ -28,6 +28,7 @@ EXACT = sp.SpotParams(
   macro_merge_seconds=0.0,
   lag_fraction=0.0,
   pad_seconds=0.0,
+  min_seconds=0.0,
 )
 
 
@@ -59,15 +60,72 @@ def test_intervals_are_one_based_inclusive_and_typed_by_duration_at_the_fps():
 def test_offset_lag_pad_and_merge():
   s = bump(bump(floor(300), 100, 110), 114, 120)  # two runs with a 3-frame gap (111..113)
   p = dataclasses.replace(EXACT, merge_seconds=3 / 30)  # gaps of <= 3 frames merge
-  # merged run 100..120 (21 frames, macro scale does not merge it: macro_merge 0 -> 100..110 (11) and 114..120
-  # (7) are micro-length, dropped there); micro run 100..120 is 0.7 s -> not micro either: nothing
-  assert spans(sp.extract_intervals(s, 30.0, p, k=6)) == []
+  # micro scale: merged run 100..120 (21 frames = 0.7 s: macro-length); macro scale (macro_merge 0): 100..110 (11)
+  # and 114..120 (7), micro-length. Neither scale gives its own type; the longer motion is kept as macro, and the
+  # two micro-length runs inside it are not added
+  assert spans(sp.extract_intervals(s, 30.0, p, k=6)) == [(100, 120, "macro")]
   p = dataclasses.replace(p, lag_fraction=1.0)  # offset = 120 - 6 = 114: 15 frames -> micro
   assert spans(sp.extract_intervals(s, 30.0, p, k=6)) == [(100, 114, "micro")]
-  p = dataclasses.replace(p, pad_seconds=2 / 30)  # onset 98: 17 frames -> macro on the micro scale: dropped
-  assert spans(sp.extract_intervals(s, 30.0, p, k=6)) == []
+  p = dataclasses.replace(p, pad_seconds=2 / 30)  # onset 98: 17 frames -> macro-length on the micro scale
+  assert spans(sp.extract_intervals(s, 30.0, p, k=6)) == [(98, 114, "macro")]
   p = dataclasses.replace(p, macro_merge_seconds=3 / 30)  # the macro scale merges too: 98..114 macro
   assert spans(sp.extract_intervals(s, 30.0, p, k=6)) == [(98, 114, "macro")]
+
+
+def test_a_macro_length_run_the_macro_scale_misses_is_kept_as_macro():
+  s = bump(floor(300), 100, 120)  # 21 frames = 0.7 s at z ~ 61 (floor(): z = (s - 1) / 0.148)
+  # the macro scale's threshold is above the bump: only the micro scale sees it, as a macro-length run; it is
+  # kept as the macro-expression it is (it used to be dropped by both scales)
+  p = dataclasses.replace(EXACT, macro_threshold=100.0)
+  assert spans(sp.extract_intervals(s, 30.0, p, k=6)) == [(100, 120, "macro")]
+  # a micro-length run seen only at the macro scale is not a micro-expression: the micro threshold decides
+  s2 = bump(floor(300), 100, 111)
+  p = dataclasses.replace(EXACT, threshold=100.0)
+  assert spans(sp.extract_intervals(s2, 30.0, p, k=6)) == []
+  # the extra macro interval gives way to an overlapping macro-scale one
+  s3 = bump(bump(floor(300), 100, 120), 121, 140, height=2.0)  # z ~ 6.8 tail
+  p = dataclasses.replace(EXACT, threshold=30.0, macro_threshold=5.0)
+  assert spans(sp.extract_intervals(s3, 30.0, p, k=6)) == [(100, 140, "macro")]
+
+
+def test_min_seconds_drops_short_intervals():
+  s = bump(bump(floor(300), 100, 101), 200, 205)  # 2 and 6 frames
+  assert spans(sp.extract_intervals(s, 30.0, EXACT, k=6)) == [(100, 101, "micro"), (200, 205, "micro")]
+  p = dataclasses.replace(EXACT, min_seconds=0.1)  # 3 frames at 30 fps
+  assert spans(sp.extract_intervals(s, 30.0, p, k=6)) == [(200, 205, "micro")]
+  assert sp.SpotParams().min_seconds == 0.1
+
+
+def test_nothing_is_spotted_outside_valid_frames_and_runs_touching_them_are_dropped():
+  s = bump(bump(bump(floor(300), 50, 60), 150, 160), 240, 250)
+  valid = np.ones(300, bool)
+  valid[160:200] = False  # e.g. the face left at frame 161 (1-based), right after the second run
+  valid[245:260] = False
+  assert spans(sp.extract_intervals(s, 30.0, EXACT, k=6)) == [
+    (50, 60, "micro"),
+    (150, 160, "micro"),
+    (240, 250, "micro"),
+  ]
+  # the second run ends right before the gap (its extent is unknown), the third runs into the other gap
+  assert spans(sp.extract_intervals(s, 30.0, EXACT, k=6, valid=valid)) == [(50, 60, "micro")]
+  # a huge value in an invalid stretch changes neither the noise scale nor the intervals
+  s3 = s.copy()
+  s3[160:200] = 1e6  # the whole first invalid stretch
+  assert spans(sp.extract_intervals(s3, 30.0, EXACT, k=6, valid=valid)) == [(50, 60, "micro")]
+  z1, z3 = sp.noise_z(s, 30.0, EXACT, valid=valid), sp.noise_z(s3, 30.0, EXACT, valid=valid)
+  np.testing.assert_array_equal(z1, z3)
+  assert np.isneginf(z1[~valid]).all() and np.isfinite(z1[valid]).all()
+  # ... nor, through the moving average, the z of the valid frames next to it
+  sm = dataclasses.replace(EXACT, smooth_seconds=0.2)
+  np.testing.assert_array_equal(sp.noise_z(s, 30.0, sm, valid=valid), sp.noise_z(s3, 30.0, sm, valid=valid))
+  # runs are not merged across an invalid gap
+  s4 = bump(bump(floor(300), 100, 105), 109, 114)  # gap 106..108
+  v4 = np.ones(300, bool)
+  v4[106] = False  # frame 107, inside the gap
+  p = dataclasses.replace(EXACT, merge_seconds=0.2)
+  assert spans(sp.extract_intervals(s4, 30.0, p, k=6)) == [(100, 114, "micro")]
+  assert spans(sp.extract_intervals(s4, 30.0, p, k=6, valid=v4)) == [(100, 105, "micro"), (109, 114, "micro")]
+  assert sp.extract_intervals(s, 30.0, EXACT, k=6, valid=np.zeros(300, bool)) == []
 
 
 def test_micro_inside_a_macro_interval_is_dropped():
@@ -207,3 +265,63 @@ def test_loso_thresholds_come_from_the_training_subjects_only():
   res2 = dataclasses.replace(res, videos=res.videos[:2] + [_video("c", "3_1", [(200, 210, "micro")])])
   out2 = loso.run_loso(res2, sigs, base, space=SPACE)
   assert [f["spotter"] for f in out2["folds"]][2] == [f["spotter"] for f in out["folds"]][2]
+
+
+# ---------------------------------------------------------------------------- face track: cuts and absence
+
+
+def _scene(n, value, size=96, seed=0):
+  """n frames of a face-free scene: a textured grey field around ``value`` (another shot)."""
+  rng = np.random.default_rng(seed)
+  base = np.clip(value + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+  return np.stack([np.clip(base.astype(np.int16) + rng.integers(-2, 3, base.shape), 0, 255).astype(np.uint8)] * n)
+
+
+def test_a_cut_ends_the_track_and_no_flow_pair_spans_it():
+  face = _face_video([], total=60)
+  # another shot of another face, brighter (an interview's second camera): the face is found on both sides
+  other = np.clip(_face_video([], total=60, seed=7).astype(np.int16) + 70, 0, 255).astype(np.uint8)
+  video = np.concatenate([face, other, _scene(45, 200), face])  # cuts at frames 61, 121 and 166 (1-based)
+  ms = sp.motion_signal(iter(video), 30.0, sp.SpotParams())
+  assert ms.cuts == [61, 121, 166]
+  assert ms.face_found and ms.face_absent() == [(121, 165)]
+  k = ms.k
+  # a flow pair needs k + 1 frames of one shot with a face: frames k+1..60, 61+k..120 and 166+k..225
+  assert (np.flatnonzero(ms.valid) + 1).tolist() == (
+    list(range(k + 1, 61)) + list(range(61 + k, 121)) + list(range(166 + k, 226))
+  )
+  assert (ms.signal[~ms.valid] == 0).all()
+  # the spotted intervals stay inside the valid frames, whatever the threshold
+  low = dataclasses.replace(sp.SpotParams(), threshold=0.5, macro_threshold=0.5, min_seconds=0.0)
+  for iv in sp.extract_intervals(ms.signal, 30.0, low, k=k, valid=ms.valid):
+    assert ms.valid[iv.onset - 1 : iv.offset].all(), iv
+  assert sp.extract_intervals(ms.signal, 30.0, sp.SpotParams(), k=k, valid=ms.valid) == []
+  # without the cut detector the flow pairs across the face-to-face cut give the largest motion of the video,
+  # spotted as a micro-expression at the cut
+  off = sp.motion_signal(iter(video), 30.0, dataclasses.replace(sp.SpotParams(), cut_threshold=2.0))
+  assert off.cuts == [] and off.signal[60 : 60 + k].max() > 1.5 * ms.signal[ms.valid].max()
+  spotted = sp.extract_intervals(off.signal, 30.0, sp.SpotParams(), k=k, valid=off.valid)
+  assert [(iv.onset <= 61 + k and iv.offset >= 61) for iv in spotted] == [True], spotted
+
+
+def test_a_face_that_leaves_without_a_cut_is_absent_after_absent_seconds():
+  face = _face_video([], total=60)
+  hidden = face[-1:].repeat(60, 0).copy()
+  hidden[:, 10:90, 15:85] = 128  # the face covered
+  video = np.concatenate([face, hidden, face])
+  p = dataclasses.replace(sp.SpotParams(), cut_threshold=2.0)  # the cut detector off: the face track alone
+  ms = sp.motion_signal(iter(video), 30.0, p)
+  assert ms.cuts == []
+  absent = ms.face_absent()
+  assert len(absent) == 1
+  first, last = absent[0]
+  # absence starts at the first missed detection (61: the detector runs at 61 since 31 hit) and lasts until a
+  # detection hits again (re-detection every 0.1 s = 3 frames while missing)
+  assert first == 61 and 120 <= last <= 123, absent
+  # a one-second gap is needed: a face covered for less than absent_seconds keeps its track
+  brief = np.concatenate([face, hidden[:15], face])
+  assert sp.motion_signal(iter(brief), 30.0, p).face_absent() == []
+  # no face anywhere: nothing is valid, nothing is spotted
+  none = sp.motion_signal(iter(_scene(60, 120)), 30.0, p)
+  assert not none.face_found and not none.valid.any() and none.face_absent() == [(1, 60)]
+  assert sp.extract_intervals(none.signal, 30.0, p, k=none.k, valid=none.valid) == []

@@ -378,6 +378,8 @@ def load_predictions(path: str, fmt: str = "auto") -> list[Prediction]:
       submission columns), optionally followed by ``score`` and ``emotion``; a first line with a ``vid`` or
       ``video`` cell is a header, and then columns are found by name (vid / video, pred_onset / onset,
       pred_offset / offset, type, score, emotion).
+    csv (STR): the spot-then-recognise columns ``subject,video,onset,offset,emotion`` (a header with an emotion
+      and no type column): every line is a micro-expression.
   Args:
     path: the file.
     fmt: 'json', 'csv' or 'auto' (by extension: .json is json, anything else csv).
@@ -440,6 +442,8 @@ def load_predictions(path: str, fmt: str = "auto") -> list[Prediction]:
       k = names.get(h.strip().lower())
       if k is not None and k not in cols:
         cols[k] = j
+    if "type" not in cols and "emotion" in cols:
+      cols["type"] = None  # spot-then-recognise (STR) files: subject,video,onset,offset,emotion, micro only
     missing = [k for k in ("video", "onset", "offset", "type") if k not in cols]
     if missing:
       raise DataError(
@@ -453,6 +457,7 @@ def load_predictions(path: str, fmt: str = "auto") -> list[Prediction]:
     where = f"{base} line {n + 1}"
     if len(r) < 4:
       raise DataError(f"{where}: expected vid,pred_onset,pred_offset,type[,score][,emotion], found {','.join(r)!r}")
-    get = lambda k, r=r: r[cols[k]] if k in cols and cols[k] < len(r) else None  # noqa: E731
-    out.append(_prediction(where, get("video"), get("onset"), get("offset"), get("type"), get("score"), get("emotion")))
+    get = lambda k, r=r: r[cols[k]] if cols.get(k) is not None and cols[k] < len(r) else None  # noqa: E731
+    type_ = "micro" if "type" in cols and cols["type"] is None else get("type")
+    out.append(_prediction(where, get("video"), get("onset"), get("offset"), type_, get("score"), get("emotion")))
   return out

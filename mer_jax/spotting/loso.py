@@ -95,7 +95,11 @@ def spot_predictions(
   return [
     p
     for v in videos
-    for p in _preds(v, res.dataset, sp.extract_intervals(signals[v.video].signal, v.fps, params, k=signals[v.video].k))
+    for p in _preds(
+      v,
+      res.dataset,
+      sp.extract_intervals(signals[v.video].signal, v.fps, params, k=signals[v.video].k, valid=signals[v.video].valid),
+    )
   ]
 
 

@@ -17,19 +17,26 @@ Two pluggable steps, both pure functions of their inputs:
 * :func:`extract_intervals`: at two time scales (micro: ``smooth_seconds``, ``threshold``, ``merge_seconds``;
   macro: ``macro_smooth_seconds``, ``macro_threshold``, ``macro_merge_seconds``) the signal is smoothed (moving
   average), put on a per-video noise scale (``z = (s - median) / (1.4826 * MAD)``) and thresholded; runs above
-  the threshold closer than the merge gap are merged, runs shorter than ``min_seconds`` dropped. Because the flow
+  the threshold closer than the merge gap are merged, intervals shorter than ``min_seconds`` dropped. Because the flow
   compares ``t`` with ``t - k``, motion ending at frame ``e`` keeps the signal up until ``e + k``, while the
   threshold cuts the slow rise and fall: the interval is ``[start - pad_seconds, end - lag_fraction * k]`` (both
   chosen on training subjects by :mod:`mer_jax.spotting.loso`). An interval of at most ``micro_max_seconds``
   (0.5 s) is a micro-expression, a longer one a macro-expression; micro intervals come from the micro scale, macro
-  intervals from the macro scale, and a micro interval overlapping a macro one is dropped. The apex is the frame
+  intervals from the macro scale, and a micro interval overlapping a macro one is dropped; a run longer than
+  0.5 s at the micro scale that the macro scale misses is kept as a macro interval where it overlaps nothing
+  else. The apex is the frame
   of strongest motion minus ``k / 2``; the score the peak ``z``.
 
 Face tracking: the face is detected (:func:`mer_jax.data.face.detect_faces`, Haar cascade) every
-``detect_seconds``; the box used at frame ``t`` is the per-coordinate median of the last 3 detections (a smoothed
-track that ignores one-off jumps); both frames of a flow pair are cropped with the box of the later frame, trimmed
-by ``inner`` per side (background, hair) and resized to ``flow_size`` px, so amplitudes are in pixels of a
-``flow_size``-px face whatever the resolution. Until the first detection the centre square of the frame is used.
+``detect_seconds`` (every 0.1 s while it is missing); the box used at frame ``t`` is the per-coordinate median of
+the last 3 detections (a smoothed track that ignores one-off jumps); both frames of a flow pair are cropped with
+the box of the later frame, trimmed by ``inner`` per side (background, hair) and resized to ``flow_size`` px, so
+amplitudes are in pixels of a ``flow_size``-px face whatever the resolution. Real recordings are not one steady
+shot of a face: a face missed by every detection for ``absent_seconds`` has left the picture (from the first
+missed detection on), and a shot cut (the frame's grey histogram jumps: Bhattacharyya distance to the previous
+frame above ``cut_threshold``) ends the track and the flow pairs. Frames without a tracked face, and the first
+``k`` frames after a cut or the face's return, are not *valid* (``MotionSignal.valid``): nothing is spotted there,
+and they are left out of the noise scale. A video where no face is ever found gives no intervals.
 Frames are first shrunk so that their longer side is at most ``work_side`` px (phone video: 1080p -> 640 px) and
 only the last ``k + step`` grey frames are kept, so any length of video runs in constant memory.
 
@@ -73,12 +80,14 @@ class SpotParams:
   register: bool = True  # align frame t - k to frame t (ECC, affine) before the flow
   cell_stat: str = "vector"  # cell value: 'vector' (length of the mean flow) | 'magnitude' (mean length)
   detect_seconds: float = 1.0  # face re-detection period
+  absent_seconds: float = 1.0  # no detection for this long: the face has left (nothing is spotted there)
+  cut_threshold: float = 0.3  # shot cut: grey-histogram Bhattacharyya distance to the previous frame above this
   work_side: int = 640  # frames are shrunk to this longer side first
   max_rate: float = 60.0  # flow computed at most this many times per second
   smooth_seconds: float = 0.1  # moving average of the signal
   threshold: float = 5.0  # z above the noise floor
   merge_seconds: float = 0.2  # runs closer than this are one interval
-  min_seconds: float = 0.0  # shorter runs are dropped
+  min_seconds: float = 0.1  # shorter intervals are dropped (annotated MEs last >= 0.15 s; 1-2 frames: glitches)
   lag_fraction: float = 0.5  # the offset is the run's end minus lag_fraction * k
   pad_seconds: float = 0.0  # the onset is moved this much earlier (the threshold cuts the rise)
   micro_max_seconds: float = 0.5  # micro-expression: duration <= this
@@ -92,7 +101,7 @@ class SpotParams:
       raise ConfigError(f"spotter cell_stat={self.cell_stat!r}: expected one of {', '.join(CELL_STATS)}")
     if self.flow not in FLOW_METHODS:
       raise ConfigError(f"spotter flow={self.flow!r}: expected one of {', '.join(FLOW_METHODS)}")
-    for name in ("k_seconds", "detect_seconds", "max_rate", "micro_max_seconds"):
+    for name in ("k_seconds", "detect_seconds", "absent_seconds", "cut_threshold", "max_rate", "micro_max_seconds"):
       if not getattr(self, name) > 0:
         raise ConfigError(f"spotter {name} must be > 0, got {getattr(self, name)}")
     if not 0 <= self.lag_fraction <= 1:
@@ -165,8 +174,17 @@ class MotionSignal:
   fps: float
   k: int  # flow offset, frames
   step: int  # flow computed every step-th frame
-  face_found: bool  # False: no detection anywhere (centre square used)
+  face_found: bool  # False: no detection anywhere (nothing spotted)
   boxes: list  # [(frame number, x, y, size)] detections (working resolution)
+  valid: Optional[np.ndarray] = None  # [T] bool: a tracked face and a flow pair inside one shot (None: all)
+  face: Optional[np.ndarray] = None  # [T] bool: a face was tracked in the frame
+  cuts: list = dataclasses.field(default_factory=list)  # frame numbers that start a new shot
+
+  def face_absent(self) -> list[tuple[int, int]]:
+    """[(first, last)] 1-based inclusive frame ranges without a tracked face."""
+    if self.face is None:
+      return []
+    return [(s + 1, e + 1) for s, e in runs(~self.face)]
 
 
 def _grey_small(frame: np.ndarray, work_side: int) -> np.ndarray:
@@ -294,6 +312,21 @@ def frame_value(residual: np.ndarray, params: SpotParams, mask: np.ndarray) -> f
   return float(np.sort(v)[-top:].mean())
 
 
+def _histogram(g: np.ndarray) -> np.ndarray:
+  """[h, w] uint8 -> [32, 1] float32 normalised grey histogram of the frame shrunk to 160 px wide."""
+  h, w = g.shape
+  if w > 160:
+    g = cv2.resize(g, (160, max(1, int(round(h * 160 / w)))), interpolation=cv2.INTER_AREA)
+  hist = cv2.calcHist([g], [0], None, [32], [0, 256])
+  return hist / max(float(hist.sum()), 1.0)
+
+
+def shot_change(prev_hist: np.ndarray, hist: np.ndarray) -> float:
+  """Bhattacharyya distance (0 same, 1 disjoint) of two :func:`_histogram` outputs: head motion, blinks and
+  expressions change a frame's grey histogram by ~0.01-0.1, a cut to another scene by ~0.5-1."""
+  return float(cv2.compareHist(prev_hist, hist, cv2.HISTCMP_BHATTACHARYYA))
+
+
 def motion_signal(
   frames: Iterable[np.ndarray],
   fps: float,
@@ -305,6 +338,13 @@ def motion_signal(
 ) -> MotionSignal:
   """The per-frame motion signal of a video, streamed (constant memory).
 
+  Face tracking: the face is detected every ``detect_seconds`` (every 0.1 s while it is missing); the box is the
+  median of the last 3 detections. A face missing at every detection for ``absent_seconds`` has left: from the
+  first missed detection until the next hit the frames have no face. A shot cut (:func:`shot_change` above
+  ``cut_threshold``) ends the track: the face is detected afresh in the new shot and no flow pair spans the
+  cut. Frames without a face, and the first ``k`` frames of each stretch with one (no flow pair yet), are not
+  ``valid``: their signal is 0 and nothing is spotted there.
+
   Args:
     frames: an iterable of frames [H, W, C] or [H, W] (uint8, or float in [0, 1]), in order.
     fps: the video's frame rate.
@@ -313,13 +353,15 @@ def motion_signal(
     progress: called as ``progress(frames done, num_frames)`` after every frame.
     name: how error messages name the video (its file or folder).
   Returns:
-    :class:`MotionSignal` with ``signal`` [T] (0 for the first k frames) and ``frame_diff`` [T].
+    :class:`MotionSignal` with ``signal`` [T], ``frame_diff`` [T], ``valid`` [T], ``face`` [T] and ``cuts``.
   """
   params.validate()
   if not (fps and fps > 0 and math.isfinite(fps)):
     raise ConfigError(f"frame rate {fps!r} must be a positive number")
   k, step = k_frames(fps, params), flow_step(fps, params)
   detect_every = max(1, int(round(params.detect_seconds * fps)))
+  recheck_every = max(1, int(round(0.1 * fps)))
+  absent_after = max(1, int(round(params.absent_seconds * fps)))
   flow = _flow_fn(params.flow)
   design = _design(params.flow_size)
   mask = cell_mask(params)
@@ -327,17 +369,30 @@ def motion_signal(
   dets: collections.deque = collections.deque(maxlen=3)
   box = None
   found = False
-  boxes = []
+  boxes, cuts = [], []
   sig_t, sig_v, diff = [], [], []
+  has_face: list[bool] = []
+  pair: list[bool] = []  # a flow pair of this shot and face track ends at the frame
+  next_check, miss_start = 0, None
+  prev_hist = None
+  shape = None
   t = -1
   for t, frame in enumerate(frames):
     g = _grey_small(np.asarray(frame), params.work_side)
-    if buf and buf[-1].shape != g.shape:
+    if shape is not None and shape != g.shape:
       raise DataError(
         f"{name}: frame {t + 1} has size {g.shape[1]}x{g.shape[0]} (working resolution), the previous "
-        f"{buf[-1].shape[1]}x{buf[-1].shape[0]}; all frames of a video must have the same size"
+        f"{shape[1]}x{shape[0]}; all frames of a video must have the same size"
       )
-    if t % detect_every == 0:
+    shape = g.shape
+    hist = _histogram(g)
+    if prev_hist is not None and shot_change(prev_hist, hist) > params.cut_threshold:
+      cuts.append(t + 1)
+      buf.clear()
+      dets.clear()
+      box, next_check, miss_start = None, t, None
+    prev_hist = hist
+    if t >= next_check:
       hits = face.detect_faces(g)
       if len(hits):
         found = True
@@ -346,36 +401,62 @@ def motion_signal(
         b = np.median(np.array(dets), 0)
         size = int(round(b[2]))
         box = (int(round(min(max(b[0], 0), g.shape[1] - size))), int(round(min(max(b[1], 0), g.shape[0] - size))), size)
+        miss_start, next_check = None, t + detect_every
+      else:
+        miss_start = t if miss_start is None else miss_start
+        next_check = t + recheck_every
+        if box is not None and t - miss_start + 1 >= absent_after:
+          # the face has been gone since the first missed detection
+          for i in range(miss_start, t):
+            has_face[i] = pair[i] = False
+            diff[i] = 0.0
+          box = None
+          dets.clear()
+          buf.clear()
     if box is None:
-      box = face.centre_square(g.shape)
-    buf.append(g)
-    cur1 = _crop(g, box, params.flow_size, params.inner)
-    if len(buf) >= 2:
-      diff.append(float(np.abs(cur1.astype(np.int16) - _crop(buf[-2], box, params.flow_size, params.inner)).mean()))
-    else:
+      has_face.append(False)
+      pair.append(False)
       diff.append(0.0)
-    if len(buf) >= k + 1 and t % step == 0:
-      frames_now = list(buf)
-      # at high fps the frames of one step are averaged (less sensor noise) before the flow
-      cur = _crop(_mean_u8(frames_now[-step:]), box, params.flow_size, params.inner)
-      prev = _crop(
-        _mean_u8(frames_now[max(0, len(frames_now) - k - step) : len(frames_now) - k]),
-        box,
-        params.flow_size,
-        params.inner,
+      buf.clear()
+    else:
+      buf.append(g)
+      has_face.append(True)
+      cur1 = _crop(g, box, params.flow_size, params.inner)
+      diff.append(
+        float(np.abs(cur1.astype(np.int16) - _crop(buf[-2], box, params.flow_size, params.inner)).mean())
+        if len(buf) >= 2
+        else 0.0
       )
-      if params.register:
-        prev = register(prev, cur)
-      sig_t.append(t)
-      sig_v.append(frame_value(residual_flow(flow(prev, cur), design), params, mask))
+      pair.append(len(buf) >= k + 1)
+      if len(buf) >= k + 1 and t % step == 0:
+        frames_now = list(buf)
+        # at high fps the frames of one step are averaged (less sensor noise) before the flow
+        cur = _crop(_mean_u8(frames_now[-step:]), box, params.flow_size, params.inner)
+        prev = _crop(
+          _mean_u8(frames_now[max(0, len(frames_now) - k - step) : len(frames_now) - k]),
+          box,
+          params.flow_size,
+          params.inner,
+        )
+        if params.register:
+          prev = register(prev, cur)
+        sig_t.append(t)
+        sig_v.append(frame_value(residual_flow(flow(prev, cur), design), params, mask))
     if progress is not None:
       progress(t + 1, num_frames)
   n = t + 1
+  face_arr = np.asarray(has_face, bool)
+  valid = np.asarray(pair, bool)
   signal = np.zeros(n, np.float32)
-  if sig_t:
-    ts = np.arange(n)
-    signal = np.interp(ts, np.array(sig_t), np.array(sig_v)).astype(np.float32)
-    signal[: sig_t[0]] = 0.0
+  keep = [i for i, ti in enumerate(sig_t) if valid[ti]]
+  if keep:
+    ts = np.array([sig_t[i] for i in keep])
+    signal = np.interp(np.arange(n), ts, np.array([sig_v[i] for i in keep])).astype(np.float32)
+    # a value needs a flow point at or before the frame (step > 1 interpolates between them)
+    valid &= np.arange(n) >= ts[0]
+  else:
+    valid[:] = False
+  signal[~valid] = 0.0
   return MotionSignal(
     signal=signal,
     frame_diff=np.asarray(diff, np.float32),
@@ -384,6 +465,9 @@ def motion_signal(
     step=step,
     face_found=found,
     boxes=boxes,
+    valid=valid,
+    face=face_arr,
+    cuts=cuts,
   )
 
 
@@ -425,22 +509,37 @@ class SpottedInterval:
     }
 
 
-def noise_z(signal: np.ndarray, fps: float, params: SpotParams, smooth_seconds: Optional[float] = None) -> np.ndarray:
+def noise_z(
+  signal: np.ndarray,
+  fps: float,
+  params: SpotParams,
+  smooth_seconds: Optional[float] = None,
+  valid: Optional[np.ndarray] = None,
+) -> np.ndarray:
   """[T] signal -> [T] smoothed signal on the per-video noise scale (median 0, 1.4826 MAD = 1).
 
-  ``smooth_seconds`` (default ``params.smooth_seconds``) is the moving-average length.
+  ``smooth_seconds`` (default ``params.smooth_seconds``) is the moving-average length. ``valid`` [T] bool (default
+  all): frames outside it are filled with the median of the valid ones before smoothing, left out of the median
+  and MAD, and get z = -inf (never above a threshold).
   """
   s = np.asarray(signal, np.float64)
+  v = np.ones(s.shape, bool) if valid is None else np.asarray(valid, bool)
+  if v.shape != s.shape:
+    raise ValueError(f"valid has shape {v.shape}, the signal {s.shape}")
+  if not v.any():
+    return np.full(s.shape, -np.inf)
+  if not v.all():
+    s = np.where(v, s, np.median(s[v]))
   smooth = params.smooth_seconds if smooth_seconds is None else smooth_seconds
   w = max(1, int(round(smooth * fps)))
   if w > 1 and s.size:
     s = np.convolve(np.pad(s, (w // 2, w - 1 - w // 2), mode="edge"), np.ones(w) / w, mode="valid")
-  if not s.size:
-    return s
-  med = np.median(s)
-  mad = 1.4826 * np.median(np.abs(s - med))
+  med = np.median(s[v])
+  mad = 1.4826 * np.median(np.abs(s[v] - med))
   scale = max(mad, 1e-3 * max(abs(med), 1e-6), 1e-9)
-  return (s - med) / scale
+  z = (s - med) / scale
+  z[~v] = -np.inf
+  return z
 
 
 def runs(above: np.ndarray) -> list[tuple[int, int]]:
@@ -453,11 +552,15 @@ def runs(above: np.ndarray) -> list[tuple[int, int]]:
 def _scale_intervals(
   z: np.ndarray, fps: float, k: int, threshold: float, merge_seconds: float, params: SpotParams
 ) -> list[SpottedInterval]:
-  """Runs of ``z > threshold`` (merged, shifted, typed by duration) -> intervals."""
+  """Runs of ``z > threshold`` (merged, shifted, typed by duration) -> intervals.
+
+  Runs are not merged across frames of z = -inf (no face, a cut), the onset is not padded into them, and a run
+  that touches them is dropped (the motion runs into a cut or the face's absence, so its extent is unknown).
+  """
   merge = int(round(merge_seconds * fps))
   merged: list[list[int]] = []
   for s, e in runs(z > threshold):
-    if merged and s - merged[-1][1] - 1 <= merge:
+    if merged and s - merged[-1][1] - 1 <= merge and np.isfinite(z[merged[-1][1] + 1 : s]).all():
       merged[-1][1] = e
     else:
       merged.append([s, e])
@@ -466,8 +569,13 @@ def _scale_intervals(
   lag = int(round(params.lag_fraction * k))
   pad = int(round(params.pad_seconds * fps))
   for s, e in merged:
+    if (s > 0 and not np.isfinite(z[s - 1])) or (e + 1 < z.size and not np.isfinite(z[e + 1])):
+      continue  # the motion runs into a cut or the face's absence: its extent is unknown
     off = max(s, e - lag)
     on = max(0, s - pad)
+    gone = np.flatnonzero(~np.isfinite(z[on:s]))
+    if gone.size:
+      on += int(gone[-1]) + 1
     if off - on + 1 < min_len:
       continue
     peak = s + int(np.argmax(z[s : e + 1]))
@@ -486,7 +594,12 @@ def _scale_intervals(
 
 
 def extract_intervals(
-  signal: np.ndarray, fps: float, params: SpotParams = SpotParams(), *, k: Optional[int] = None
+  signal: np.ndarray,
+  fps: float,
+  params: SpotParams = SpotParams(),
+  *,
+  k: Optional[int] = None,
+  valid: Optional[np.ndarray] = None,
 ) -> list[SpottedInterval]:
   """Intervals of a motion signal (module docstring), at two time scales.
 
@@ -494,35 +607,41 @@ def extract_intervals(
   (runs merged over ``merge_seconds``; only runs of at most ``micro_max_seconds`` are kept); macro-expressions
   from the signal smoothed over ``macro_smooth_seconds`` and thresholded at ``macro_threshold`` (merged over
   ``macro_merge_seconds``; only runs longer than ``micro_max_seconds``). A micro interval overlapping a macro one
-  is dropped (the rise or fall of the macro-expression).
+  is dropped (the rise or fall of the macro-expression). A run longer than ``micro_max_seconds`` at the micro
+  scale that the macro scale misses is kept as a macro interval where it overlaps no other interval (the higher
+  score first); micro-length runs of the macro scale are not used (the micro threshold alone decides what is a
+  micro-expression). Intervals shorter than ``min_seconds`` are dropped.
 
   Args:
     signal: [T] motion signal of :func:`motion_signal` (index i = frame i + 1).
     fps: frame rate.
     params: :class:`SpotParams`.
     k: the flow offset the signal was computed with (default: from ``params`` at ``fps``).
+    valid: [T] bool, the frames where the signal means something (``MotionSignal.valid``: a tracked face and a
+      flow pair inside one shot); default all. No interval reaches outside them.
   Returns:
     Intervals sorted by onset, 1-based inclusive frames.
   """
   k = k_frames(fps, params) if k is None else k
-  micro = [
-    i
-    for i in _scale_intervals(noise_z(signal, fps, params), fps, k, params.threshold, params.merge_seconds, params)
-    if i.type == "micro"
-  ]
-  macro = [
-    i
-    for i in _scale_intervals(
-      noise_z(signal, fps, params, params.macro_smooth_seconds),
-      fps,
-      k,
-      params.macro_threshold,
-      params.macro_merge_seconds,
-      params,
-    )
-    if i.type == "macro"
-  ]
-  micro = [i for i in micro if not any(i.onset <= m.offset and m.onset <= i.offset for m in macro)]
+  at_micro = _scale_intervals(
+    noise_z(signal, fps, params, valid=valid), fps, k, params.threshold, params.merge_seconds, params
+  )
+  at_macro = _scale_intervals(
+    noise_z(signal, fps, params, params.macro_smooth_seconds, valid=valid),
+    fps,
+    k,
+    params.macro_threshold,
+    params.macro_merge_seconds,
+    params,
+  )
+  overlaps = lambda i, others: any(i.onset <= m.offset and m.onset <= i.offset for m in others)  # noqa: E731
+  macro = [i for i in at_macro if i.type == "macro"]
+  micro = [i for i in at_micro if i.type == "micro" and not overlaps(i, macro)]
+  # A motion longer than micro_max_seconds that the micro scale sees but the macro scale does not (its threshold
+  # and smoothing are the macro-expression's) is kept as a macro-expression where no other interval overlaps it.
+  for i in sorted((i for i in at_micro if i.type == "macro"), key=lambda i: -i.score):
+    if not overlaps(i, macro + micro):
+      macro.append(i)
   return sorted(micro + macro, key=lambda i: (i.onset, i.offset))
 
 
