@@ -1,10 +1,12 @@
 """Scores spotted intervals against CAS(ME)^2 / SAMM Long Videos ground truth.
 
-  python -m mer_jax.spot_eval --pred pred.json --gt "CAS(ME)^2code_final.xlsx" --gt SAMM_LongVideos_V2_Release.xlsx
-      [--iou 0.5] [--iou-strict] [--matching megc2020|one-to-one|both] [--format auto|json|csv] [--json OUT]
+  python -m mer_jax.spot_eval --pred pred.json [--pred more.json ...] --gt "CAS(ME)^2code_final.xlsx"
+      --gt SAMM_LongVideos_V2_Release.xlsx [--iou 0.5] [--iou-strict] [--matching megc2020|one-to-one|both]
+      [--format auto|json|csv] [--json OUT]
 
 Prints TP / FP / FN, precision, recall and F1 per type (micro / macro / all), per dataset and overall (counts
-pooled, then F1), for each matching rule, and STRS where the ground truth has emotions. Counting rules, the
+pooled, then F1), for each matching rule, and STRS where the ground truth has emotions. Several ``--pred`` files
+(e.g. one ``mer_jax.spot`` output per video) are scored together. Counting rules, the
 prediction formats and the differences from published scripts: docs/spotting.md and
 :mod:`mer_jax.spotting.evaluate`.
 """
@@ -17,6 +19,7 @@ import os
 import sys
 from fractions import Fraction
 
+from mer_jax import reporting
 from mer_jax.errors import DataError, run_cli
 from mer_jax.spotting import evaluate as ev
 from mer_jax.spotting import readers
@@ -74,8 +77,10 @@ def main(argv=None) -> int:
   ap.add_argument(
     "--pred",
     required=True,
-    help="predictions: .json list of {video, onset, offset, type, score} or "
-    "MEGC csv lines vid,pred_onset,pred_offset,type[,score][,emotion]",
+    action="append",
+    help="predictions: .json list of {video, onset, offset, type, score} (or mer_jax.spot / analyse output), "
+    "MEGC csv lines vid,pred_onset,pred_offset,type[,score][,emotion] or STR csv subject,video,onset,offset,emotion "
+    "(repeat for several files, e.g. one per video)",
   )
   ap.add_argument(
     "--gt",
@@ -103,7 +108,7 @@ def main(argv=None) -> int:
     if any(r.dataset == res.dataset for r in gts):
       raise DataError(f"--gt {g}: a second {readers.DISPLAY_NAMES[res.dataset]} annotation; give each dataset once")
     gts.append(res)
-  preds = ev.resolve(ev.load_predictions(a.pred, a.format), gts, a.pred)
+  preds = [p for f in a.pred for p in ev.resolve(ev.load_predictions(f, a.format), gts, f)]
   rules = ev.MATCHINGS if a.matching == "both" else (a.matching,)
   results = {}
   out = []
@@ -115,23 +120,20 @@ def main(argv=None) -> int:
       f"{c['subjects']} subject(s), {c['micro']} micro + {c['macro']} macro intervals; repaired: {rep}; "
       f"skipped rows: {c['skipped']}"
     )
-  out.append(f"predictions: {len(preds)} from {a.pred}")
+  out.append(f"predictions: {len(preds)} from {', '.join(a.pred)}")
   for rule in rules:
     results[rule] = ev.evaluate(gts, preds, iou_threshold=thr, strict=a.iou_strict, rule=rule)
     out.append("")
     out.append(format_report(results[rule], gts))
   if a.json:
     doc = {
-      "pred": os.path.abspath(a.pred),
+      "pred": [os.path.abspath(f) for f in a.pred],
       "gt": [r.annotation_file for r in gts],
       "repairs": {r.dataset: r.repairs for r in gts},
       "skipped": {r.dataset: r.skipped for r in gts},
       "results": results,
     }
-    tmp = a.json + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(doc, f, indent=1)
-    os.replace(tmp, a.json)
+    reporting.atomic_write_text(a.json, json.dumps(doc, indent=1))
   print("\n".join(out))
   sys.stdout.flush()
   return 0

@@ -300,6 +300,22 @@ def test_cli_perfect_predictions_of_the_truth(gt_files, tmp_path):
     assert res[rule]["strs"][CAS_LONG]["analysis_uf1"] == 1.0
   assert "matching megc2020" in proc.stdout and "matching one-to-one" in proc.stdout
   assert "STRS SAMM-LV: not defined" in proc.stdout
+  # the same predictions split over several files (one per video, JSON and STR CSV mixed) score the same
+  files = []
+  for n, pr in enumerate(preds):
+    f = tmp_path / f"p{n}.json"
+    if pr["type"] == "micro" and n % 2:
+      f = tmp_path / f"p{n}.csv"
+      f.write_text(
+        f"subject,video,onset,offset,emotion\nsX,{pr['video']},{pr['onset']},{pr['offset']},{pr['emotion']}\n"
+      )
+    else:
+      f.write_text(json.dumps({"predictions": [pr]}))
+    files += ["--pred", f]
+  out2 = tmp_path / "r2.json"
+  proc = run(*files, "--gt", cas, "--gt", samm, "--json", out2)
+  assert proc.returncode == 0, proc.stderr
+  assert json.loads(out2.read_text())["results"] == res
 
 
 def test_cli_strict_iou_flag(gt_files, tmp_path):
