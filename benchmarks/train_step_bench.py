@@ -3,20 +3,26 @@
 Same network (benchmarks/torch_twin.py, tested to have the same parameters and logits), same batch
 (default 32 x 112 x 112 x 3, random data, 3 classes), same optimiser (Adam, lr 0.01), same loss
 (mean cross-entropy), BatchNorm in training mode. The JAX step is ``mer_jax.train.steps.train_step``
-(what ``mer_jax.train.loop.fit`` jits), timed with the state carried from step to step and the batch
-already on the device; PyTorch does ``zero_grad / forward / backward / step``. Every figure is the
+compiled as ``mer_jax.train.loop.fit`` compiles it (``mer_jax.train.parallel.jit``: on a CPU, without XLA:CPU's
+YNNPACK fusions where the devices are fewer than the cores, ``config.cpu_fast_conv='auto'``), timed with the
+state carried from step to step and the batch already on the device; PyTorch does
+``zero_grad / forward / backward / step``. Every figure is the
 median over ``--repeats`` timed blocks of ``--steps`` steps, after warm-up (compile time separate); the
 blocks run round-robin over the variants so that load from other processes affects all of them alike.
 
-  .venv/bin/python benchmarks/train_step_bench.py                  # jax, jax main, torch eager: ~2-3 min
+  .venv/bin/python benchmarks/train_step_bench.py                  # the 5 default variants below: ~2-3 min
   .venv/bin/python benchmarks/train_step_bench.py --torch-compile  # + torch.compile (~7 min to compile here)
   .venv/bin/python benchmarks/train_step_bench.py --variants "jax,jax bf16,torch eager,torch eager CL"
   .venv/bin/python benchmarks/train_step_bench.py --batch 64 --steps 5 --repeats 5
 
-Variants: ``jax``: jax.jit(train_step) on one device; ``jax+donate``: the same with the train state
+Variants: ``jax``: the jitted train_step on one device; ``jax+donate``: the same with the train state
 donated (buffers updated in place); ``jax main``: what ``mer_jax.main`` runs by default, the donated step data
 parallel over the XLA devices the host's CPU cores are laid out as (``config.cpu_devices``; on a GPU, its devices);
+``jax xla`` / ``jax main xla``: ``jax`` / ``jax main`` compiled with XLA's default options (YNNPACK fusions,
+``config.cpu_fast_conv='off'``), ``jax fast`` / ``jax main fast``: without YNNPACK fusions (``'on'``); on a GPU all
+are the same program as ``jax`` / ``jax main``;
 ``jax bf16``: model.dtype='bfloat16' (compute in bf16, params float32);
+default: ``jax``, ``jax xla``, ``jax main``, ``jax main fast``, ``torch eager``;
 ``torch eager`` (NCHW), ``torch eager CL`` (channels_last), ``torch.compile`` (inductor).
 Ratios are against ``torch eager`` measured in the same run.
 """
@@ -48,11 +54,11 @@ from mer_jax.train.state import create_state  # noqa: E402
 from mer_jax.train.steps import train_step  # noqa: E402
 
 
-def jax_variant(args, dtype: str = "float32", donate: bool = False, mesh=None) -> dict:
+def jax_variant(args, dtype: str = "float32", donate: bool = False, mesh=None, fast_conv: str = "auto") -> dict:
   """The compiled train step, warmed up: ``block(n)`` runs n steps and returns the last loss.
 
   mesh: data parallel over its devices as ``mer_jax.train.loop.fit`` runs it (batch sharded, state replicated
-  and donated); None: one device.
+  and donated); None: one device. fast_conv: ``config.cpu_fast_conv`` ('auto' (the default), 'on', 'off').
   """
   mcfg = config_defaults.get_model_config(num_classes=3)
   mcfg.dtype = dtype
@@ -65,13 +71,20 @@ def jax_variant(args, dtype: str = "float32", donate: bool = False, mesh=None) -
   y = rng.integers(0, 3, args.batch).astype(np.int32)
   if mesh is None:
     x, y = jax.device_put(x), jax.device_put(y)
-    step = jax.jit(train_step, donate_argnums=(0,) if donate else ())
+    step = parallel.jit(train_step, mode=fast_conv, donate_argnums=(0,) if donate else ())
   else:
     parallel.check_batch_size(args.batch, mesh, "--batch")
     rep, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     state = jax.device_put(state, rep, may_alias=False)
     x, y = jax.device_put(x, data), jax.device_put(y, data)
-    step = jax.jit(train_step, in_shardings=(rep, data, data), out_shardings=(rep, rep), donate_argnums=0)
+    step = parallel.jit(
+      train_step,
+      mesh=mesh,
+      mode=fast_conv,
+      in_shardings=(rep, data, data),
+      out_shardings=(rep, rep),
+      donate_argnums=0,
+    )
   t = time.perf_counter()
   compiled = step.lower(state, x, y).compile()
   compile_s = time.perf_counter() - t
@@ -153,8 +166,9 @@ def main() -> None:
   )
   ap.add_argument(
     "--variants",
-    default="jax,jax main,torch eager",
-    help="comma-separated list from: jax, jax+donate, jax main, jax bf16, torch eager, torch eager CL, torch.compile",
+    default="jax,jax xla,jax main,jax main fast,torch eager",
+    help="comma-separated list from: jax, jax+donate, jax xla, jax fast, jax main, jax main xla, jax main fast, "
+    "jax bf16, torch eager, torch eager CL, torch.compile",
   )
   args = ap.parse_args()
   # "jax main": the step as mer_jax.main runs it by default, data parallel over the XLA devices that
@@ -193,6 +207,11 @@ def main() -> None:
     f"# 'jax main' = data parallel over {len(jax.local_devices())} {dev.platform} device(s), as mer_jax.main "
     "runs by default; 'jax' = one device"
   )
+  ynn = lambda mesh: "XLA defaults" if parallel.compiler_options(mesh) is None else "no YNNPACK fusions"
+  print(
+    f"# compiled as the loop compiles by default ('auto'): 'jax' {ynn(None)}, 'jax main' "
+    f"{ynn(parallel.make_mesh())}; '... xla' XLA defaults, '... fast' no YNNPACK fusions (CPU only)"
+  )
   print(
     f"# batch {args.batch} x {args.size}x{args.size}x3, Adam lr 0.01, paper config (3,135,541 params); "
     f"median of {args.repeats} blocks of {args.steps} steps after {args.warmup} warm-up"
@@ -201,6 +220,10 @@ def main() -> None:
     "jax": lambda: jax_variant(args),
     "jax+donate": lambda: jax_variant(args, donate=True),
     "jax main": lambda: jax_variant(args, mesh=parallel.make_mesh()),
+    "jax xla": lambda: jax_variant(args, fast_conv="off"),
+    "jax fast": lambda: jax_variant(args, fast_conv="on"),
+    "jax main xla": lambda: jax_variant(args, mesh=parallel.make_mesh(), fast_conv="off"),
+    "jax main fast": lambda: jax_variant(args, mesh=parallel.make_mesh(), fast_conv="on"),
     "jax bf16": lambda: jax_variant(args, dtype="bfloat16"),
     "torch eager": lambda: torch_variant(args, "eager"),
     "torch eager CL": lambda: torch_variant(args, "channels_last"),

@@ -185,6 +185,7 @@ def run(
   from mer_jax.train.state import model_apply
 
   t0 = time.time()
+  parallel.check_fast_conv(str(config.get("cpu_fast_conv", "auto")))  # passed down to every training jit
   if not config.data.micro and not config.pretrain.enabled:
     raise ConfigError("config.data.micro is empty and config.pretrain.enabled=False: nothing to do")
   if load_arrays is None:
@@ -372,6 +373,11 @@ def main(argv) -> int:
   if cpu_choice[0] and jax.default_backend() == "cpu":
     how = "data parallel" if cpu_choice[0] > 1 else "no data parallelism"
     _say(f"[main] CPU: {cpu_choice[0]} XLA device(s), {how} ({cpu_choice[1]})")
+  from mer_jax.train import parallel
+
+  fast_conv = parallel.describe_fast_conv(config)
+  if jax.default_backend() == "cpu":
+    _say(f"[main] CPU: {fast_conv}")
   out = run(config, _WORKDIR.value, progress=not _QUIET.value, fold_shard=fold_shard)
   _say(_summary(out))
   return 0

@@ -1,4 +1,5 @@
-"""Every core by default on a CPU: the device-count rule, the config switch, and what mer_jax.main does."""
+"""Every core by default on a CPU: the device-count rule, the config switch, and what mer_jax.main does
+(also: the training steps compiled without YNNPACK fusions, config.cpu_fast_conv)."""
 
 import os
 import subprocess
@@ -43,6 +44,7 @@ def run_main_start(*overrides, env=None):
     "orig = main.run\n"
     "def fake_run(config, workdir, **kw):\n"
     "  print('DEVICES', len(jax.devices()), jax.default_backend(), flush=True)\n"
+    "  print('FAST_CONV', config.cpu_fast_conv, flush=True)\n"
     "  return {'wall_time_s': 0.0, 'workdir': workdir}\n"
     "main.run = fake_run\n"
     "run_app(lambda argv: main._entry(argv))\n"
@@ -75,6 +77,32 @@ def test_main_uses_every_core_by_default_and_can_be_told_not_to():
   assert "DEVICES 3 cpu" in proc.stdout and "(config.cpu_devices=3)" in proc.stdout
   proc = run_main_start(env={"XLA_FLAGS": "--xla_force_host_platform_device_count=3"})
   assert "DEVICES 3 cpu" in proc.stdout  # the environment wins
+
+
+def test_main_compiles_without_ynnpack_fusions_while_devices_leave_cores_idle():
+  cores = parallel.host_cores()
+  proc = run_main_start("--config.cpu_devices=1")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "FAST_CONV auto" in proc.stdout
+  if cores > 1:
+    assert (
+      "[main] CPU: training steps compiled without YNNPACK fusions (config.cpu_fast_conv='auto': "
+      f"1 device(s) < {cores} cores;" in proc.stdout
+    )
+  want = parallel.cpu_device_count(cores, [16, 16])
+  if want == cores:  # every core a device: YNNPACK's kernels are faster
+    proc = run_main_start()
+    assert (
+      "[main] CPU: training steps compiled with XLA's default options (YNNPACK fusions) "
+      f"(config.cpu_fast_conv='auto': {want} device(s) >= {cores} cores;" in proc.stdout
+    )
+  proc = run_main_start("--config.cpu_devices=1", "--config.cpu_fast_conv=off")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "FAST_CONV off" in proc.stdout
+  assert "with XLA's default options (YNNPACK fusions) (config.cpu_fast_conv='off'" in proc.stdout
+  proc = run_main_start("--config.cpu_fast_conv=always")
+  assert proc.returncode == 2
+  assert "error: config.cpu_fast_conv='always': use one of 'auto', 'on', 'off'" in proc.stderr
 
 
 def test_negative_cpu_devices_is_a_config_error():

@@ -317,3 +317,31 @@ def test_four_devices_equal_one():
     assert p1 == p4 and b1 == b4
     # Same predictions (hence the same Acc/UF1/UAR); probabilities differ only by float reduction order.
     np.testing.assert_allclose(q1, q4, atol=2e-4)
+
+
+def test_cpu_fast_conv_reaches_every_compiled_program(setup, tmp_path, monkeypatch):
+  """config.cpu_fast_conv is passed down to every program the loop compiles (pretraining, fine-tuning steps and
+  the test-fold predictions); there is no process-wide setting."""
+  from mer_jax.train import pretrain
+
+  config, ds, model, init_fn = setup
+  seen = []
+  real = loop._compiled
+
+  def spy(mesh, stacked, apply_fn, fast_conv="auto"):
+    seen.append(fast_conv)
+    return real(mesh, stacked, apply_fn, fast_conv)
+
+  monkeypatch.setattr(loop, "_compiled", spy)
+  _run(setup, tmp_path / "loso", cpu_fast_conv="off", **{"finetune.epochs": 1})
+  assert len(seen) >= 2 * len(set(ds.subjects)) and set(seen) == {"off"}, seen  # steps + predictions per fold
+  seen.clear()
+  c = config.copy_and_resolve_references()
+  c.cpu_fast_conv, c.pretrain.epochs, c.pretrain.batch_size = "on", 1, 8
+  pretrain.run_pretrain(
+    c, ds, str(tmp_path / "pre"), apply_fn=model_apply(model), init_variables=init_fn(0), progress=False
+  )
+  assert seen and set(seen) == {"on"}, seen
+  seen.clear()
+  _run(setup, tmp_path / "default", **{"finetune.epochs": 1})
+  assert seen and set(seen) == {"auto"}, seen

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -16,6 +17,67 @@ def param_dtype_for(dtype: Any) -> Any:
   reference, needs JAX's x64 mode) has float64 parameters, so the whole program is float64.
   """
   return jnp.promote_types(dtype, jnp.float32)
+
+
+def batch_statistics(x: jnp.ndarray, dtype: Any) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """Per-channel batch mean and (biased) variance of ``x`` ``[N, ..., C]`` over every axis but the last.
+
+  The mean is ``shift + mean(x - shift)`` with ``shift`` the first sample's mean over its other axes (treated as
+  a constant, ``stop_gradient``), and the variance is two-pass, ``mean((x - mean)^2)``: mathematically (and in
+  the gradient) the plain mean and variance, but every summed term is O(spread) rather than O(|mean|), so the
+  result does not depend on how the compiler orders the float reductions (a sequential float32 sum of N*H*W
+  terms ~100 +- 1 is off by ~6e-4, enough to move gradients by percents: docs/perf.md).
+
+  Args:
+    x: ``[N, ..., C]`` activations.
+    dtype: the dtype the statistics are computed in (at least float32, see :func:`param_dtype_for`).
+
+  Returns:
+    (mean ``[C]``, var ``[C]``), both ``dtype``.
+  """
+  x = x.astype(dtype)
+  axes = tuple(range(x.ndim - 1))
+  shift = jax.lax.stop_gradient(jnp.mean(x[:1], axis=axes, keepdims=True))
+  mean = shift + jnp.mean(x - shift, axis=axes, keepdims=True)
+  var = jnp.mean(jnp.square(x - mean), axis=axes)
+  return mean.reshape(-1), var
+
+
+class BatchNorm(nn.Module):
+  """Batch normalisation over every axis but the last, with order-independent batch statistics.
+
+  ``x [N, ..., C] -> [N, ..., C]``. A drop-in for ``flax.linen.BatchNorm(use_fast_variance=False)``: the same
+  parameters (``scale``, ``bias``: ``[C]``, ``param_dtype``), the same ``batch_stats`` variables (``mean``,
+  ``var``: ``[C]``, created float32 like flax's), the same running-average update
+  ``momentum * old + (1 - momentum) * batch`` (skipped while initialising), the same normalisation
+  ``(x - mean) * rsqrt(var + epsilon) * scale + bias`` and output ``dtype``; only the batch statistics are
+  computed by :func:`batch_statistics` (shifted mean, two-pass variance).
+  """
+
+  use_running_average: bool = False
+  momentum: float = 0.99
+  epsilon: float = 1e-5
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    c = x.shape[-1]
+    ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), (c,))
+    ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), (c,))
+    if self.use_running_average:
+      mean, var = ra_mean.value, ra_var.value
+    else:
+      stats_dtype = jnp.promote_types(self.dtype if self.dtype is not None else x.dtype, jnp.float32)
+      mean, var = batch_statistics(x, stats_dtype)
+      if not self.is_initializing():
+        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+    scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
+    bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
+    y = (x - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+    out_dtype = self.dtype if self.dtype is not None else jnp.result_type(x, scale, bias)
+    return y.astype(out_dtype)
 
 
 class ConvReluBN(nn.Module):
@@ -46,16 +108,15 @@ class ConvReluBN(nn.Module):
       name="conv",
     )(x)
     x = nn.relu(x)
-    # Two-pass batch variance, mean((x - mean)^2), as Keras' BatchNormalization computes it. flax's default
-    # E[x^2] - E[x]^2 cancels catastrophically when |mean| >> std: it put up to 3% errors into some kernel
-    # gradients of a vmapped LOSO step (benchmarks/RESULTS.md, optimisation log entry 16).
-    return nn.BatchNorm(
+    # Shifted mean and two-pass variance (see BatchNorm): flax's default E[x^2] - E[x]^2 cancels catastrophically
+    # when |mean| >> std (up to 3% errors in some kernel gradients of a vmapped LOSO step, benchmarks/RESULTS.md
+    # log entry 16), and an unshifted mean is as accurate as the compiler's float32 reduction order allows.
+    return BatchNorm(
       use_running_average=not train,
       momentum=self.bn_momentum,
       epsilon=self.bn_epsilon,
       dtype=self.dtype,
       param_dtype=pdt,
-      use_fast_variance=False,
       name="bn",
     )(x)
 

@@ -145,25 +145,30 @@ def _select(mask, new, old):
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(mesh: jax.sharding.Mesh, stacked: bool, apply_fn: Callable):
+def _compiled(mesh: jax.sharding.Mesh, stacked: bool, apply_fn: Callable, fast_conv: str = "auto") -> dict:
+  """The jitted train / logits / plateau (/ select) programs on ``mesh``; ``fast_conv`` is ``config.cpu_fast_conv``
+  (``'auto'``: on a CPU without YNNPACK fusions where the mesh has fewer devices than cores;
+  :func:`mer_jax.train.parallel.fast_conv_applies`)."""
   rep = parallel.replicated(mesh)
   data = parallel.batch_sharding(mesh, fold_axis=stacked)
   logits = functools.partial(eval_step, apply_fn=apply_fn)
-  # XLA's default compiler options everywhere. Turning YNNPACK off on CPU made the steps 1.45x-2.4x faster but
-  # their gradients up to 8% wrong (benchmarks/RESULTS.md, optimisation log entries 8 and 16).
+  # parallel.jit: on a CPU mesh with fewer devices than cores (fast_conv 'auto') XLA:CPU compiles without YNNPACK
+  # fusions, 1.47x faster one-device train steps; accurate because the model's BatchNorm statistics do not depend
+  # on the reduction order (docs/perf.md).
+  jit = functools.partial(parallel.jit, mesh=mesh, mode=fast_conv)
   if not stacked:
     return dict(
-      train=jax.jit(train_step, in_shardings=(rep, data, data), out_shardings=(rep, rep), donate_argnums=0),
-      logits=jax.jit(logits, in_shardings=(rep, data), out_shardings=rep),
-      plateau=jax.jit(plateau_step, in_shardings=(rep, rep), out_shardings=rep),
+      train=jit(train_step, in_shardings=(rep, data, data), out_shardings=(rep, rep), donate_argnums=0),
+      logits=jit(logits, in_shardings=(rep, data), out_shardings=rep),
+      plateau=jit(plateau_step, in_shardings=(rep, rep), out_shardings=rep),
     )
   return dict(
-    train=jax.jit(
+    train=jit(
       jax.vmap(masked_train_step), in_shardings=(rep, data, data, rep), out_shardings=(rep, rep), donate_argnums=0
     ),
-    logits=jax.jit(jax.vmap(logits), in_shardings=(rep, data), out_shardings=rep),
-    plateau=jax.jit(jax.vmap(_masked_plateau), in_shardings=(rep, rep, rep), out_shardings=rep),
-    select=jax.jit(_select, in_shardings=(rep, rep, rep), out_shardings=rep),
+    logits=jit(jax.vmap(logits), in_shardings=(rep, data), out_shardings=rep),
+    plateau=jit(jax.vmap(_masked_plateau), in_shardings=(rep, rep, rep), out_shardings=rep),
+    select=jit(_select, in_shardings=(rep, rep, rep), out_shardings=rep),
   )
 
 
@@ -488,10 +493,10 @@ class _Single:
   names = None  # no grouping to check on resume
   val_where = "validation"
 
-  def __init__(self, apply_fn: Callable, init_variables: dict, run: RunData, train_cfg, mesh, ckpt_dir):
+  def __init__(self, apply_fn: Callable, init_variables: dict, run: RunData, train_cfg, mesh, ckpt_dir, fast_conv):
     self.run, self.runs, self.label, self.ckpt_dir = run, [run], run.name, ckpt_dir
     self.apply_fn, self.init_variables, self.train_cfg = apply_fn, init_variables, train_cfg
-    self.fns = _compiled(mesh, False, apply_fn)
+    self.fns = _compiled(mesh, False, apply_fn, fast_conv)
     self.rep, self.data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     self.batch = int(train_cfg.batch_size)
     self.active = np.ones(1, bool)
@@ -565,6 +570,7 @@ def fit(
   log_every_steps: int = 0,
   on_epoch_end: Optional[Callable[[int], None]] = None,
   checkpoint_async: bool = True,
+  fast_conv: str = "auto",
 ) -> FitResult:
   """Trains one run from ``init_variables`` and returns its best-validation weights.
 
@@ -588,6 +594,7 @@ def fit(
       to simulate a crash).
     checkpoint_async: write checkpoints in the background (single-process runs only; see
       :class:`checkpoint.RunCheckpoints`).
+    fast_conv: ``config.cpu_fast_conv`` (how the steps are compiled on a CPU; ``parallel.fast_conv_applies``).
 
   Returns:
     A :class:`FitResult`: the selected weights, best epoch and validation scores, history, epochs trained.
@@ -603,7 +610,7 @@ def fit(
   )
   with ckpt_ctx as ckpts:
     mesh = mesh or parallel.make_mesh()
-    st = _Single(apply_fn, init_variables, run, train_cfg, mesh, ckpts.run_dir if ckpts else None)
+    st = _Single(apply_fn, init_variables, run, train_cfg, mesh, ckpts.run_dir if ckpts else None, fast_conv)
     return _epoch_loop(
       st,
       train_cfg,
@@ -646,11 +653,12 @@ class _Stacked:
     mesh,
     ckpt_dir,
     asynchronous,
+    fast_conv,
   ):
     self.runs, self.names, self.ckpt_dir, self.asynchronous = list(runs), [r.name for r in runs], ckpt_dir, asynchronous
     self.label = f"{runs[0].name}..{runs[-1].name} ({len(runs)} vmapped)"
     self.apply_fn, self.init_variables, self.train_cfg = apply_fn, init_variables, train_cfg
-    self.fns = _compiled(mesh, True, apply_fn)
+    self.fns = _compiled(mesh, True, apply_fn, fast_conv)
     self.rep, self.data = parallel.replicated(mesh), parallel.batch_sharding(mesh, fold_axis=True)
     self.batch = int(train_cfg.batch_size)
     self.shape = runs[0].train_x.shape[1:]
@@ -771,6 +779,7 @@ def fit_many(
   on_epoch_end: Optional[Callable[[int], None]] = None,
   log_every_steps: int = 0,
   checkpoint_async: bool = True,
+  fast_conv: str = "auto",
 ) -> list[FitResult]:
   """``fit`` for F runs at once (one jitted, vmapped program; results equal to ``fit`` run by run).
 
@@ -789,6 +798,7 @@ def fit_many(
     on_epoch_end: ``on_epoch_end(epoch)`` after each epoch's checkpoints were issued (test hook).
     log_every_steps: > 0 writes each active run's training loss every that many group steps.
     checkpoint_async: write checkpoints in the background (single-process runs only).
+    fast_conv: ``config.cpu_fast_conv`` (how the steps are compiled on a CPU; ``parallel.fast_conv_applies``).
 
   Returns:
     F :class:`FitResult`, in the order of ``runs``.
@@ -803,7 +813,9 @@ def fit_many(
   ckpt_ctx = ckpt.RunCheckpoints(group_dir, asynchronous=asynchronous) if group_dir else contextlib.nullcontext()
   with ckpt_ctx as ckpts:
     mesh = mesh or parallel.make_mesh()
-    st = _Stacked(apply_fn, init_variables, runs, train_cfg, mesh, ckpts.run_dir if ckpts else None, asynchronous)
+    st = _Stacked(
+      apply_fn, init_variables, runs, train_cfg, mesh, ckpts.run_dir if ckpts else None, asynchronous, fast_conv
+    )
     return _epoch_loop(
       st,
       train_cfg,
@@ -819,12 +831,18 @@ def fit_many(
 
 
 def predict_probs(
-  apply_fn: Callable, variables: dict, images: np.ndarray, batch_size: int, mesh: Optional[jax.sharding.Mesh] = None
+  apply_fn: Callable,
+  variables: dict,
+  images: np.ndarray,
+  batch_size: int,
+  mesh: Optional[jax.sharding.Mesh] = None,
+  fast_conv: str = "auto",
 ) -> np.ndarray:
-  """Softmax probabilities [N, K] (float32) of images [N, H, W, C], in padded batches."""
+  """Softmax probabilities [N, K] (float32) of images [N, H, W, C], in padded batches (``fast_conv``:
+  ``config.cpu_fast_conv``)."""
   mesh = mesh or parallel.make_mesh()
   batch = parallel.pad_to_multiple(batch_size, mesh)
-  fns = _compiled(mesh, False, apply_fn)
+  fns = _compiled(mesh, False, apply_fn, fast_conv)
   data = parallel.batch_sharding(mesh)
   variables = jax.device_put(variables, parallel.replicated(mesh))
   logits = _logits_in_batches(fns["logits"], variables, images, batch, data)

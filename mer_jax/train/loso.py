@@ -169,6 +169,7 @@ def run_loso(
   """
   ft = config.finetune
   mesh = mesh or parallel.make_mesh()
+  fast_conv = parallel.check_fast_conv(str(config.get("cpu_fast_conv", "auto")))
   num_classes = int(config.model.num_classes)
   if len(ds.class_names) != num_classes:
     raise UserError(
@@ -236,7 +237,7 @@ def run_loso(
     return run, split
 
   def finish(index: int, subject: str, split: FoldSplit, res: loop.FitResult) -> dict:
-    probs = loop.predict_probs(apply_fn, res.variables, ds.images[split.test_idx], int(ft.batch_size), mesh)
+    probs = loop.predict_probs(apply_fn, res.variables, ds.images[split.test_idx], int(ft.batch_size), mesh, fast_conv)
     rec = {
       "fold": index,
       "fold_id": fold_id(index, subject),
@@ -285,6 +286,7 @@ def run_loso(
         on_epoch_end=hook,
         log_every_steps=int(config.log_every_steps),
         checkpoint_async=bool(config.checkpoint_async),
+        fast_conv=fast_conv,
       )
     else:
       hook = functools.partial(on_epoch_end, fold_id(*chunk[0])) if on_epoch_end else None
@@ -302,6 +304,7 @@ def run_loso(
           log_every_steps=int(config.log_every_steps),
           on_epoch_end=hook,
           checkpoint_async=bool(config.checkpoint_async),
+          fast_conv=fast_conv,
         )
       ]
     for (index, subject), (_, split), res in zip(chunk, runs_splits, results):

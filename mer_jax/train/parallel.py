@@ -20,12 +20,24 @@ parallelism (pmap is in maintenance mode and lowered onto the same machinery):
 
 The global batch size must be a multiple of the number of devices (checked);
 evaluation batches are padded to a multiple with masked rows.
+
+Compiler options on a CPU (``config.cpu_fast_conv``)
+---------------------------------------------------
+The training loop's jitted programs (train, eval and plateau steps) are compiled through :func:`jit`. On a CPU
+backend it can turn XLA:CPU's YNNPACK fusions off (:data:`CPU_FAST_CONV_OPTIONS`): XLA's own convolutions then
+use several threads per device, 1.47x faster for the paper network's train step on one device of a 2-core
+host, but slower (0.82x) once every core is already a data-parallel device (docs/perf.md). So by default
+(``'auto'``) a CPU program compiles without YNNPACK fusions only when its devices are fewer than the cores
+(:func:`fast_conv_applies`; ``config.cpu_fast_conv`` is passed down to every jit, there is no process-wide
+setting). That path's float32 reductions accumulate more sequentially (less accurate over many terms), which the
+model's BatchNorm makes harmless by summing only O(spread) terms (``mer_jax.models.layers.batch_statistics``).
+GPU/TPU programs keep XLA's defaults.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 from jax.sharding import Mesh, NamedSharding
@@ -120,3 +132,87 @@ def use_host_cores(config) -> tuple[int, str]:
   except RuntimeError as e:  # a backend is already up (e.g. mer_jax.main.run called from a notebook)
     return 0, f"not changed ({e})"
   return n, why
+
+
+# XLA:CPU without YNNPACK fusions (its own convolution and reduction emitters); see the module doc.
+CPU_FAST_CONV_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+FAST_CONV_MODES = ("auto", "on", "off")
+
+
+def check_fast_conv(mode: str) -> str:
+  """``mode`` if it is a ``config.cpu_fast_conv`` value, else ConfigError naming the key."""
+  if mode not in FAST_CONV_MODES:
+    raise ConfigError(f"config.cpu_fast_conv={mode!r}: use one of {', '.join(map(repr, FAST_CONV_MODES))}")
+  return mode
+
+
+def _local_device_count(mesh: Optional[Mesh]) -> int:
+  if mesh is None:
+    return 1  # a jit without shardings runs on one device
+  return sum(1 for d in mesh.devices.flat if d.process_index == jax.process_index())
+
+
+def fast_conv_applies(mesh: Optional[Mesh] = None, mode: str = "auto") -> bool:
+  """Whether :func:`jit` compiles a program on ``mesh`` (None: one device of the default backend) without
+  YNNPACK fusions.
+
+  ``mode`` (``config.cpu_fast_conv``): ``'on'``: without YNNPACK fusions; ``'off'``: XLA's default options;
+  ``'auto'``: without YNNPACK fusions when the program's devices are fewer than this process's cores
+  (:func:`host_cores`), so that XLA's multi-threaded convolutions can use the idle cores; with as many devices as
+  cores, YNNPACK's kernels (more work per core, largely one thread per device) are faster: 800 vs 970 ms per
+  paper-network step on 2 devices of a 2-core host, against 1395 vs 949 ms on one device
+  (benchmarks/RESULTS.md). Never on GPU/TPU.
+  """
+  mode = check_fast_conv(mode)
+  platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
+  if platform != "cpu" or mode == "off":
+    return False
+  return mode == "on" or _local_device_count(mesh) < host_cores()
+
+
+def compiler_options(mesh: Optional[Mesh] = None, mode: str = "auto") -> Optional[dict]:
+  """XLA compiler options for a program on ``mesh``'s devices.
+
+  Args:
+    mesh: the devices the program runs on; None: one device of ``jax.default_backend()``.
+    mode: ``config.cpu_fast_conv``: ``'auto'`` / ``'on'`` / ``'off'`` (:func:`fast_conv_applies`).
+
+  Returns:
+    A copy of :data:`CPU_FAST_CONV_OPTIONS` where :func:`fast_conv_applies`, else None (XLA's defaults).
+  """
+  return dict(CPU_FAST_CONV_OPTIONS) if fast_conv_applies(mesh, mode) else None
+
+
+def jit(fn: Callable, mesh: Optional[Mesh] = None, mode: str = "auto", **kwargs: Any) -> Callable:
+  """``jax.jit(fn, **kwargs)`` with :func:`compiler_options` for ``mesh`` and ``mode`` (how the training loop
+  compiles).
+
+  A jit with compiler options cannot be traced inside another jit (``jax.make_jaxpr`` included): use its
+  ``.trace(...)`` / ``.lower(...)`` instead.
+  """
+  return jax.jit(fn, compiler_options=compiler_options(mesh, mode), **kwargs)
+
+
+def describe_fast_conv(config) -> str:
+  """Checks ``config.cpu_fast_conv`` (default ``'auto'``) and says how the training steps on all local devices of
+  the default backend will be compiled (a line for the log).
+
+  Args:
+    config: the full config (``cpu_fast_conv``: ``'auto'``, ``'on'`` or ``'off'``; anything else: ConfigError).
+
+  Returns:
+    The log line.
+  """
+  mode = check_fast_conv(config.get("cpu_fast_conv", "auto"))
+  n, cores = len(jax.local_devices()), host_cores()
+  how = (
+    "without YNNPACK fusions"
+    if fast_conv_applies(make_mesh(jax.local_devices()), mode)
+    else "with XLA's default options (YNNPACK fusions)"
+  )
+  why = {
+    "auto": f"{n} device(s) {'<' if n < cores else '>='} {cores} cores",
+    "on": "always",
+    "off": "never without YNNPACK",
+  }[mode]
+  return f"training steps compiled {how} (config.cpu_fast_conv='{mode}': {why}; 'on' / 'off' to choose)"

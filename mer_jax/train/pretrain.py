@@ -105,6 +105,7 @@ def run_pretrain(
     log_every_steps=int(config.log_every_steps),
     on_epoch_end=on_epoch_end,
     checkpoint_async=bool(config.checkpoint_async),
+    fast_conv=str(config.get("cpu_fast_conv", "auto")),
   )
   summary = {
     "fingerprint": fp,
