@@ -41,7 +41,7 @@ demo: $(STAMP)
 # the commands, the LOSO table is the benchmark.
 SPOT_DEMO ?= runs/spot_demo
 spot-demo: $(STAMP) $(WORKDIR)/results.json
-	$(PY) -m mer_jax.spot_bench --synth --dataset both --out $(SPOT_DEMO)
+	$(PY) -m mer_jax.spot_bench --config=configs/spot_synth_demo.py --workdir=$(SPOT_DEMO)
 	@set -e; fold=$$(ls -d $(WORKDIR)/finetune/folds/*/ | head -n 1); preds=""; \
 	for d in $(SPOT_DEMO)/synthme/cas_long/rawpic/*/*/; do \
 	  v=$$(basename $$d | sed 's/^\([0-9]*_[0-9]*\).*/\1/'); \

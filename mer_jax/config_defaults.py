@@ -175,3 +175,46 @@ def get_benchmark_config(name: str, *, task: str, micro: Sequence[str], num_clas
   c.model.num_classes = num_classes
   c.evm.update(EVM_READINGS[BENCHMARK_EVM_READING])
   return c
+
+
+SPOT_DATASETS = ("cas_long", "samm_lv", "both")
+
+
+def get_spot_bench_config(dataset: str, *, synth: bool = False) -> ml_collections.ConfigDict:
+  """The LOSO spotting benchmark (``python -m mer_jax.spot_bench --config=configs/spot_*.py``).
+
+  Args:
+    dataset: ``'cas_long'`` (CAS(ME)^2 long videos), ``'samm_lv'`` (SAMM Long Videos) or ``'both'``.
+    synth: run on SynthME long videos written into ``<workdir>/synthme`` instead of ``root``.
+
+  Returns:
+    ConfigDict: ``dataset``; ``root`` (the dataset folder as released: annotation file + frames; for ``both`` a
+    folder holding ``cas_long/`` and ``samm_lv/``); ``rule`` (counting rule for selection and tables:
+    ``megc2020`` | ``one-to-one``); ``synth`` (``enabled``, ``subjects``, ``videos_per_subject``, ``seconds``
+    (0: 20 s CAS(ME)^2, 12 s SAMM-LV), ``seed``); ``spotter`` (the fixed spotter settings,
+    :class:`mer_jax.spotting.spotter.SpotParams`; those named in ``grid`` are chosen per fold); ``grid.micro``
+    and ``grid.macro`` (candidate values searched on the training subjects, in two stages: micro F1, then
+    macro F1; :mod:`mer_jax.spotting.loso`); ``baseline_counts`` (the baseline's candidate windows per video
+    and type).
+  """
+  from mer_jax.spotting import loso  # cv2 and the spotter: imported only when a spotting config is built
+  from mer_jax.spotting.spotter import SpotParams
+
+  c = ml_collections.ConfigDict()
+  c.dataset = dataset
+  c.root = ""
+  c.rule = "megc2020"
+  c.synth = ml_collections.ConfigDict(
+    {"enabled": synth, "subjects": 2, "videos_per_subject": 2, "seconds": 0.0, "seed": 0}
+  )
+  spot = SpotParams().as_dict()
+  spot["eye_band"] = tuple(spot["eye_band"])
+  c.spotter = ml_collections.ConfigDict(spot)
+  c.grid = ml_collections.ConfigDict(
+    {
+      "micro": {k: tuple(v) for k, v in loso.MICRO_GRID.items()},
+      "macro": {k: tuple(v) for k, v in loso.MACRO_GRID.items()},
+    }
+  )
+  c.baseline_counts = tuple(loso.BASELINE_COUNTS)
+  return c

@@ -107,9 +107,37 @@ def _config(name: str) -> ml_collections.ConfigDict:
   return importlib.import_module(f"configs.{name}").get_config()
 
 
+# Spotting benchmark configs: each one's fields that differ from config_defaults.get_spot_bench_config("cas_long").
+SPOT_EXPECTED = {
+  "spot_cas_long": {},
+  "spot_samm_lv": {"dataset": "samm_lv"},
+  "spot_synth_demo": {"dataset": "both", "synth.enabled": True},
+}
+
+
 def test_every_config_file_is_pinned():
   files = sorted(f[:-3] for f in os.listdir(os.path.join(REPO, "configs")) if f.endswith(".py"))
-  assert files == sorted(EXPECTED)
+  assert files == sorted([*EXPECTED, *SPOT_EXPECTED])
+
+
+@pytest.mark.parametrize("name", sorted(SPOT_EXPECTED))
+def test_spotting_config_equals_its_base_except_its_listed_fields(name):
+  from mer_jax import spot_bench
+  from mer_jax.spotting import loso
+  from mer_jax.spotting.spotter import SpotParams
+
+  got = _flat(_config(name).to_dict())
+  base = _flat(config_defaults.get_spot_bench_config("cas_long").to_dict())
+  assert set(got) == set(base)
+  want = {**base, **SPOT_EXPECTED[name]}
+  assert {k: (v, want[k]) for k, v in got.items() if v != want[k] or type(v) is not type(want[k])} == {}
+  # the base is the spotter's defaults and the LOSO module's grid, and it passes the benchmark's checks
+  cfg = _config(name)
+  if not cfg.synth.enabled:
+    cfg.root = "/data/somewhere"
+  params, space, counts = spot_bench.spot_settings(cfg)
+  assert params == SpotParams()
+  assert space == loso.SPOT_GRID and counts == tuple(loso.BASELINE_COUNTS)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

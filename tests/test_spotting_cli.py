@@ -146,19 +146,12 @@ def test_spot_bench_on_tiny_synthme(tmp_path):
   out = tmp_path / "bench"
   p = run(
     "mer_jax.spot_bench",
-    "--dataset",
-    "cas_long",
-    "--synth",
-    "--out",
-    str(out),
-    "--subjects",
-    "2",
-    "--videos-per-subject",
-    "1",
-    "--seconds",
-    "8",
-    "--seed",
-    "1",
+    "--config=configs/spot_cas_long.py",
+    f"--workdir={out}",
+    "--config.synth.enabled=true",
+    "--config.synth.videos_per_subject=1",
+    "--config.synth.seconds=8",
+    "--config.synth.seed=1",
     "--quiet",
   )
   assert p.returncode == 0, p.stderr
@@ -174,6 +167,7 @@ def test_spot_bench_on_tiny_synthme(tmp_path):
     o = d["overall"][m][res["rule"]]["all"]
     assert tot == {"tp": o["tp"], "fp": o["fp"], "fn": o["fn"]}
     assert o["tp"] + o["fn"] == d["gt"]["micro"] + d["gt"]["macro"]
+  assert res["config"]["dataset"] == "cas_long" and res["config"]["synth"]["seconds"] == 8.0
   md = (out / "results.md").read_text()
   assert "| s15 |" in md and "| s17 |" in md and "SynthME" in md
   params = json.loads((out / "params_cas_long.json").read_text())
@@ -203,6 +197,15 @@ def test_spot_bench_on_tiny_synthme(tmp_path):
     assert p.returncode == 0, p.stderr
     got = [(q["onset"], q["offset"], q["type"]) for q in json.loads(spotted.read_text())["predictions"]]
     assert got == [(q["onset"], q["offset"], q["type"]) for q in d["predictions"]["spotter"] if q["video"] == v.video]
-  assert one_error(
-    run("mer_jax.spot_bench", "--dataset", "cas_long", "--root", str(tmp_path / "none"), "--out", str(out))
-  ) == (f"error: --root: {tmp_path / 'none'} is not a folder; give the CAS(ME)^2 dataset folder")
+  bench = ("mer_jax.spot_bench", "--config=configs/spot_cas_long.py", f"--workdir={out}")
+  assert one_error(run(*bench, f"--config.root={tmp_path / 'none'}")) == (
+    f"error: config.root: {tmp_path / 'none'} is not a folder; give the CAS(ME)^2 dataset folder"
+  )
+  assert one_error(run(*bench)).startswith("error: config.root is empty: give the dataset folder")
+  assert one_error(run(*bench, "--config.rule=iou")) == "error: config.rule='iou': use one of megc2020, one-to-one"
+  assert one_error(run(*bench, "--config.grid.micro.threshold=()")).startswith(
+    "error: config.grid.micro.threshold=(): give a non-empty tuple of candidate values"
+  )
+  assert one_error(run(*bench, "--config.synth.enabled=true", "--config.spotter.flow=tvl1")) == (
+    "error: config.spotter: spotter flow='tvl1': expected one of farneback, dis"
+  )

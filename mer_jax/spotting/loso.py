@@ -160,8 +160,8 @@ def select_spotter(
   return params, _f1(res, videos, predict(res, videos, params), rule)
 
 
-def baseline_candidates(train: Sequence[LongVideo]) -> list[dict]:
-  """Window lengths from the training ground truth (median length per type) x window counts."""
+def baseline_candidates(train: Sequence[LongVideo], counts: Sequence[int] = BASELINE_COUNTS) -> list[dict]:
+  """Window lengths from the training ground truth (median length per type) x window ``counts`` per type."""
 
   def med(t, default):
     lens = [i.length for v in train for i in v.intervals if i.type == t]
@@ -169,11 +169,7 @@ def baseline_candidates(train: Sequence[LongVideo]) -> list[dict]:
 
   fps = train[0].fps if train else 30.0
   mi, ma = med("micro", max(1, int(round(0.4 * fps)))), med("macro", max(1, int(round(1.0 * fps))))
-  return [
-    {"micro_frames": mi, "macro_frames": ma, "n_micro": a, "n_macro": b}
-    for a in BASELINE_COUNTS
-    for b in BASELINE_COUNTS
-  ]
+  return [{"micro_frames": mi, "macro_frames": ma, "n_micro": a, "n_macro": b} for a in counts for b in counts]
 
 
 def _tuned(params: sp.SpotParams, space: Sequence[dict]) -> dict:
@@ -187,6 +183,7 @@ def run_loso(
   *,
   rule: str = "megc2020",
   space: Sequence[dict] = SPOT_GRID,
+  baseline_counts: Sequence[int] = BASELINE_COUNTS,
   log: Optional[Callable[[str], None]] = None,
 ) -> dict:
   """LOSO over the subjects of one dataset.
@@ -197,6 +194,7 @@ def run_loso(
     base: the fixed spotter settings (the grid varies the extraction settings over it).
     rule: counting rule for selection and scoring ('megc2020' | 'one-to-one').
     space: the staged grid (default :data:`SPOT_GRID`).
+    baseline_counts: the baseline's candidate window counts per video and type (default :data:`BASELINE_COUNTS`).
     log: progress lines.
   Returns:
     ``{'folds': [{'subject', 'spotter': {params, train_f1}, 'baseline': {setting, train_f1}}],
@@ -211,7 +209,7 @@ def run_loso(
     train = [v for v in res.videos if v.subject != s]
     test = [v for v in res.videos if v.subject == s]
     params, f1 = select_spotter(res, train, signals, base, rule, space)
-    bcands = baseline_candidates(train)
+    bcands = baseline_candidates(train, baseline_counts)
     j, bf1 = select(res, train, bcands, lambda r, vs, c: baseline_predictions(r, vs, signals, c), rule)
     preds["spotter"] += spot_predictions(res, test, signals, params)
     preds["baseline"] += baseline_predictions(res, test, signals, bcands[j])

@@ -145,8 +145,12 @@ class SpotParams:
     if "eye_band" in d:
       d["eye_band"] = tuple(float(v) for v in d["eye_band"])
     try:
-      return cls(**d).validate()
+      params = cls(**d)
     except TypeError as e:
+      raise ConfigError(f"{where}: {e}") from None
+    try:
+      return params.validate()
+    except ConfigError as e:
       raise ConfigError(f"{where}: {e}") from None
 
   def as_dict(self) -> dict:
