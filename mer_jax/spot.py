@@ -183,7 +183,7 @@ def spot_file(
       + "; nothing is spotted without a face or across a cut",
       file=sys.stderr,
     )
-  intervals = sp.extract_intervals(ms.signal, fps, params, k=ms.k, valid=ms.valid)
+  intervals = sp.intervals_of(ms, params)
   return {
     "input": os.path.abspath(path),
     "video": name,

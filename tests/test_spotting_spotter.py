@@ -14,6 +14,7 @@ import pytest
 
 from mer_jax.data import synth
 from mer_jax.errors import ConfigError
+from mer_jax.spotting import evaluate as ev
 from mer_jax.spotting import loso, synth_long
 from mer_jax.spotting import spotter as sp
 from mer_jax.spotting.readers import CAS_LONG, Interval, LongReadResult, LongVideo
@@ -291,6 +292,10 @@ def test_a_cut_ends_the_track_and_no_flow_pair_spans_it():
     list(range(k + 1, 61)) + list(range(61 + k, 121)) + list(range(166 + k, 226))
   )
   assert (ms.signal[~ms.valid] == 0).all()
+  # the held-expression signal (frame t against frame t - hold_lag) never pairs frames across a cut either
+  lag = ms.hold_lag
+  assert np.isnan(ms.hold[60 : 60 + lag]).all() and np.isnan(ms.hold[120 : 165 + lag]).all()
+  assert np.isfinite(ms.hold[60 + lag + 3 : 120]).all() and np.isfinite(ms.hold[165 + lag + 3 :]).all()
   # the spotted intervals stay inside the valid frames, whatever the threshold
   low = dataclasses.replace(sp.SpotParams(), threshold=0.5, macro_threshold=0.5, min_seconds=0.0)
   for iv in sp.extract_intervals(ms.signal, 30.0, low, k=k, valid=ms.valid):
@@ -325,3 +330,32 @@ def test_a_face_that_leaves_without_a_cut_is_absent_after_absent_seconds():
   none = sp.motion_signal(iter(_scene(60, 120)), 30.0, p)
   assert not none.face_found and not none.valid.any() and none.face_absent() == [(1, 60)]
   assert sp.extract_intervals(none.signal, 30.0, p, k=none.k, valid=none.valid) == []
+
+
+def test_a_held_expression_onset_is_not_a_micro_expression():
+  """A micro-expression returns to neutral; a smile that rises in 0.2 s and fades over 2.3 s does not. Both give
+  a short burst of motion (a micro candidate); the held-expression check keeps the first and drops the second."""
+  rng = np.random.default_rng(0)
+  ident = synth.make_identity(rng)
+  micro = synth_long._Event("micro", 40, 12, apex=6, aus=synth.expression_aus("surprise", np.random.default_rng(5)))
+  micro = dataclasses.replace(micro, amplitude=3.0)
+  held = synth_long._Event("macro", 120, 75, apex=6, aus=synth.expression_aus("positive", np.random.default_rng(3)))
+  held = dataclasses.replace(held, amplitude=4.0)
+  frames = list(synth_long.render_video(ident, [micro, held], 240, frame_size=128, rng=np.random.default_rng(1)))
+  ms = sp.motion_signal(iter(frames), 30.0)
+  assert ms.hold_lag == 27  # 0.9 s at 30 fps
+  off = dataclasses.replace(sp.SpotParams(), hold_ratio=0.0)
+  unchecked = sp.intervals_of(ms, off)
+  # without the check both bursts are micro-expressions: the micro event and the smile's rise
+  assert [(i.type, ev.iou((i.onset, i.offset), (40, 51)) >= 0.5) for i in unchecked] == [
+    ("micro", True),
+    ("micro", False),
+  ], unchecked
+  assert 120 <= unchecked[1].onset <= 126
+  # the face 0.9 s on: back to neutral after the micro event (hold ~0.1 x its peak motion), still smiling
+  # after the rise (~0.9 x)
+  ratios = [
+    ms.hold[i.onset - 1 - ms.k + ms.hold_lag] / ms.signal[i.onset - 1 : i.offset + ms.k].max() for i in unchecked
+  ]
+  assert ratios[0] < 0.25 and ratios[1] > 0.7, ratios
+  assert sp.intervals_of(ms, sp.SpotParams()) == unchecked[:1]

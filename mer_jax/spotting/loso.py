@@ -98,7 +98,7 @@ def spot_predictions(
     for p in _preds(
       v,
       res.dataset,
-      sp.extract_intervals(signals[v.video].signal, v.fps, params, k=signals[v.video].k, valid=signals[v.video].valid),
+      sp.intervals_of(signals[v.video], params),
     )
   ]
 

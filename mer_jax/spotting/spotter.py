@@ -91,6 +91,8 @@ class SpotParams:
   lag_fraction: float = 0.5  # the offset is the run's end minus lag_fraction * k
   pad_seconds: float = 0.0  # the onset is moved this much earlier (the threshold cuts the rise)
   micro_max_seconds: float = 0.5  # micro-expression: duration <= this
+  hold_seconds: float = 0.9  # the held-expression check compares the face this long after k before the onset
+  hold_ratio: float = 0.5  # a micro candidate whose face is still that far from its pre-onset state is held: dropped
   macro_threshold: float = 5.0  # z threshold of the macro-expression scale
   macro_smooth_seconds: float = 0.3  # moving average of the macro-expression scale
   macro_merge_seconds: float = 0.3  # runs closer than this are one macro interval
@@ -101,12 +103,21 @@ class SpotParams:
       raise ConfigError(f"spotter cell_stat={self.cell_stat!r}: expected one of {', '.join(CELL_STATS)}")
     if self.flow not in FLOW_METHODS:
       raise ConfigError(f"spotter flow={self.flow!r}: expected one of {', '.join(FLOW_METHODS)}")
-    for name in ("k_seconds", "detect_seconds", "absent_seconds", "cut_threshold", "max_rate", "micro_max_seconds"):
+    for name in (
+      "k_seconds",
+      "detect_seconds",
+      "absent_seconds",
+      "cut_threshold",
+      "max_rate",
+      "micro_max_seconds",
+      "hold_seconds",
+    ):
       if not getattr(self, name) > 0:
         raise ConfigError(f"spotter {name} must be > 0, got {getattr(self, name)}")
     if not 0 <= self.lag_fraction <= 1:
       raise ConfigError(f"spotter lag_fraction must be in [0, 1], got {self.lag_fraction}")
     for name in (
+      "hold_ratio",
       "smooth_seconds",
       "merge_seconds",
       "min_seconds",
@@ -183,6 +194,8 @@ class MotionSignal:
   valid: Optional[np.ndarray] = None  # [T] bool: a tracked face and a flow pair inside one shot (None: all)
   face: Optional[np.ndarray] = None  # [T] bool: a face was tracked in the frame
   cuts: list = dataclasses.field(default_factory=list)  # frame numbers that start a new shot
+  hold: Optional[np.ndarray] = None  # [T] float32: residual flow between frame t and frame t - hold_lag (NaN: none)
+  hold_lag: int = 0  # frames
 
   def face_absent(self) -> list[tuple[int, int]]:
     """[(first, last)] 1-based inclusive frame ranges without a tracked face."""
@@ -370,6 +383,10 @@ def motion_signal(
   design = _design(params.flow_size)
   mask = cell_mask(params)
   buf: collections.deque = collections.deque(maxlen=k + step)
+  hold_lag = max(k + 1, int(round(params.hold_seconds * fps)))
+  hold_every = max(step, int(round(0.1 * fps)))
+  long_buf: collections.deque = collections.deque(maxlen=hold_lag + step)
+  hold_t, hold_v, hold_ok = [], [], []
   dets: collections.deque = collections.deque(maxlen=3)
   box = None
   found = False
@@ -393,6 +410,7 @@ def motion_signal(
     if prev_hist is not None and shot_change(prev_hist, hist) > params.cut_threshold:
       cuts.append(t + 1)
       buf.clear()
+      long_buf.clear()
       dets.clear()
       box, next_check, miss_start = None, t, None
     prev_hist = hist
@@ -412,18 +430,37 @@ def motion_signal(
         if box is not None and t - miss_start + 1 >= absent_after:
           # the face has been gone since the first missed detection
           for i in range(miss_start, t):
-            has_face[i] = pair[i] = False
+            has_face[i] = pair[i] = hold_ok[i] = False
             diff[i] = 0.0
           box = None
           dets.clear()
           buf.clear()
+          long_buf.clear()
     if box is None:
       has_face.append(False)
       pair.append(False)
+      hold_ok.append(False)
       diff.append(0.0)
       buf.clear()
+      long_buf.clear()
     else:
       buf.append(g)
+      long_buf.append(g)
+      hold_ok.append(len(long_buf) >= hold_lag + 1)
+      if len(long_buf) >= hold_lag + 1 and t % hold_every == 0:
+        # the held-expression check's signal: the face now against the face hold_lag frames ago
+        frames_now = list(long_buf)
+        cur = _crop(_mean_u8(frames_now[-step:]), box, params.flow_size, params.inner)
+        prev = _crop(
+          _mean_u8(frames_now[max(0, len(frames_now) - hold_lag - step) : len(frames_now) - hold_lag]),
+          box,
+          params.flow_size,
+          params.inner,
+        )
+        if params.register:
+          prev = register(prev, cur)
+        hold_t.append(t)
+        hold_v.append(frame_value(residual_flow(flow(prev, cur), design), params, mask))
       has_face.append(True)
       cur1 = _crop(g, box, params.flow_size, params.inner)
       diff.append(
@@ -461,6 +498,13 @@ def motion_signal(
   else:
     valid[:] = False
   signal[~valid] = 0.0
+  ok = np.asarray(hold_ok, bool)
+  hold = np.full(n, np.nan, np.float32)
+  kept = [i for i, ti in enumerate(hold_t) if ok[ti]]
+  if kept:
+    ts = np.array([hold_t[i] for i in kept])
+    hold = np.interp(np.arange(n), ts, np.array([hold_v[i] for i in kept])).astype(np.float32)
+    hold[~ok | (np.arange(n) < ts[0])] = np.nan
   return MotionSignal(
     signal=signal,
     frame_diff=np.asarray(diff, np.float32),
@@ -472,6 +516,8 @@ def motion_signal(
     valid=valid,
     face=face_arr,
     cuts=cuts,
+    hold=hold,
+    hold_lag=hold_lag,
   )
 
 
@@ -604,6 +650,8 @@ def extract_intervals(
   *,
   k: Optional[int] = None,
   valid: Optional[np.ndarray] = None,
+  hold: Optional[np.ndarray] = None,
+  hold_lag: int = 0,
 ) -> list[SpottedInterval]:
   """Intervals of a motion signal (module docstring), at two time scales.
 
@@ -616,6 +664,11 @@ def extract_intervals(
   score first); micro-length runs of the macro scale are not used (the micro threshold alone decides what is a
   micro-expression). Intervals shorter than ``min_seconds`` are dropped.
 
+  Held-expression check (with ``hold``): a micro-expression returns to neutral; a micro candidate whose face,
+  ``hold_lag`` frames after the frame before its onset (past its offset), still differs from that frame by more
+  than ``hold_ratio`` times the candidate's peak motion is the onset of a held expression (a smile that rises in
+  0.2 s and stays) and is dropped. ``hold_ratio = 0`` turns the check off.
+
   Args:
     signal: [T] motion signal of :func:`motion_signal` (index i = frame i + 1).
     fps: frame rate.
@@ -623,6 +676,8 @@ def extract_intervals(
     k: the flow offset the signal was computed with (default: from ``params`` at ``fps``).
     valid: [T] bool, the frames where the signal means something (``MotionSignal.valid``: a tracked face and a
       flow pair inside one shot); default all. No interval reaches outside them.
+    hold: [T] ``MotionSignal.hold`` (NaN where not measured); None: no held-expression check.
+    hold_lag: the lag ``hold`` was measured with, frames.
   Returns:
     Intervals sorted by onset, 1-based inclusive frames.
   """
@@ -641,12 +696,32 @@ def extract_intervals(
   overlaps = lambda i, others: any(i.onset <= m.offset and m.onset <= i.offset for m in others)  # noqa: E731
   macro = [i for i in at_macro if i.type == "macro"]
   micro = [i for i in at_micro if i.type == "micro" and not overlaps(i, macro)]
+  if hold is not None and params.hold_ratio > 0:
+    micro = [i for i in micro if not _held(i, signal, hold, hold_lag, k, params.hold_ratio)]
   # A motion longer than micro_max_seconds that the micro scale sees but the macro scale does not (its threshold
   # and smoothing are the macro-expression's) is kept as a macro-expression where no other interval overlaps it.
   for i in sorted((i for i in at_micro if i.type == "macro"), key=lambda i: -i.score):
     if not overlaps(i, macro + micro):
       macro.append(i)
   return sorted(micro + macro, key=lambda i: (i.onset, i.offset))
+
+
+def _held(iv: SpottedInterval, signal: np.ndarray, hold: np.ndarray, hold_lag: int, k: int, ratio: float) -> bool:
+  """Whether the face ``hold_lag`` frames after the frame before ``iv``'s onset is still far from that frame
+  (``hold`` there above ``ratio`` x the interval's peak motion); False where it cannot be told (the check frame
+  falls before the offset, past the end, or where ``hold`` was not measured)."""
+  ref = iv.onset - 1 - k  # 0-based: k frames before the onset (a threshold starts a run late in the rise)
+  check = ref + hold_lag  # hold[check] compares frame check with frame ref
+  if ref < 0 or check <= iv.offset - 1 or check >= len(hold) or not np.isfinite(hold[check]):
+    return False
+  peak = float(np.max(signal[iv.onset - 1 : min(len(signal), iv.offset + k)]))
+  return bool(hold[check] > ratio * peak)
+
+
+def intervals_of(ms: "MotionSignal", params: SpotParams = SpotParams()) -> list[SpottedInterval]:
+  """:func:`extract_intervals` of a :class:`MotionSignal` (its signal, k, valid frames and held-expression
+  signal)."""
+  return extract_intervals(ms.signal, ms.fps, params, k=ms.k, valid=ms.valid, hold=ms.hold, hold_lag=ms.hold_lag)
 
 
 def frame_difference_intervals(
