@@ -27,6 +27,12 @@ Two pluggable steps, both pure functions of their inputs:
   else. The apex is the frame
   of strongest motion minus ``k / 2``; the score the peak ``z``.
 
+Held-expression check: a micro-expression returns to neutral. The same pass measures, every 0.1 s, the residual
+flow between frame ``t`` and frame ``t - hold_seconds`` (0.9 s; ``MotionSignal.hold``); a micro candidate whose
+face ``hold_seconds`` after the frame ``k`` before its onset still differs from that frame by more than
+``hold_ratio`` times its peak motion is the onset of a held expression (a smile that rises fast and stays) and is
+dropped (:func:`extract_intervals`).
+
 Face tracking: the face is detected (:func:`mer_jax.data.face.detect_faces`, Haar cascade) every
 ``detect_seconds`` (every 0.1 s while it is missing); the box used at frame ``t`` is the per-coordinate median of
 the last 3 detections (a smoothed track that ignores one-off jumps); both frames of a flow pair are cropped with
