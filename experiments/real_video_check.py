@@ -7,9 +7,10 @@ For every video (any file OpenCV opens; frame rate from its tag) it runs ``mer_j
 ``--checkpoint``: ``mer_jax.analyse.analyse``, every spotted interval classified) and writes into ``--out``:
 
 * ``<video>.json``: the command's own output;
-* ``<video>_<n>.png``: one contact sheet per spotted interval, the face box (the track's last detection before
-  the interval) at onset, apex and offset and the frames half-way between, plus the frames one ``k`` before the
-  onset and after the offset, so an onset that is too late or an interval that is a head turn shows at a glance;
+* ``<video>_<n>.png``: one contact sheet per spotted interval, the face box (the track's last detection at or
+  before the onset, ``face_boxes`` of the spot output) at onset, apex and offset and the frames half-way
+  between, plus the frames one ``k`` before the onset and after the offset, so an onset that is too late or an
+  interval that is a head turn shows at a glance;
 * ``report.md``: per video its frame rate, length, face frames, shot cuts, speed (frames/s of the whole command,
   classification included, against real time) and the intervals, with a column for the reader's verdict.
 
@@ -86,9 +87,8 @@ def contact_sheet(frames: dict[int, np.ndarray], marks: list[tuple[str, int]], b
       tile = np.zeros((TILE, TILE, 3), np.uint8)
     else:
       if box is not None:
-        x, y, s, scale = box
-        x0, y0, s0 = int(x / scale), int(y / scale), int(s / scale)
-        f = f[y0 : y0 + s0, x0 : x0 + s0]
+        x, y, s = box
+        f = f[y : y + s, x : x + s]
       tile = cv2.resize(f, (TILE, TILE), interpolation=cv2.INTER_AREA)
     strip = np.full((16, TILE, 3), 255, np.uint8)
     cv2.putText(strip, f"{label} {n}".strip(), (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
@@ -110,12 +110,10 @@ def check_video(path: str, out: str, *, checkpoint: Optional[str], params: sp.Sp
   spot.write_result(result, os.path.join(out, f"{name}.json"), "json")
   fps, n = result["fps"], result["num_frames"]
   k = sp.k_frames(fps, params)
-  # the face box of each interval, from a fresh track (the spotter keeps only detections, in working pixels)
-  ms_boxes = _boxes(path, params)
   marks = [sheet_frames(p, k, n) for p in result["predictions"]]
   frames = _frames(path, {m for ms in marks for _, m in ms})
   for i, (p, ms) in enumerate(zip(result["predictions"], marks), 1):
-    img = contact_sheet(frames, ms, _box_before(ms_boxes, p["onset"]))
+    img = contact_sheet(frames, ms, _box_before(result["face_boxes"], p["onset"]))
     cv2.imwrite(os.path.join(out, f"{name}_{i}.png"), img)
   return dict(
     video=name,
@@ -128,21 +126,11 @@ def check_video(path: str, out: str, *, checkpoint: Optional[str], params: sp.Sp
   )
 
 
-def _boxes(path: str, params: sp.SpotParams) -> list[tuple]:
-  """[(frame, x, y, size, scale)] face detections of the spotter's track (scale: working px per video px)."""
-  frames, fps, count = spot.open_input(path, None)
-  ms = sp.motion_signal(frames, fps, params, num_frames=count)
-  cap = cv2.VideoCapture(path)
-  w, h = cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)
-  cap.release()
-  scale = min(1.0, params.work_side / max(w, h, 1))
-  return [(b[0], b[1], b[2], b[3], scale) for b in ms.boxes]
-
-
-def _box_before(boxes: list[tuple], frame: int) -> Optional[tuple]:
+def _box_before(boxes: list, frame: int) -> Optional[tuple]:
+  """(x, y, size) of the last face detection at or before ``frame`` (the first one if none; None without any)."""
   before = [b for b in boxes if b[0] <= frame]
   b = before[-1] if before else (boxes[0] if boxes else None)
-  return None if b is None else b[1:]
+  return None if b is None else tuple(b[1:])
 
 
 def report(rows: list[dict], checkpoint: Optional[str]) -> str:

@@ -11,10 +11,11 @@ writes (the setting chosen on all of a dataset's subjects); without it the defau
 tuned on any data. Nothing is spotted where no face is tracked or across a shot cut (stderr says where).
 
 Output (``--format json``, default): ``{"input", "video", "fps", "num_frames", "face_found", "face_frames",
-"face_absent", "cuts", "params", "predictions": [{"video", "onset", "apex", "offset", "onset_s", "apex_s",
-"offset_s", "type", "score"}]}`` with 1-based inclusive frame numbers, seconds from the first frame
+"face_absent", "cuts", "face_boxes", "params", "predictions": [{"video", "onset", "apex", "offset", "onset_s",
+"apex_s", "offset_s", "type", "score"}]}`` with 1-based inclusive frame numbers, seconds from the first frame
 (``(frame - 1) / fps``), type ``micro`` (at most 0.5 s) or ``macro``; ``face_absent`` lists the frame ranges
-without a tracked face, ``cuts`` the first frames of new shots. ``--format megc``: CSV
+without a tracked face, ``cuts`` the first frames of new shots, ``face_boxes`` the face detections
+``[frame, x, y, size]`` (square boxes in the input's pixels, about one a second). ``--format megc``: CSV
 ``vid,pred_onset,pred_offset,type,score`` with type ``me`` / ``mae`` (the MEGC submission columns). With
 ``--checkpoint`` each spotted micro-expression is also classified (what ``python -m mer_jax.analyse`` does), and
 ``--format str`` writes the spot-then-recognise CSV ``subject,video,onset,offset,emotion`` (micro-expressions
@@ -193,6 +194,7 @@ def spot_file(
     "face_frames": int(ms.face.sum()) if ms.face is not None else n,
     "face_absent": [list(r) for r in absent],
     "cuts": list(ms.cuts),
+    "face_boxes": [list(b) for b in ms.input_boxes()],
     "params": params.as_dict(),
     "predictions": sp.iter_intervals(intervals, name, fps),
   }

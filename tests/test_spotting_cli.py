@@ -209,3 +209,34 @@ def test_spot_bench_on_tiny_synthme(tmp_path):
   assert one_error(run(*bench, "--config.synth.enabled=true", "--config.spotter.flow=tvl1")) == (
     "error: config.spotter: spotter flow='tvl1': expected one of farneback, dis"
   )
+
+
+def test_real_video_check_writes_the_json_contact_sheets_and_report(phone_video, tmp_path):
+  """experiments/real_video_check.py (the check by eye on real recordings) on a video file: spot's JSON with the
+  face boxes in the input's pixels, one contact sheet per interval cropped to the face, and the report."""
+  path, _ = phone_video
+  out = tmp_path / "check"
+  p = subprocess.run(
+    [sys.executable, os.path.join(REPO, "experiments", "real_video_check.py"), "--out", str(out), path],
+    capture_output=True,
+    text=True,
+    env=ENV,
+    cwd=REPO,
+    timeout=600,
+  )
+  assert p.returncode == 0, p.stderr[-3000:]
+  res = json.loads((out / "phone.json").read_text())
+  # the face image is drawn at x 170..470, y 30..330 of the 640x360 frame (a 300-px square around a ~200-px face;
+  # the detector's box grown by a 10 % margin): in input pixels, inside that square and most of its size
+  assert res["face_boxes"] and res["face_boxes"][0][0] == 1
+  for _, x, y, size in res["face_boxes"]:
+    assert 170 <= x and x + size <= 470 and 30 <= y and y + size <= 330 and size >= 200, (x, y, size)
+  preds = res["predictions"]
+  assert any(q["type"] == "macro" and ev.iou((q["onset"], q["offset"]), SMILE) >= 0.5 for q in preds), preds
+  sheets = sorted(out.glob("phone_*.png"))
+  assert len(sheets) == len(preds)
+  img = cv2.imread(str(sheets[0]))
+  assert img.shape == (128 + 16, 7 * 128, 3)
+  report = (out / "report.md").read_text()
+  assert "| phone | 30.00 | 150 | 150 | - |" in report
+  assert all(f"phone_{i}.png" in report for i in range(1, len(preds) + 1))

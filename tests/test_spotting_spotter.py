@@ -359,3 +359,17 @@ def test_a_held_expression_onset_is_not_a_micro_expression():
   ]
   assert ratios[0] < 0.25 and ratios[1] > 0.7, ratios
   assert sp.intervals_of(ms, sp.SpotParams()) == unchecked[:1]
+
+
+def test_face_boxes_are_reported_in_the_input_pixels():
+  """The spotter works on frames shrunk to work_side (640 px); the boxes it reports go back to the input's pixels."""
+  face = _face_video([], total=12, size=96)
+  big = np.stack([np.kron(f, np.ones((10, 10, 1), np.uint8)) for f in face])  # 960 x 960
+  ms = sp.motion_signal(iter(big), 30.0)
+  assert ms.scale == pytest.approx(640 / 960)
+  small = sp.motion_signal(iter(face), 30.0)  # 96 px: not shrunk
+  assert small.scale == 1.0 and small.boxes
+  (f, x, y, s), (_, x0, y0, s0) = ms.input_boxes()[0], small.input_boxes()[0]
+  assert f == 1 and abs(x - 10 * x0) <= 25 and abs(y - 10 * y0) <= 25 and abs(s - 10 * s0) <= 40, (x, y, s, x0, y0, s0)
+  fake = sp.MotionSignal(np.zeros(3), np.zeros(3), 30.0, 1, 1, True, [(1, 10, 20, 30)], scale=0.5)
+  assert fake.input_boxes() == [(1, 20, 40, 60)]

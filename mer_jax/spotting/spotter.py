@@ -202,6 +202,11 @@ class MotionSignal:
   cuts: list = dataclasses.field(default_factory=list)  # frame numbers that start a new shot
   hold: Optional[np.ndarray] = None  # [T] float32: residual flow between frame t and frame t - hold_lag (NaN: none)
   hold_lag: int = 0  # frames
+  scale: float = 1.0  # working resolution px per input px (boxes are in working px)
+
+  def input_boxes(self) -> list[tuple[int, int, int, int]]:
+    """``boxes`` in the input frames' pixels: [(frame number, x, y, size)]."""
+    return [(f, *(int(round(v / self.scale)) for v in b)) for f, *b in self.boxes]
 
   def face_absent(self) -> list[tuple[int, int]]:
     """[(first, last)] 1-based inclusive frame ranges without a tracked face."""
@@ -403,6 +408,7 @@ def motion_signal(
   next_check, miss_start = 0, None
   prev_hist = None
   shape = None
+  scale = 1.0
   t = -1
   for t, frame in enumerate(frames):
     g = _grey_small(np.asarray(frame), params.work_side)
@@ -411,6 +417,8 @@ def motion_signal(
         f"{name}: frame {t + 1} has size {g.shape[1]}x{g.shape[0]} (working resolution), the previous "
         f"{shape[1]}x{shape[0]}; all frames of a video must have the same size"
       )
+    if shape is None:
+      scale = g.shape[1] / max(1, np.asarray(frame).shape[1])
     shape = g.shape
     hist = _histogram(g)
     if prev_hist is not None and shot_change(prev_hist, hist) > params.cut_threshold:
@@ -524,6 +532,7 @@ def motion_signal(
     cuts=cuts,
     hold=hold,
     hold_lag=hold_lag,
+    scale=scale,
   )
 
 
