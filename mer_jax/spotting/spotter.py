@@ -406,6 +406,17 @@ def motion_signal(
   has_face: list[bool] = []
   pair: list[bool] = []  # a flow pair of this shot and face track ends at the frame
   next_check, miss_start = 0, None
+
+  def pair_value(frames_now: list, lag: int) -> float:
+    """The frame value of the residual flow from the frame ``lag`` before the newest to the newest, both cropped
+    with the current box; at high fps each end is the mean of ``step`` frames (less sensor noise)."""
+    cur = _crop(_mean_u8(frames_now[-step:]), box, params.flow_size, params.inner)
+    n = len(frames_now)
+    prev = _crop(_mean_u8(frames_now[max(0, n - lag - step) : n - lag]), box, params.flow_size, params.inner)
+    if params.register:
+      prev = register(prev, cur)
+    return frame_value(residual_flow(flow(prev, cur), design), params, mask)
+
   prev_hist = None
   shape = None
   scale = 1.0
@@ -463,18 +474,8 @@ def motion_signal(
       hold_ok.append(len(long_buf) >= hold_lag + 1)
       if len(long_buf) >= hold_lag + 1 and t % hold_every == 0:
         # the held-expression check's signal: the face now against the face hold_lag frames ago
-        frames_now = list(long_buf)
-        cur = _crop(_mean_u8(frames_now[-step:]), box, params.flow_size, params.inner)
-        prev = _crop(
-          _mean_u8(frames_now[max(0, len(frames_now) - hold_lag - step) : len(frames_now) - hold_lag]),
-          box,
-          params.flow_size,
-          params.inner,
-        )
-        if params.register:
-          prev = register(prev, cur)
         hold_t.append(t)
-        hold_v.append(frame_value(residual_flow(flow(prev, cur), design), params, mask))
+        hold_v.append(pair_value(list(long_buf), hold_lag))
       has_face.append(True)
       cur1 = _crop(g, box, params.flow_size, params.inner)
       diff.append(
@@ -484,19 +485,8 @@ def motion_signal(
       )
       pair.append(len(buf) >= k + 1)
       if len(buf) >= k + 1 and t % step == 0:
-        frames_now = list(buf)
-        # at high fps the frames of one step are averaged (less sensor noise) before the flow
-        cur = _crop(_mean_u8(frames_now[-step:]), box, params.flow_size, params.inner)
-        prev = _crop(
-          _mean_u8(frames_now[max(0, len(frames_now) - k - step) : len(frames_now) - k]),
-          box,
-          params.flow_size,
-          params.inner,
-        )
-        if params.register:
-          prev = register(prev, cur)
         sig_t.append(t)
-        sig_v.append(frame_value(residual_flow(flow(prev, cur), design), params, mask))
+        sig_v.append(pair_value(list(buf), k))
     if progress is not None:
       progress(t + 1, num_frames)
   n = t + 1
