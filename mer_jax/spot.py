@@ -5,7 +5,7 @@
 
 The input is a video file (anything OpenCV's FFmpeg backend opens: .mp4, .avi, .mov ...) or a folder of frames
 (.jpg/.png/.bmp in natural order: img2 before img10; ``--fps`` required). Any length: frames are streamed, only
-the last ``k + step`` (about 0.2 s) are held. ``--params`` takes a JSON object of
+the last ``hold_seconds`` (0.9 s) of grey frames are held. ``--params`` takes a JSON object of
 :class:`mer_jax.spotting.spotter.SpotParams` fields, or the ``params.json`` that ``python -m mer_jax.spot_bench``
 writes (the setting chosen on all of a dataset's subjects); without it the defaults are used, which were not
 tuned on any data. Nothing is spotted where no face is tracked or across a shot cut (stderr says where).

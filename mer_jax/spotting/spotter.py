@@ -44,7 +44,7 @@ frame above ``cut_threshold``) ends the track and the flow pairs. Frames without
 ``k`` frames after a cut or the face's return, are not *valid* (``MotionSignal.valid``): nothing is spotted there,
 and they are left out of the noise scale. A video where no face is ever found gives no intervals.
 Frames are first shrunk so that their longer side is at most ``work_side`` px (phone video: 1080p -> 640 px) and
-only the last ``k + step`` grey frames are kept, so any length of video runs in constant memory.
+only the last ``hold_seconds`` (plus ``step`` frames) of grey frames are kept: constant memory for any length.
 
 At high frame rates the flow is computed on every ``step``-th frame only (``step = ceil(fps / max_rate)``), between
 the means of the ``step`` frames ending at ``t`` and at ``t - k`` (less sensor noise), and the signal is
@@ -393,10 +393,10 @@ def motion_signal(
   flow = _flow_fn(params.flow)
   design = _design(params.flow_size)
   mask = cell_mask(params)
-  buf: collections.deque = collections.deque(maxlen=k + step)
   hold_lag = max(k + 1, int(round(params.hold_seconds * fps)))
   hold_every = max(step, int(round(0.1 * fps)))
-  long_buf: collections.deque = collections.deque(maxlen=hold_lag + step)
+  # the grey frames of the current shot and face track, enough for both signals (flow lags k and hold_lag)
+  buf: collections.deque = collections.deque(maxlen=hold_lag + step)
   hold_t, hold_v, hold_ok = [], [], []
   dets: collections.deque = collections.deque(maxlen=3)
   box = None
@@ -420,7 +420,6 @@ def motion_signal(
   prev_hist = None
   shape = None
   scale = 1.0
-  t = -1
   for t, frame in enumerate(frames):
     g = _grey_small(np.asarray(frame), params.work_side)
     if shape is not None and shape != g.shape:
@@ -435,7 +434,6 @@ def motion_signal(
     if prev_hist is not None and shot_change(prev_hist, hist) > params.cut_threshold:
       cuts.append(t + 1)
       buf.clear()
-      long_buf.clear()
       dets.clear()
       box, next_check, miss_start = None, t, None
     prev_hist = hist
@@ -457,25 +455,21 @@ def motion_signal(
           for i in range(miss_start, t):
             has_face[i] = pair[i] = hold_ok[i] = False
             diff[i] = 0.0
-          box = None
+          box = None  # (the buffer is emptied just below)
           dets.clear()
-          buf.clear()
-          long_buf.clear()
     if box is None:
       has_face.append(False)
       pair.append(False)
       hold_ok.append(False)
       diff.append(0.0)
       buf.clear()
-      long_buf.clear()
     else:
       buf.append(g)
-      long_buf.append(g)
-      hold_ok.append(len(long_buf) >= hold_lag + 1)
-      if len(long_buf) >= hold_lag + 1 and t % hold_every == 0:
+      hold_ok.append(len(buf) >= hold_lag + 1)
+      if len(buf) >= hold_lag + 1 and t % hold_every == 0:
         # the held-expression check's signal: the face now against the face hold_lag frames ago
         hold_t.append(t)
-        hold_v.append(pair_value(list(long_buf), hold_lag))
+        hold_v.append(pair_value(list(buf), hold_lag))
       has_face.append(True)
       cur1 = _crop(g, box, params.flow_size, params.inner)
       diff.append(
@@ -489,26 +483,10 @@ def motion_signal(
         sig_v.append(pair_value(list(buf), k))
     if progress is not None:
       progress(t + 1, num_frames)
-  n = t + 1
-  face_arr = np.asarray(has_face, bool)
-  valid = np.asarray(pair, bool)
-  signal = np.zeros(n, np.float32)
-  keep = [i for i, ti in enumerate(sig_t) if valid[ti]]
-  if keep:
-    ts = np.array([sig_t[i] for i in keep])
-    signal = np.interp(np.arange(n), ts, np.array([sig_v[i] for i in keep])).astype(np.float32)
-    # a value needs a flow point at or before the frame (step > 1 interpolates between them)
-    valid &= np.arange(n) >= ts[0]
-  else:
-    valid[:] = False
+  signal, valid = _per_frame(sig_t, sig_v, np.asarray(pair, bool))
   signal[~valid] = 0.0
-  ok = np.asarray(hold_ok, bool)
-  hold = np.full(n, np.nan, np.float32)
-  kept = [i for i, ti in enumerate(hold_t) if ok[ti]]
-  if kept:
-    ts = np.array([hold_t[i] for i in kept])
-    hold = np.interp(np.arange(n), ts, np.array([hold_v[i] for i in kept])).astype(np.float32)
-    hold[~ok | (np.arange(n) < ts[0])] = np.nan
+  hold, hold_valid = _per_frame(hold_t, hold_v, np.asarray(hold_ok, bool))
+  hold[~hold_valid] = np.nan
   return MotionSignal(
     signal=signal,
     frame_diff=np.asarray(diff, np.float32),
@@ -518,12 +496,25 @@ def motion_signal(
     face_found=found,
     boxes=boxes,
     valid=valid,
-    face=face_arr,
+    face=np.asarray(has_face, bool),
     cuts=cuts,
     hold=hold,
     hold_lag=hold_lag,
     scale=scale,
   )
+
+
+def _per_frame(ts: list, values: list, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Samples ``values`` taken at frames ``ts`` (every ``step``-th frame) -> ([T] float32 interpolated to every
+  frame, [T] bool: ``ok`` and at or after the first sample kept). Samples at frames not ``ok`` (later found to
+  have no face) are left out.
+  """
+  n = ok.size
+  keep = [(t, v) for t, v in zip(ts, values) if ok[t]]
+  if not keep:
+    return np.zeros(n, np.float32), np.zeros(n, bool)
+  kt, kv = (np.array(a) for a in zip(*keep))
+  return np.interp(np.arange(n), kt, kv).astype(np.float32), ok & (np.arange(n) >= kt[0])
 
 
 def spotter(frames: np.ndarray, fps: float, params: SpotParams = SpotParams()) -> np.ndarray:
