@@ -26,6 +26,8 @@ import sys
 import time
 from typing import Any, Mapping, Optional, Sequence
 
+from mer_jax import configuration
+
 # Variant -> config overrides {dotted field: value} (mer_jax/config_defaults.py names every field).
 VARIANTS: dict[str, dict[str, Any]] = {
   "proposed": {},
@@ -98,7 +100,6 @@ def check_variants(config: str, variants: Sequence[str], extra: Sequence[str]) -
     mer_jax.errors.ConfigError: naming the variant, for a config file, override or value
       :mod:`mer_jax.configuration` rejects.
   """
-  from mer_jax import configuration
   from mer_jax.errors import ConfigError
 
   base = configuration.load_config_file(config)
@@ -167,16 +168,6 @@ def run_plan(
   return failed, False
 
 
-def parse_with_overrides(ap: argparse.ArgumentParser, argv: Optional[Sequence[str]]):
-  """(args, extra): ``ap``'s arguments and the ``--config.<field>=<value>`` overrides to pass on to every run;
-  any other unknown argument is a usage error."""
-  args, extra = ap.parse_known_args(argv)
-  bad = [a for a in extra if not a.startswith("--config.")]
-  if bad:
-    ap.error(f"unrecognised arguments {bad} (only --config.<field>=<value> overrides are passed on)")
-  return args, extra
-
-
 def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[argparse.Namespace, list[str]]:
   ap = argparse.ArgumentParser(prog="experiments/ablation.py", description=__doc__.split("\n\n")[0])
   ap.add_argument("--workdir", required=True, help="root folder; one sub-folder per variant")
@@ -192,7 +183,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[argparse.Namespace
     help="let the EVM-off run pretrain on its own instead of reusing the proposed run's",
   )
   ap.add_argument("--python", default=sys.executable, help="interpreter for the runs (default: this one)")
-  return parse_with_overrides(ap, argv)
+  return configuration.parse_known_overrides(ap, argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

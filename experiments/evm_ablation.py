@@ -38,8 +38,7 @@ from typing import Any, Optional, Sequence
 if __package__ in (None, ""):  # `python experiments/evm_ablation.py`: make `mer_jax` importable from a checkout
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments import ablation  # noqa: E402
-from mer_jax import config_defaults  # noqa: E402
+from mer_jax import config_defaults, configuration  # noqa: E402
 
 # The two band readings as evm-section overrides (mer_jax/config_defaults.py EVM_READINGS defines them).
 HZ = {f"evm.{k}": v for k, v in config_defaults.EVM_READINGS["hz"].items()}
@@ -70,7 +69,6 @@ DEFAULT_AMPLITUDE = (0.25, 0.75)  # px at a 112-px face; SynthME's default is (0
 
 def load_config(path: str):
   """``get_config()`` of a config file (an ml_collections.ConfigDict); SystemExit with the error otherwise."""
-  from mer_jax import configuration
   from mer_jax.errors import ConfigError
 
   try:
@@ -85,7 +83,6 @@ def check_variants(config, run: Sequence[tuple[str, dict]], extra: Sequence[str]
   Raises:
     SystemExit: with the :mod:`mer_jax.configuration` message, naming the variant.
   """
-  from mer_jax import configuration
   from mer_jax.errors import ConfigError
 
   try:
@@ -306,7 +303,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[argparse.Namespace
   ap.add_argument("--rerun", action="store_true", help="start runs again even if results.json exists")
   ap.add_argument("--keep-going", action="store_true", help="go on after a failed run; the tables mark it missing")
   ap.add_argument("--python", default=sys.executable, help="interpreter for the runs (default: this one)")
-  args, extra = ablation.parse_with_overrides(ap, argv)
+  args, extra = configuration.parse_known_overrides(ap, argv)
   try:
     args.seed_list = [int(s) for s in args.seeds.split(",") if s.strip()]
   except ValueError:

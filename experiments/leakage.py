@@ -38,6 +38,7 @@ if __package__ in (None, ""):  # `python experiments/leakage.py`: make `experime
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments import ablation  # noqa: E402
+from mer_jax import configuration  # noqa: E402
 
 DEFAULT = "validation"
 TEST_SUBJECT = "test-subject"
@@ -242,7 +243,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[argparse.Namespace
   ap.add_argument("--bootstrap-samples", type=int, default=2000, help="paired bootstrap resamples (default 2000)")
   ap.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
   ap.add_argument("--python", default=sys.executable, help="interpreter for the runs (default: this one)")
-  return ablation.parse_with_overrides(ap, argv)
+  return configuration.parse_known_overrides(ap, argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

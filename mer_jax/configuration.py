@@ -499,6 +499,18 @@ def check_overrides(argv: Sequence[str], flag: str = "config") -> Optional[ml_co
   return config
 
 
+def parse_known_overrides(ap, argv: Optional[Sequence[str]] = None) -> tuple[Any, list[str]]:
+  """(args, overrides): an ``argparse`` parser's own arguments, and the ``--config.<field>=<value>`` overrides
+  (for :func:`apply_overrides`, or to pass on to the runs a script starts); any other unknown argument is a
+  usage error (``ap.error``, exit 2).
+  """
+  args, extra = ap.parse_known_args(argv)
+  bad = [a for a in extra if not a.startswith("--config.")]
+  if bad:
+    ap.error(f"unrecognised arguments {bad} (besides the options above, only --config.<field>=<value> overrides)")
+  return args, extra
+
+
 def run_app(main, config_flags_names: Sequence[str] = ("config",)) -> None:
   """``absl.app.run(main)`` with config/flag errors reported as one line + hint, exit code 2.
 

@@ -198,10 +198,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[argparse.Namespace
   ap.add_argument("--config", required=True, help="spotting benchmark config (configs/spot_*.py)")
   ap.add_argument("--workdir", required=True, help="output folder (SynthME long videos go to <workdir>/synthme)")
   ap.add_argument("--quiet", action="store_true", help="no progress on stderr")
-  args, extra = ap.parse_known_args(argv)
-  bad = [a for a in extra if not a.startswith("--config.")]
-  if bad:
-    ap.error(f"unrecognised arguments {bad} (config fields are overridden with --config.<field>=<value>)")
+  args, extra = configuration.parse_known_overrides(ap, argv)
   config = configuration.apply_overrides(configuration.load_config_file(args.config), extra)
   return args, config
 
