@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import platform
 import time
 
 import cv2
@@ -20,6 +18,7 @@ import numpy as np
 
 from mer_jax import reporting
 from mer_jax.data import synth
+from mer_jax.spot_bench import machine
 from mer_jax.spotting import spotter as sp
 from mer_jax.spotting import synth_long
 
@@ -48,7 +47,7 @@ def main() -> None:
   frames = phone_frames(a.frames)
   head = reporting.git_commit_of_repo() or "unknown"
   print(
-    f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()}-core {platform.machine()}, "
+    f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {machine()}, "
     f"commit {head}; {a.frames} frames 640x360 at 30 fps, OpenCV threads {cv2.getNumThreads()}"
   )
   for flow in a.flows.split(","):

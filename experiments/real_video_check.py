@@ -40,6 +40,7 @@ if __package__ in (None, ""):
 
 from mer_jax import reporting, spot  # noqa: E402
 from mer_jax.errors import run_cli  # noqa: E402
+from mer_jax.spot_bench import machine  # noqa: E402
 from mer_jax.spotting import spotter as sp  # noqa: E402
 
 TILE = 128
@@ -139,7 +140,7 @@ def report(rows: list[dict], checkpoint: Optional[str]) -> str:
   lines = [
     "# Spotting on real video: a check by eye",
     "",
-    f"{now}, {spot_machine()}, commit {commit}; " + (f"classified with {checkpoint}" if checkpoint else "spot only"),
+    f"{now}, {machine()}, commit {commit}; " + (f"classified with {checkpoint}" if checkpoint else "spot only"),
     "",
     "| video | fps | frames | face frames | cuts | run s | frames/s | x real time |",
     "|---|---|---|---|---|---|---|---|",
@@ -163,12 +164,6 @@ def report(rows: list[dict], checkpoint: Optional[str]) -> str:
         f"{p['onset_s']:.2f}-{p['offset_s']:.2f} | {p['score']:.1f} | {cls} | |"
       )
   return "\n".join(lines) + "\n"
-
-
-def spot_machine() -> str:
-  from mer_jax import spot_bench
-
-  return spot_bench.machine()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
