@@ -10,7 +10,7 @@ state carried from step to step and the batch already on the device; PyTorch doe
 median over ``--repeats`` timed blocks of ``--steps`` steps, after warm-up (compile time separate); the
 blocks run round-robin over the variants so that load from other processes affects all of them alike.
 
-  .venv/bin/python benchmarks/train_step_bench.py                  # the 5 default variants below: ~2-3 min
+  .venv/bin/python benchmarks/train_step_bench.py                  # the 5 default variants below: ~3 min
   .venv/bin/python benchmarks/train_step_bench.py --torch-compile  # + torch.compile (~7 min to compile here)
   .venv/bin/python benchmarks/train_step_bench.py --variants "jax,jax bf16,torch eager,torch eager CL"
   .venv/bin/python benchmarks/train_step_bench.py --batch 64 --steps 5 --repeats 5
@@ -21,8 +21,11 @@ parallel over the XLA devices the host's CPU cores are laid out as (``config.cpu
 ``jax xla`` / ``jax main xla``: ``jax`` / ``jax main`` compiled with XLA's default options (YNNPACK fusions,
 ``config.cpu_fast_conv='off'``), ``jax fast`` / ``jax main fast``: without YNNPACK fusions (``'on'``); on a GPU all
 are the same program as ``jax`` / ``jax main``;
+``jax convxla`` / ``jax main convxla``: ``jax`` / ``jax main`` with ``config.model.conv_impl='xla'`` (flax's
+convolutions as XLA derives them) instead of the default ``'auto'``, which on a CPU is ``'cpu'`` (1x1 convolutions
+as matrix products, kernel gradients in row bands: ``mer_jax.models.conv``); on a GPU both are ``'xla'``;
 ``jax bf16``: model.dtype='bfloat16' (compute in bf16, params float32);
-default: ``jax``, ``jax xla``, ``jax main``, ``jax main fast``, ``torch eager``;
+default: ``jax``, ``jax xla``, ``jax main``, ``jax main convxla``, ``torch eager``;
 ``torch eager`` (NCHW), ``torch eager CL`` (channels_last), ``torch.compile`` (inductor).
 Ratios are against ``torch eager`` measured in the same run.
 """
@@ -54,14 +57,18 @@ from mer_jax.train.state import create_state  # noqa: E402
 from mer_jax.train.steps import train_step  # noqa: E402
 
 
-def jax_variant(args, dtype: str = "float32", donate: bool = False, mesh=None, fast_conv: str = "auto") -> dict:
+def jax_variant(
+  args, dtype: str = "float32", donate: bool = False, mesh=None, fast_conv: str = "auto", conv_impl: str = "auto"
+) -> dict:
   """The compiled train step, warmed up: ``block(n)`` runs n steps and returns the last loss.
 
   mesh: data parallel over its devices as ``mer_jax.train.loop.fit`` runs it (batch sharded, state replicated
   and donated); None: one device. fast_conv: ``config.cpu_fast_conv`` ('auto' (the default), 'on', 'off').
+  conv_impl: ``config.model.conv_impl`` ('auto' (the default), 'xla', 'cpu').
   """
   mcfg = config_defaults.get_model_config(num_classes=3)
   mcfg.dtype = dtype
+  mcfg.conv_impl = conv_impl
   model = build_model(mcfg)
   tcfg = config_defaults.get_train_config(batch_size=args.batch, epochs=1)
   variables = init_variables(model, jax.random.key(0), args.size, 3)
@@ -91,6 +98,8 @@ def jax_variant(args, dtype: str = "float32", donate: bool = False, mesh=None, f
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+  if mesh is not None:  # a sharded program's cost analysis counts one device's share
+    flops *= mesh.devices.size
   holder = {"state": state}
 
   def block(n):
@@ -166,9 +175,9 @@ def main() -> None:
   )
   ap.add_argument(
     "--variants",
-    default="jax,jax xla,jax main,jax main fast,torch eager",
-    help="comma-separated list from: jax, jax+donate, jax xla, jax fast, jax main, jax main xla, jax main fast, "
-    "jax bf16, torch eager, torch eager CL, torch.compile",
+    default="jax,jax xla,jax main,jax main convxla,torch eager",
+    help="comma-separated list from: jax, jax+donate, jax xla, jax fast, jax convxla, jax main, jax main xla, "
+    "jax main fast, jax main convxla, jax bf16, torch eager, torch eager CL, torch.compile",
   )
   args = ap.parse_args()
   # "jax main": the step as mer_jax.main runs it by default, data parallel over the XLA devices that
@@ -224,6 +233,8 @@ def main() -> None:
     "jax fast": lambda: jax_variant(args, fast_conv="on"),
     "jax main xla": lambda: jax_variant(args, mesh=parallel.make_mesh(), fast_conv="off"),
     "jax main fast": lambda: jax_variant(args, mesh=parallel.make_mesh(), fast_conv="on"),
+    "jax main convxla": lambda: jax_variant(args, mesh=parallel.make_mesh(), conv_impl="xla"),
+    "jax convxla": lambda: jax_variant(args, conv_impl="xla"),
     "jax bf16": lambda: jax_variant(args, dtype="bfloat16"),
     "torch eager": lambda: torch_variant(args, "eager"),
     "torch eager CL": lambda: torch_variant(args, "channels_last"),

@@ -37,6 +37,9 @@ def get_model_config(num_classes: int = 3) -> ml_collections.ConfigDict:
   m.bn_momentum = 0.99  # Keras BatchNormalization defaults
   m.bn_epsilon = 1e-3
   m.dtype = "float32"  # compute dtype: float32 | bfloat16 (params float32) | float64 (needs JAX x64)
+  m.conv_impl = "auto"  # auto | xla | cpu: how the convolutions are arranged for XLA (same function and
+  # gradients; mer_jax.models.conv): auto = cpu (1x1 as matmuls, kernel gradients in row bands) on a CPU
+  # backend, xla (flax's nn.Conv as it is) elsewhere
   return m
 
 

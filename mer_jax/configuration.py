@@ -54,6 +54,7 @@ def require_config(config: ml_collections.ConfigDict | None, flag: str = "--conf
 
 def _model_choices() -> dict[str, tuple]:
   from mer_jax.models.attention import ATTENTION_KINDS
+  from mer_jax.models.conv import CONV_IMPLS
   from mer_jax.models.network import BACKBONES, DTYPES
 
   return {
@@ -61,6 +62,7 @@ def _model_choices() -> dict[str, tuple]:
     "model.attention": tuple(ATTENTION_KINDS),
     "model.attention_placement": ATTENTION_PLACEMENTS,
     "model.dtype": tuple(DTYPES),
+    "model.conv_impl": CONV_IMPLS,
   }
 
 

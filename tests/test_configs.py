@@ -175,6 +175,7 @@ ENUMERATED = {
   "model.attention": ["none", "channel", "spatial", "mixed"],
   "model.attention_placement": ["block", "layer"],
   "model.dtype": ["float32", "bfloat16", "float64"],
+  "model.conv_impl": ["auto", "xla", "cpu"],
   "evm.order": ["paper", "fast"],
   "evm.pyramid": ["laplacian", "gaussian"],
   "evm.temporal_filter": ["ideal", "butterworth", "iir"],

@@ -63,10 +63,18 @@ class _Common(nn.Module):
   bn_momentum: float = 0.99
   bn_epsilon: float = 1e-3
   dtype: Any = jnp.float32
+  conv_impl: str = "xla"  # resolved config.model.conv_impl (mer_jax.models.conv)
 
   def conv(self, features, kernel_size=None, strides=1, name=None):
     return ConvReluBN(
-      features, kernel_size or self.kernel_size, strides, self.bn_momentum, self.bn_epsilon, self.dtype, name=name
+      features,
+      kernel_size or self.kernel_size,
+      strides,
+      self.bn_momentum,
+      self.bn_epsilon,
+      self.dtype,
+      self.conv_impl,
+      name=name,
     )
 
   def attend(self, name):

@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mer_jax.models.conv import conv_function
+
 
 def param_dtype_for(dtype: Any) -> Any:
   """Parameter / accumulation dtype for a compute ``dtype``: at least float32.
@@ -93,6 +95,7 @@ class ConvReluBN(nn.Module):
   bn_momentum: float = 0.99
   bn_epsilon: float = 1e-3
   dtype: Any = jnp.float32
+  conv_impl: str = "xla"  # resolved config.model.conv_impl: 'xla' | 'cpu' (mer_jax.models.conv)
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
@@ -105,6 +108,7 @@ class ConvReluBN(nn.Module):
       padding="SAME",
       dtype=self.dtype,
       param_dtype=pdt,
+      conv_general_dilated=conv_function(self.conv_impl),
       name="conv",
     )(x)
     x = nn.relu(x)

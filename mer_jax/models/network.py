@@ -11,6 +11,7 @@ import ml_collections
 
 from mer_jax.errors import ConfigError
 from mer_jax.models.backbones import DenseBackbone, ResidualBackbone
+from mer_jax.models.conv import resolve_conv_impl
 from mer_jax.models.layers import adaptive_avg_pool, param_dtype_for
 
 BACKBONES = {"dense": DenseBackbone, "residual": ResidualBackbone}
@@ -72,6 +73,7 @@ def build_model(cfg: ml_collections.ConfigDict) -> MERNet:
     bn_momentum=cfg.bn_momentum,
     bn_epsilon=cfg.bn_epsilon,
     dtype=dtype,
+    conv_impl=resolve_conv_impl(cfg.get("conv_impl", "auto")),
     name="backbone",
   )
   return MERNet(num_classes=cfg.num_classes, backbone=backbone, head_pool=cfg.head_pool, dtype=dtype)

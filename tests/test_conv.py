@@ -1,0 +1,181 @@
+"""config.model.conv_impl='cpu' (mer_jax.models.conv): the same convolution and gradients as XLA's, arranged
+differently; checked against lax and NumPy in float64, under vmap, on a data-parallel mesh, in the model."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mer_jax import config_defaults
+from mer_jax.models import build_model, init_variables
+from mer_jax.models import conv as mconv
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DN = ("NHWC", "HWIO", "NHWC")
+
+
+def _lax_conv(x, w, strides=(1, 1), padding="SAME"):
+  return jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=DN)
+
+
+def _cpu_conv(x, w, strides=(1, 1), padding="SAME"):
+  dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, DN)  # what flax's nn.Conv passes
+  return mconv.cpu_conv_general_dilated(x, w, strides, padding, dimension_numbers=dn)
+
+
+def _numpy_kernel_grad(x, g, kh, kw):
+  """dK[a, b] = sum_{n,i,j} x[n, i+a-kh//2, j+b-kw//2, :] (x) g[n, i, j, :] (zero outside), stride 1, 'SAME'."""
+  n, h, w, _ = x.shape
+  xp = np.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+  return np.stack(
+    [np.stack([np.einsum("nijc,nijf->cf", xp[:, a : a + h, b : b + w], g) for b in range(kw)]) for a in range(kh)]
+  )
+
+
+def _count_convs(fn, *args) -> int:
+  """Convolutions in the compiled program of ``fn``."""
+  return jax.jit(fn).lower(*args).compile().as_text().count(" convolution(")
+
+
+# (N, H, W, C, k, F), bands of the kernel gradient: 98 positions per image -> rows = 98 // W.
+CASES = {
+  "28x28, 10 bands of 3 rows (the last 1)": ((2, 28, 28, 6, 5, 4), 10),
+  "23x20, 6 bands of 4 rows (the last 3), 3x3": ((3, 23, 20, 5, 3, 7), 6),
+  "14x14, 2 bands of 7 rows": ((2, 14, 14, 6, 5, 4), 2),
+  "7x7, one band: XLA's own gradient": ((2, 7, 7, 6, 5, 4), 1),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_cpu_form_equals_xla_and_numpy_in_float64(name):
+  """Forward values, input and kernel gradients of the 'cpu' form equal lax's (1e-12, float64), the kernel
+  gradient also a NumPy float64 sum; and the kernel gradient really is taken in the stated number of bands."""
+  (n, h, w, c, k, f), bands = CASES[name]
+  rng = np.random.default_rng(0)
+  with jax.enable_x64(True):
+    x = rng.standard_normal((n, h, w, c))
+    kern = rng.standard_normal((k, k, c, f))
+    g = rng.standard_normal((n, h, w, f))
+    outs = {}
+    for impl, fn in (("xla", _lax_conv), ("cpu", _cpu_conv)):
+      y, vjp = jax.vjp(fn, jnp.asarray(x), jnp.asarray(kern))
+      outs[impl] = [np.asarray(y), *(np.asarray(t) for t in vjp(jnp.asarray(g)))]
+      assert outs[impl][0].dtype == np.float64
+    for ref, got, what in zip(outs["xla"], outs["cpu"], ("output", "input gradient", "kernel gradient")):
+      np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max(), err_msg=what)
+    np.testing.assert_allclose(outs["cpu"][2], _numpy_kernel_grad(x, g, k, k), rtol=1e-12, atol=1e-10)
+    # forward + input gradient + one kernel-gradient convolution per band
+    grad = jax.value_and_grad(lambda a, b: jnp.sum(jnp.sin(_cpu_conv(a, b))), argnums=(0, 1))
+    assert _count_convs(grad, jnp.asarray(x), jnp.asarray(kern)) == 2 + bands
+    assert mconv.band_rows(h, w) == (h if bands == 1 else mconv.BAND_POSITIONS // w)
+
+
+def test_1x1_convolutions_are_matrix_products():
+  """A 1x1 convolution (channels 6 -> 5) in the 'cpu' form has no convolution at all, and equals lax's."""
+  rng = np.random.default_rng(1)
+  with jax.enable_x64(True):
+    x, kern = jnp.asarray(rng.standard_normal((2, 9, 11, 6))), jnp.asarray(rng.standard_normal((1, 1, 6, 5)))
+    loss = lambda fn: lambda a, b: jnp.sum(jnp.sin(fn(a, b)))
+    for argnum in (0, 1):
+      ref = jax.grad(loss(_lax_conv), argnum)(x, kern)
+      np.testing.assert_allclose(jax.grad(loss(_cpu_conv), argnum)(x, kern), ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(_cpu_conv(x, kern), _lax_conv(x, kern), rtol=1e-12, atol=1e-12)
+    assert _count_convs(jax.grad(loss(_cpu_conv), argnums=(0, 1)), x, kern) == 0
+    assert "dot_general" in str(jax.make_jaxpr(_cpu_conv)(x, kern))
+
+
+def test_other_convolutions_are_left_to_lax():
+  """Stride 2 (the stem), 'VALID' padding and even kernels are lax.conv_general_dilated, unchanged."""
+  x = jnp.ones((2, 28, 28, 3))
+  for kern, strides, padding in (
+    (jnp.ones((5, 5, 3, 4)), (2, 2), "SAME"),
+    (jnp.ones((5, 5, 3, 4)), (1, 1), "VALID"),
+    (jnp.ones((4, 4, 3, 4)), (1, 1), "SAME"),
+  ):
+    got = jax.make_jaxpr(lambda a, b, s=strides, p=padding: _cpu_conv(a, b, s, p))(x, kern)
+    ref = jax.make_jaxpr(lambda a, b, s=strides, p=padding: _lax_conv(a, b, s, p))(x, kern)
+    assert str(got) == str(ref)
+
+
+def test_vmapped_over_folds_equals_each_fold():
+  """Under jax.vmap (fit_many's folds: per-fold kernels) the 'cpu' form's gradients equal each fold's alone."""
+  rng = np.random.default_rng(2)
+  with jax.enable_x64(True):
+    x = jnp.asarray(rng.standard_normal((3, 2, 28, 28, 4)))
+    kern = jnp.asarray(rng.standard_normal((3, 5, 5, 4, 6)))
+    grad = jax.grad(lambda a, b: jnp.sum(jnp.tanh(_cpu_conv(a, b))), argnums=(0, 1))
+    batched = jax.vmap(grad)(x, kern)
+    for f in range(3):
+      ref = jax.grad(lambda a, b: jnp.sum(jnp.tanh(_lax_conv(a, b))), argnums=(0, 1))(x[f], kern[f])
+      for got, want in zip(batched, ref):
+        np.testing.assert_allclose(got[f], want, rtol=1e-12, atol=1e-12)
+
+
+def test_auto_is_cpu_on_a_cpu_backend_only():
+  assert mconv.resolve_conv_impl("auto", "cpu") == "cpu"
+  assert mconv.resolve_conv_impl("auto", "gpu") == "xla"
+  assert mconv.resolve_conv_impl("auto", "tpu") == "xla"
+  assert mconv.resolve_conv_impl("xla", "cpu") == "xla"
+  assert mconv.resolve_conv_impl("cpu", "gpu") == "cpu"
+  assert config_defaults.get_model_config().conv_impl == "auto"
+
+
+def test_model_in_either_form_has_the_same_parameters_and_outputs():
+  """conv_impl changes no parameter (checkpoints load either way) and, in float32, no logit beyond rounding."""
+  cfg = config_defaults.get_model_config(num_classes=3)
+  cfg.block_layers = (2, 2, 2)
+  models = {}
+  for impl in ("xla", "cpu"):
+    cfg.conv_impl = impl
+    models[impl] = build_model(cfg)
+  assert models["cpu"].backbone.conv_impl == "cpu" and models["xla"].backbone.conv_impl == "xla"
+  v = init_variables(models["xla"], jax.random.key(0), 112)
+  shapes = jax.eval_shape(lambda: init_variables(models["cpu"], jax.random.key(0), 112))
+  assert jax.tree.structure(shapes) == jax.tree.structure(v)
+  assert [a.shape for a in jax.tree.leaves(shapes)] == [a.shape for a in jax.tree.leaves(v)]
+  x = jnp.asarray(np.random.default_rng(3).uniform(size=(4, 112, 112, 3)), jnp.float32)
+  logits = {impl: m.apply(v, x, train=True, mutable=["batch_stats"])[0] for impl, m in models.items()}
+  np.testing.assert_allclose(logits["cpu"], logits["xla"], rtol=1e-4, atol=1e-4)
+  # The 'cpu' model runs its two 1x1 transitions as matrix products: 2 convolutions fewer in its forward pass.
+  convs = {
+    impl: str(jax.make_jaxpr(lambda v, m=m: m.apply(v, x, train=False))(v)).count("conv_general_dilated[")
+    for impl, m in models.items()
+  }
+  assert convs["xla"] - convs["cpu"] == 2, convs
+
+
+_MESH_SCRIPT = r"""
+import json, jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from mer_jax.models import conv as mconv
+DN = ("NHWC", "HWIO", "NHWC")
+mesh = jax.make_mesh((2,), ("data",))
+x = jax.device_put(np.ones((8, 28, 28, 6), np.float32), NamedSharding(mesh, P("data")))
+k = jax.device_put(np.ones((5, 5, 6, 4), np.float32), NamedSharding(mesh, P()))
+out = {}
+for impl, conv in (("xla", lambda a, b: jax.lax.conv_general_dilated(a, b, (1, 1), "SAME", dimension_numbers=DN)),
+                   ("cpu", lambda a, b: mconv.cpu_conv_general_dilated(a, b, (1, 1), "SAME", dimension_numbers=DN))):
+  step = jax.jit(jax.grad(lambda a, b: jnp.sum(conv(a, b) ** 2), argnums=1), out_shardings=NamedSharding(mesh, P()))
+  text = step.lower(x, k).compile().as_text()
+  out[impl] = {op: text.count(" " + op + "(") + text.count(" " + op + "-start(")
+               for op in ("all-reduce", "all-gather", "collective-permute", "all-to-all", "reduce-scatter")}
+print("RESULT" + json.dumps(out))
+"""
+
+
+def test_bands_split_rows_not_the_sharded_batch():
+  """On a 2-device data-parallel mesh (batch sharded) the banded kernel gradient adds no communication: the
+  same collectives as XLA's (one all-reduce of the kernel gradient). Bands over the batch would move images
+  between devices."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="2", PYTHONPATH=ROOT)
+  env.pop("XLA_FLAGS", None)
+  proc = subprocess.run([sys.executable, "-c", _MESH_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  out = json.loads(proc.stdout.split("RESULT", 1)[1])
+  assert out["xla"]["all-reduce"] >= 1, out
+  assert out["cpu"] == out["xla"], out
