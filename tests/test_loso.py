@@ -68,6 +68,8 @@ def test_loso_outputs_match_data(setup, reference, tmp_path):
     assert r["n_train"] + r["n_val"] + r["n_test"] == len(ds)
     assert r["model_selection"] == loso.VALIDATION
     assert 0 <= r["best_epoch"] < r["epochs_trained"] <= config.finetune.epochs
+    assert [h["epoch"] for h in r["history"]] == list(range(r["epochs_trained"]))
+    assert r["history"][r["best_epoch"]]["val_accuracy"] == r["val_metric"]
     probs = np.asarray(r["probs"])
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
     assert r["y_pred"] == probs.argmax(1).tolist()
@@ -117,6 +119,7 @@ def test_resume_skips_finished_folds_and_reproduces(setup, reference, tmp_path, 
   for a, b in zip(records, ref):
     assert a["y_pred"] == b["y_pred"]
     assert a["probs"] == b["probs"]  # bit-identical
+    assert a["history"] == b["history"]  # the resumed fold's history includes its epochs before the crash
     assert (a["best_epoch"], a["epochs_trained"]) == (b["best_epoch"], b["epochs_trained"])
 
 
@@ -129,6 +132,9 @@ def test_vmapped_folds_equal_sequential(setup, reference, tmp_path):
     assert a["y_pred"] == b["y_pred"]
     np.testing.assert_allclose(a["probs"], b["probs"], atol=1e-5)
     assert (a["best_epoch"], a["epochs_trained"]) == (b["best_epoch"], b["epochs_trained"])
+    np.testing.assert_allclose(
+      [h["train_loss"] for h in a["history"]], [h["train_loss"] for h in b["history"]], rtol=1e-5
+    )
   # unequal fold sizes inside each vmapped group really were exercised
   assert ref[0]["n_train"] != ref[1]["n_train"] and ref[2]["n_train"] != ref[3]["n_train"]
 

@@ -26,7 +26,8 @@ A fold record: ``fold``, ``fold_id``, ``subject``, ``clip_ids``, ``sources``,
 ``y_true``, ``y_pred``, ``probs`` [n, K], ``epochs_trained``, ``best_epoch``
 (0-based), ``val_metric`` (validation accuracy at best_epoch), ``val_loss``,
 ``model_selection`` (``validation`` | ``test_fold``), ``wall_time_s``,
-``n_train``, ``n_val``, ``n_test``, ``resumed_from_epoch``, ``fingerprint``.
+``n_train``, ``n_val``, ``n_test``, ``resumed_from_epoch``, ``history`` (one entry per epoch trained: ``epoch``,
+``train_loss``, ``val_loss``, ``val_accuracy``, ``lr``), ``fingerprint``.
 Re-running on the same workdir skips finished folds (same config fingerprint
 required) and resumes the running fold from its ``latest`` checkpoint.
 """
@@ -257,6 +258,7 @@ def run_loso(
       "n_val": int(split.val_idx.size),
       "n_test": int(split.test_idx.size),
       "resumed_from_epoch": res.resumed_from_epoch,
+      "history": res.history,
       "fingerprint": fp,
     }
     _atomic_json(os.path.join(folds_dir, rec["fold_id"] + ".json"), rec)
