@@ -356,22 +356,22 @@ def main() -> None:
 
 
 def describe_divergence(seq: list, other: list) -> str:
-  """How two modes' training drifts apart, epoch by epoch: the largest relative difference of a fold's epoch-mean
-  training loss. Differences that start at float rounding (~1e-7) and grow over the epochs are rounding amplified
-  by training (different but equally valid summation orders, e.g. a GPU's grouped convolutions); a difference
-  already large at epoch 0 means the two modes do not compute the same step."""
+  """How two modes' training drifts apart, epoch by epoch: the largest absolute difference of a fold's epoch-mean
+  training loss (absolute, because a loss that collapses towards 0 makes relative differences meaningless).
+  Differences that start at float rounding (~1e-7 of a loss ~1 at epoch 0) and grow over the epochs are rounding
+  amplified by training (different but equally valid summation orders, e.g. a GPU's grouped convolutions); a
+  difference already large at epoch 0 means the two modes do not compute the same step."""
   worst: dict[int, float] = {}
   for x, y in zip(seq, other):
     for hx, hy in zip(x["history"], y["history"]):
-      d = abs(hx["train_loss"] - hy["train_loss"]) / max(abs(hx["train_loss"]), 1e-12)
-      worst[hx["epoch"]] = max(worst.get(hx["epoch"], 0.0), d)
+      worst[hx["epoch"]] = max(worst.get(hx["epoch"], 0.0), abs(hx["train_loss"] - hy["train_loss"]))
   if not worst:
     return "no epochs to compare"
   epochs = sorted(worst)
   shown = sorted({e for e in epochs if e < 3 or e % 10 == 9} | {epochs[-1]})
   above = next((e for e in epochs if worst[e] > 1e-3), None)
   return (
-    "training-loss relative difference by epoch (max over folds): "
+    "training-loss |difference| by epoch (max over folds): "
     + ", ".join(f"{e}: {worst[e]:.1e}" for e in shown)
     + ("; first above 1e-3 at epoch " + str(above) if above is not None else "; never above 1e-3")
   )

@@ -8,7 +8,11 @@
   (and with them otherwise), and other platforms keep XLA's defaults.
 """
 
+import json
+import os
 import re
+import subprocess
+import sys
 import types
 
 import flax.linen as nn
@@ -20,7 +24,7 @@ import pytest
 from mer_jax import config_defaults
 from mer_jax.errors import ConfigError
 from mer_jax.models import build_model, init_variables
-from mer_jax.models.layers import BatchNorm, batch_statistics
+from mer_jax.models.layers import BatchNorm, batch_norm_train, batch_statistics
 from mer_jax.train import loop, parallel
 from mer_jax.train.state import create_state, model_apply
 
@@ -78,6 +82,75 @@ def test_batchnorm_equals_flax_two_pass_batchnorm_in_float64(shape):
     for k in ("mean", "var"):
       np.testing.assert_array_equal(up["batch_stats"][k], variables["batch_stats"][k])
     np.testing.assert_allclose(ours.apply(variables, x[:1]), y_ours[:1], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(6, 5, 4, 3), (7, 4), (3, 9, 2)])
+def test_closed_form_gradient_equals_autodiff_of_the_plain_formula_in_float64(shape):
+  """batch_norm_train's custom gradient, with the cotangents of all three outputs (y, mean, var), against JAX's
+  derivative of the textbook formula (plain mean and variance, no shift)."""
+  with jax.enable_x64(True):
+    rng = np.random.default_rng(1)
+    c = shape[-1]
+    x = jnp.asarray(rng.normal(size=shape) * rng.uniform(0.1, 3.0, c) + rng.normal(size=c) * 20)
+    scale, bias = jnp.asarray(rng.uniform(0.5, 2.0, c)), jnp.asarray(rng.normal(size=c))
+    a, b = jnp.asarray(rng.normal(size=c)), jnp.asarray(rng.normal(size=c))
+    axes = tuple(range(len(shape) - 1))
+
+    def plain(x, scale, bias):
+      mean, var = jnp.mean(x, axis=axes), jnp.var(x, axis=axes)
+      return (x - mean) * jax.lax.rsqrt(var + EPSILON) * scale + bias, mean, var
+
+    def ours(x, scale, bias):
+      return batch_norm_train(x, scale, bias, EPSILON, jnp.float64, jnp.float64)
+
+    def loss(f):
+      def value(x, scale, bias):
+        y, mean, var = f(x, scale, bias)
+        return jnp.sum(jnp.sin(y)) + jnp.sum(a * mean) + jnp.sum(b * var)
+
+      return value
+
+    for got, want in zip(ours(x, scale, bias), plain(x, scale, bias)):
+      np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    g_ours = jax.grad(loss(ours), argnums=(0, 1, 2))(x, scale, bias)
+    g_plain = jax.grad(loss(plain), argnums=(0, 1, 2))(x, scale, bias)
+    for got, want in zip(g_ours, g_plain):
+      np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-10)
+
+
+_MESH_SCRIPT = r"""
+import json, jax, jax.numpy as jnp, numpy as np, flax.linen as nn
+from jax.sharding import NamedSharding, PartitionSpec as P
+from mer_jax.models.layers import BatchNorm
+mesh = jax.make_mesh((2,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+x = np.random.default_rng(0).normal(size=(8, 14, 14, 6)).astype(np.float32)
+x = jax.device_put(x, NamedSharding(mesh, P("data")))
+out = {}
+for name, mod in (("ours", BatchNorm()), ("flax", nn.BatchNorm(use_running_average=False, use_fast_variance=False))):
+  v = jax.device_put(mod.init(jax.random.key(0), np.ones((2, 14, 14, 6), np.float32)), NamedSharding(mesh, P()))
+  loss = lambda v, x: jnp.sum(jnp.sin(mod.apply(v, x, mutable=["batch_stats"])[0]))
+  shardings = (NamedSharding(mesh, P()), NamedSharding(mesh, P("data")))
+  text = jax.jit(jax.grad(loss, argnums=(0, 1)), out_shardings=shardings).lower(v, x).compile().as_text()
+  out[name] = {op: text.count(" " + op + "(") + text.count(" " + op + "-start(")
+               for op in ("all-reduce", "all-gather", "collective-permute", "all-to-all", "reduce-scatter")}
+print("RESULT" + json.dumps(out))
+"""
+
+
+def test_batchnorm_backward_on_a_data_parallel_mesh_synchronises_once():
+  """Batch sharded over 2 devices, forward and backward of one layer: three all-reduces forward (the first
+  sample's mean as the shift, the mean, the variance) and one backward (sum(dy) and sum(dy * xhat) together:
+  the closed-form gradient; differentiating the statistics' arithmetic takes two), as many as flax's two-pass
+  BatchNorm, and no other communication."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="2", PYTHONPATH=root)
+  env.pop("XLA_FLAGS", None)
+  proc = subprocess.run([sys.executable, "-c", _MESH_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  out = json.loads(proc.stdout.split("RESULT", 1)[1])
+  none = {"all-gather": 0, "collective-permute": 0, "all-to-all": 0, "reduce-scatter": 0}
+  assert out["ours"] == {"all-reduce": 4, **none}, out
+  assert out["flax"]["all-reduce"] == out["ours"]["all-reduce"], out
 
 
 def test_initialising_does_not_update_the_running_statistics():

@@ -43,7 +43,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mer_jax.models.attention import MixedAttention
-from mer_jax.models.layers import ConvReluBN
+from mer_jax.models.layers import ConvReluBN, avg_pool_same
 
 
 class _Common(nn.Module):
@@ -85,13 +85,13 @@ class _Common(nn.Module):
   def stem(self, x, train):
     """``[N, S, S, C] -> [N, S/4, S/4, stem_features]``."""
     x = self.conv(self.stem_features, strides=2, name="stem")(x, train)
-    return nn.avg_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+    return avg_pool_same(x, 3, 2)
 
   def transition(self, x, train, index):
     """Compress channels (1x1) and halve the resolution (2x2 average pool)."""
     out = max(int(x.shape[-1] * self.compression), 1)
     x = self.conv(out, kernel_size=1, name=f"transition{index}")(x, train)
-    return nn.avg_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+    return avg_pool_same(x, 2, 2)
 
 
 class DenseBackbone(_Common):

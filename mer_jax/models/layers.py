@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -30,6 +31,11 @@ def batch_statistics(x: jnp.ndarray, dtype: Any) -> tuple[jnp.ndarray, jnp.ndarr
   result does not depend on how the compiler orders the float reductions (a sequential float32 sum of N*H*W
   terms ~100 +- 1 is off by ~6e-4, enough to move gradients by percents: docs/perf.md).
 
+  A per-sample shift (each sample's own mean) would spare a data-parallel program the broadcast of the first
+  sample's mean (one all-reduce per layer), but with it the float32 gradients of the vmapped float64 test
+  (tests/test_models.py, BatchNorm inputs ~100 +- O(1)) were 1.2e-3 off instead of 2e-5 for one of the two
+  folds (2026-11-28; the statistics alone measured as accurate as these), so it is not used.
+
   Args:
     x: ``[N, ..., C]`` activations.
     dtype: the dtype the statistics are computed in (at least float32, see :func:`param_dtype_for`).
@@ -45,6 +51,50 @@ def batch_statistics(x: jnp.ndarray, dtype: Any) -> tuple[jnp.ndarray, jnp.ndarr
   return mean.reshape(-1), var
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def batch_norm_train(x, scale, bias, epsilon: float, stats_dtype: Any, out_dtype: Any):
+  """Training-mode batch normalisation ``y = (x - mean) * rsqrt(var + epsilon) * scale + bias`` with the batch's
+  statistics (:func:`batch_statistics`), and its gradient in closed form.
+
+  Args:
+    x: ``[N, ..., C]``; scale, bias: ``[C]``; the statistics are computed in ``stats_dtype``, ``y`` is ``out_dtype``.
+
+  Returns:
+    (y ``[N, ..., C]``, mean ``[C]``, var ``[C]``).
+
+  The backward pass is the textbook one, ``dx = scale * rstd / M * (M * dy - sum(dy) - xhat * sum(dy * xhat))``
+  (M elements per channel): two batch sums, which a data-parallel program reduces across devices in one
+  all-reduce, where differentiating the statistics' arithmetic takes two rounds of them, and fewer passes over
+  ``x`` than the derivative of the shifted statistics.
+  """
+  return _bn_forward(x, scale, bias, epsilon, stats_dtype, out_dtype)[0]
+
+
+def _bn_forward(x, scale, bias, epsilon, stats_dtype, out_dtype):
+  mean, var = batch_statistics(x, stats_dtype)
+  rstd = jax.lax.rsqrt(var + epsilon)
+  y = (x.astype(stats_dtype) - mean) * (rstd * scale) + bias
+  return (y.astype(out_dtype), mean, var), (x, mean, rstd, scale, bias)
+
+
+def _bn_backward(epsilon, stats_dtype, out_dtype, residuals, cotangents):
+  x, mean, rstd, scale, bias = residuals
+  dy, dmean, dvar = cotangents
+  axes = tuple(range(x.ndim - 1))
+  m = x.size // x.shape[-1]
+  centred = x.astype(stats_dtype) - mean
+  xhat = centred * rstd
+  dy = dy.astype(stats_dtype)
+  sum_dy = jnp.sum(dy, axis=axes)
+  sum_dy_xhat = jnp.sum(dy * xhat, axis=axes)
+  dx = (scale * rstd / m) * (m * dy - sum_dy - xhat * sum_dy_xhat)
+  dx = dx + (dmean + 2.0 * dvar * centred) / m  # the statistics' own cotangents (zero in the model's loss)
+  return dx.astype(x.dtype), sum_dy_xhat.astype(scale.dtype), sum_dy.astype(bias.dtype)
+
+
+batch_norm_train.defvjp(_bn_forward, _bn_backward)
+
+
 class BatchNorm(nn.Module):
   """Batch normalisation over every axis but the last, with order-independent batch statistics.
 
@@ -53,7 +103,8 @@ class BatchNorm(nn.Module):
   ``var``: ``[C]``, created float32 like flax's), the same running-average update
   ``momentum * old + (1 - momentum) * batch`` (skipped while initialising), the same normalisation
   ``(x - mean) * rsqrt(var + epsilon) * scale + bias`` and output ``dtype``; only the batch statistics are
-  computed by :func:`batch_statistics` (shifted mean, two-pass variance).
+  computed by :func:`batch_statistics` (shifted mean, two-pass variance), and training mode's gradient is
+  :func:`batch_norm_train`'s closed form.
   """
 
   use_running_average: bool = False
@@ -67,19 +118,19 @@ class BatchNorm(nn.Module):
     c = x.shape[-1]
     ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), (c,))
     ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), (c,))
-    if self.use_running_average:
-      mean, var = ra_mean.value, ra_var.value
-    else:
-      stats_dtype = jnp.promote_types(self.dtype if self.dtype is not None else x.dtype, jnp.float32)
-      mean, var = batch_statistics(x, stats_dtype)
-      if not self.is_initializing():
-        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
     scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
     bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
-    y = (x - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
     out_dtype = self.dtype if self.dtype is not None else jnp.result_type(x, scale, bias)
-    return y.astype(out_dtype)
+    if self.use_running_average:
+      mean, var = ra_mean.value, ra_var.value
+      y = (x - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+      return y.astype(out_dtype)
+    stats_dtype = jnp.promote_types(self.dtype if self.dtype is not None else x.dtype, jnp.float32)
+    y, mean, var = batch_norm_train(x, scale, bias, float(self.epsilon), stats_dtype, out_dtype)
+    if not self.is_initializing():
+      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+    return y
 
 
 class ConvReluBN(nn.Module):
@@ -148,3 +199,26 @@ def adaptive_avg_pool(x: jnp.ndarray, out_size: int) -> jnp.ndarray:
   ph = jnp.asarray(adaptive_pool_matrix(h, out_size), x.dtype)
   pw = jnp.asarray(adaptive_pool_matrix(w, out_size), x.dtype)
   return jnp.einsum("oh,nhwc,pw->nopc", ph, x, pw)
+
+
+def avg_pool_same(x: jnp.ndarray, window: int, stride: int) -> jnp.ndarray:
+  """``flax.linen.avg_pool(x, (window, window), (stride, stride), padding='SAME')`` (zero padding counted, as
+  flax's default ``count_include_pad=True``) as sums of strided slices, rows first, then columns.
+
+  ``[N, H, W, C] -> [N, ceil(H / stride), ceil(W / stride), C]``. The same function as flax's ``reduce_window``
+  form, whose gradient XLA:CPU computes as a ``reduce_window`` over a dilated input (11 ms of the paper
+  network's step for the stem's 3x3 / 2 pool, 2026-11-28); the gradient of strided slices is a padding with
+  holes, fused with the adds.
+  """
+
+  def along(x, axis):
+    size = x.shape[axis]
+    out = -(-size // stride)
+    total = max((out - 1) * stride + window - size, 0)
+    pads = [(0, 0)] * x.ndim
+    pads[axis] = (total // 2, total - total // 2)  # lax.padtype_to_pads' 'SAME'
+    xp = jnp.pad(x, pads)
+    parts = [jax.lax.slice_in_dim(xp, a, a + (out - 1) * stride + 1, stride, axis) for a in range(window)]
+    return functools.reduce(jnp.add, parts)
+
+  return along(along(x, 1), 2) / (window * window)
