@@ -63,9 +63,9 @@ def batch_norm_train(x, scale, bias, epsilon: float, stats_dtype: Any, out_dtype
     (y ``[N, ..., C]``, mean ``[C]``, var ``[C]``).
 
   The backward pass is the textbook one, ``dx = scale * rstd / M * (M * dy - sum(dy) - xhat * sum(dy * xhat))``
-  (M elements per channel): two batch sums, which a data-parallel program reduces across devices in one
-  all-reduce, where differentiating the statistics' arithmetic takes two rounds of them, and fewer passes over
-  ``x`` than the derivative of the shifted statistics.
+  (M elements per channel, ``xhat = (x - mean) * rstd``): two batch sums, reduced across the devices of a
+  data-parallel program in one all-reduce (differentiating the statistics' arithmetic takes two rounds), and
+  fewer passes over ``x`` than the derivative of the shifted statistics.
   """
   return _bn_forward(x, scale, bias, epsilon, stats_dtype, out_dtype)[0]
 
