@@ -57,6 +57,16 @@ from mer_jax.train.state import create_state  # noqa: E402
 from mer_jax.train.steps import train_step  # noqa: E402
 
 
+def initial_state(args, dtype: str = "float32", conv_impl: str = "auto"):
+  """The paper network's train state (3 classes, Adam) at ``args.size``, parameters from key 0."""
+  mcfg = config_defaults.get_model_config(num_classes=3)
+  mcfg.dtype = dtype
+  mcfg.conv_impl = conv_impl
+  model = build_model(mcfg)
+  tcfg = config_defaults.get_train_config(batch_size=args.batch, epochs=1)
+  return create_state(model.apply, init_variables(model, jax.random.key(0), args.size, 3), tcfg)
+
+
 def jax_variant(
   args, dtype: str = "float32", donate: bool = False, mesh=None, fast_conv: str = "auto", conv_impl: str = "auto"
 ) -> dict:
@@ -66,13 +76,7 @@ def jax_variant(
   and donated); None: one device. fast_conv: ``config.cpu_fast_conv`` ('auto' (the default), 'on', 'off').
   conv_impl: ``config.model.conv_impl`` ('auto' (the default), 'xla', 'cpu').
   """
-  mcfg = config_defaults.get_model_config(num_classes=3)
-  mcfg.dtype = dtype
-  mcfg.conv_impl = conv_impl
-  model = build_model(mcfg)
-  tcfg = config_defaults.get_train_config(batch_size=args.batch, epochs=1)
-  variables = init_variables(model, jax.random.key(0), args.size, 3)
-  state = create_state(model.apply, variables, tcfg)
+  state = initial_state(args, dtype, conv_impl)
   rng = np.random.default_rng(0)
   x = rng.uniform(0, 1, (args.batch, args.size, args.size, 3)).astype(np.float32)
   y = rng.integers(0, 3, args.batch).astype(np.int32)
@@ -118,11 +122,7 @@ def step_work_flops(args) -> float:
   compiled program's count is not: on a GPU its convolutions are cuDNN calls that the analysis does not count
   (0.9 of ~83 GFLOP), on a mesh it counts one device's share, and ``conv_impl='cpu'`` adds its bands' halos.
   """
-  mcfg = config_defaults.get_model_config(num_classes=3)
-  mcfg.conv_impl = "xla"
-  model = build_model(mcfg)
-  tcfg = config_defaults.get_train_config(batch_size=args.batch, epochs=1)
-  state = create_state(model.apply, init_variables(model, jax.random.key(0), args.size, 3), tcfg)
+  state = initial_state(args, conv_impl="xla")
   x = jax.ShapeDtypeStruct((args.batch, args.size, args.size, 3), jnp.float32)
   y = jax.ShapeDtypeStruct((args.batch,), jnp.int32)
   cost = jax.jit(train_step).lower(state, x, y).cost_analysis()

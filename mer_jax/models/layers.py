@@ -212,11 +212,9 @@ def avg_pool_same(x: jnp.ndarray, window: int, stride: int) -> jnp.ndarray:
   """
 
   def along(x, axis):
-    size = x.shape[axis]
-    out = -(-size // stride)
-    total = max((out - 1) * stride + window - size, 0)
+    out = -(-x.shape[axis] // stride)
     pads = [(0, 0)] * x.ndim
-    pads[axis] = (total // 2, total - total // 2)  # lax.padtype_to_pads' 'SAME'
+    pads[axis] = jax.lax.padtype_to_pads((x.shape[axis],), (window,), (stride,), "SAME")[0]
     xp = jnp.pad(x, pads)
     parts = [jax.lax.slice_in_dim(xp, a, a + (out - 1) * stride + 1, stride, axis) for a in range(window)]
     return functools.reduce(jnp.add, parts)
