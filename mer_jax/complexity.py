@@ -4,7 +4,9 @@
 configured model first, then every ablation variant (attention none / channel /
 spatial / mixed x backbone dense / residual). FLOPs come from XLA's HLO cost
 analysis of the lowered, jitted inference forward pass at batch 1 (a
-multiply-add counts as 2 FLOPs; taps on SAME padding are not counted). ``params`` counts trainable parameters;
+multiply-add counts as 2 FLOPs; taps on SAME padding are not counted), with the convolutions as XLA's own
+(``conv_impl='xla'``), so the count is the network's, not that of the form a CPU runs. ``params`` counts
+trainable parameters;
 ``batch_stats`` counts the BatchNorm moving statistics that Keras would add as "non-trainable params".
 """
 
@@ -43,6 +45,11 @@ def xla_flops(model, variables, image_size: int, channels: int) -> float:
 
 
 def complexity_row(model_cfg: ml_collections.ConfigDict, image_size: int, channels: int, variant: str) -> dict:
+  # The network's own operation count, whatever form the convolutions run in on this machine: the 'cpu' form
+  # (mer_jax.models.conv) computes the same function with matrix products that also multiply the zero taps of
+  # small maps' borders, which XLA's count of a convolution leaves out.
+  model_cfg = ml_collections.ConfigDict(model_cfg.to_dict())
+  model_cfg.conv_impl = "xla"
   model = build_model(model_cfg)
   variables = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), image_size, channels))
   return {

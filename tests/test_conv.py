@@ -42,20 +42,26 @@ def _count_convs(fn, *args) -> int:
   return jax.jit(fn).lower(*args).compile().as_text().count(" convolution(")
 
 
-# (N, H, W, C, k, F), bands of the kernel gradient: 98 positions per image -> rows = 98 // W.
+# (N, H, W, C, k, F) -> convolutions left in the compiled gradient program, and how the form computes it.
+# Maps of more than TAPS_POSITIONS (196) positions per image: XLA's forward and input gradient, the kernel
+# gradient in bands of BAND_POSITIONS // W rows (98 positions per image). At most 196 positions: the forward
+# pass is matrix products (taps); a map of one band also takes its gradients as matrix products (no
+# convolution at all), a larger one keeps the input gradient and the banded kernel gradient.
 CASES = {
-  "28x28, 10 bands of 3 rows (the last 1)": ((2, 28, 28, 6, 5, 4), 10),
-  "23x20, 6 bands of 4 rows (the last 3), 3x3": ((3, 23, 20, 5, 3, 7), 6),
-  "14x14, 2 bands of 7 rows": ((2, 14, 14, 6, 5, 4), 2),
-  "7x7, one band: XLA's own gradient": ((2, 7, 7, 6, 5, 4), 1),
+  "28x28, 10 bands of 3 rows (the last 1)": ((2, 28, 28, 6, 5, 4), 2 + 10),
+  "23x20, 6 bands of 4 rows (the last 3), 3x3": ((3, 23, 20, 5, 3, 7), 2 + 6),
+  "14x14, taps forward, 2 bands of 7 rows": ((2, 14, 14, 6, 5, 4), 1 + 2),
+  "7x7, taps forward and backward": ((2, 7, 7, 6, 5, 4), 0),
+  "9x11, 3x3, taps forward, 2 bands of 8 rows": ((3, 11, 9, 5, 3, 7), 1 + 2),
+  "5x3, 5x5 kernel larger than the map": ((2, 5, 3, 3, 5, 2), 0),
 }
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_cpu_form_equals_xla_and_numpy_in_float64(name):
   """Forward values, input and kernel gradients of the 'cpu' form equal lax's (1e-12, float64), the kernel
-  gradient also a NumPy float64 sum; and the kernel gradient really is taken in the stated number of bands."""
-  (n, h, w, c, k, f), bands = CASES[name]
+  gradient also a NumPy float64 sum; and the compiled gradient holds the stated number of convolutions."""
+  (n, h, w, c, k, f), convs = CASES[name]
   rng = np.random.default_rng(0)
   with jax.enable_x64(True):
     x = rng.standard_normal((n, h, w, c))
@@ -69,10 +75,45 @@ def test_cpu_form_equals_xla_and_numpy_in_float64(name):
     for ref, got, what in zip(outs["xla"], outs["cpu"], ("output", "input gradient", "kernel gradient")):
       np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max(), err_msg=what)
     np.testing.assert_allclose(outs["cpu"][2], _numpy_kernel_grad(x, g, k, k), rtol=1e-12, atol=1e-10)
-    # forward + input gradient + one kernel-gradient convolution per band
     grad = jax.value_and_grad(lambda a, b: jnp.sum(jnp.sin(_cpu_conv(a, b))), argnums=(0, 1))
-    assert _count_convs(grad, jnp.asarray(x), jnp.asarray(kern)) == 2 + bands
-    assert mconv.band_rows(h, w) == (h if bands == 1 else mconv.BAND_POSITIONS // w)
+    assert _count_convs(grad, jnp.asarray(x), jnp.asarray(kern)) == convs
+    taps = h * w <= mconv.TAPS_POSITIONS
+    forward = jax.jit(_cpu_conv).lower(jnp.asarray(x), jnp.asarray(kern)).compile().as_text()
+    assert (" convolution(" not in forward) == taps
+    bands = -(-h // mconv.band_rows(h, w))
+    assert convs == (0 if bands == 1 else 1 + bands) if taps else convs == 2 + bands
+
+
+def _numpy_tap_sum(z, kh, kw):
+  """out[n, i, j] = sum_{a, b} z[n, i + a - kh//2, j + b - kw//2, (a, b)] (zero outside), by loops."""
+  n, h, w, t = z.shape
+  f = t // (kh * kw)
+  out = np.zeros((n, h, w, f))
+  for i in range(h):
+    for j in range(w):
+      for a in range(kh):
+        for b in range(kw):
+          p, q = i + a - kh // 2, j + b - kw // 2
+          if 0 <= p < h and 0 <= q < w:
+            out[:, i, j] += z[:, p, q, (a * kw + b) * f : (a * kw + b + 1) * f]
+  return out
+
+
+def test_tap_sum_and_tap_shifts_are_each_others_transpose():
+  """shifted_tap_sum matches a loop over positions and taps; tap_shifts is its exact transpose (the backward
+  pass of the taps form relies on it), for a non-square map and kernel."""
+  rng = np.random.default_rng(4)
+  kh, kw, f = 5, 3, 2
+  with jax.enable_x64(True):
+    z = rng.standard_normal((2, 6, 4, kh * kw * f))
+    np.testing.assert_allclose(mconv.shifted_tap_sum(jnp.asarray(z), kh, kw), _numpy_tap_sum(z, kh, kw), atol=1e-12)
+    g = jnp.asarray(rng.standard_normal((2, 6, 4, f)))
+    (transposed,) = jax.linear_transpose(lambda v: mconv.shifted_tap_sum(v, kh, kw), jnp.asarray(z))(g)
+    np.testing.assert_allclose(mconv.tap_shifts(g, kh, kw), transposed, atol=1e-12)
+    kern = rng.standard_normal((kh, kw, 3, f))
+    cols = np.asarray(mconv.taps_kernel(jnp.asarray(kern)))
+    for a, b, c in ((0, 0, 0), (4, 2, 1), (2, 1, 2)):
+      np.testing.assert_array_equal(cols[c, (a * kw + b) * f : (a * kw + b + 1) * f], kern[a, b, c])
 
 
 def test_1x1_convolutions_are_matrix_products():
@@ -102,11 +143,13 @@ def test_other_convolutions_are_left_to_lax():
     assert str(got) == str(ref)
 
 
-def test_vmapped_over_folds_equals_each_fold():
-  """Under jax.vmap (fit_many's folds: per-fold kernels) the 'cpu' form's gradients equal each fold's alone."""
+@pytest.mark.parametrize("size", [28, 14, 7])
+def test_vmapped_over_folds_equals_each_fold(size):
+  """Under jax.vmap (fit_many's folds: per-fold kernels) the 'cpu' form's gradients equal each fold's alone, at
+  the sizes of the three forms (bands; taps forward; taps throughout)."""
   rng = np.random.default_rng(2)
   with jax.enable_x64(True):
-    x = jnp.asarray(rng.standard_normal((3, 2, 28, 28, 4)))
+    x = jnp.asarray(rng.standard_normal((3, 2, size, size, 4)))
     kern = jnp.asarray(rng.standard_normal((3, 5, 5, 4, 6)))
     grad = jax.grad(lambda a, b: jnp.sum(jnp.tanh(_cpu_conv(a, b))), argnums=(0, 1))
     batched = jax.vmap(grad)(x, kern)
@@ -141,12 +184,13 @@ def test_model_in_either_form_has_the_same_parameters_and_outputs():
   x = jnp.asarray(np.random.default_rng(3).uniform(size=(4, 112, 112, 3)), jnp.float32)
   logits = {impl: m.apply(v, x, train=True, mutable=["batch_stats"])[0] for impl, m in models.items()}
   np.testing.assert_allclose(logits["cpu"], logits["xla"], rtol=1e-4, atol=1e-4)
-  # The 'cpu' model runs its two 1x1 transitions as matrix products: 2 convolutions fewer in its forward pass.
+  # The 'cpu' model runs its two 1x1 transitions and the dense layers of its 14x14 and 7x7 blocks (2 + 2) as
+  # matrix products: 6 convolutions fewer in its forward pass.
   convs = {
     impl: str(jax.make_jaxpr(lambda v, m=m: m.apply(v, x, train=False))(v)).count("conv_general_dilated[")
     for impl, m in models.items()
   }
-  assert convs["xla"] - convs["cpu"] == 2, convs
+  assert convs["xla"] - convs["cpu"] == 6, convs
 
 
 _MESH_SCRIPT = r"""
@@ -155,27 +199,49 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from mer_jax.models import conv as mconv
 DN = ("NHWC", "HWIO", "NHWC")
 mesh = jax.make_mesh((2,), ("data",))
-x = jax.device_put(np.ones((8, 28, 28, 6), np.float32), NamedSharding(mesh, P("data")))
 k = jax.device_put(np.ones((5, 5, 6, 4), np.float32), NamedSharding(mesh, P()))
 out = {}
-for impl, conv in (("xla", lambda a, b: jax.lax.conv_general_dilated(a, b, (1, 1), "SAME", dimension_numbers=DN)),
-                   ("cpu", lambda a, b: mconv.cpu_conv_general_dilated(a, b, (1, 1), "SAME", dimension_numbers=DN))):
+convs = {"xla": lambda a, b: jax.lax.conv_general_dilated(a, b, (1, 1), "SAME", dimension_numbers=DN),
+         "cpu": lambda a, b: mconv.cpu_conv_general_dilated(a, b, (1, 1), "SAME", dimension_numbers=DN)}
+for size in (28, 14, 7):
+ for impl, conv in convs.items():
+  x = jax.device_put(np.ones((8, size, size, 6), np.float32), NamedSharding(mesh, P("data")))
   step = jax.jit(jax.grad(lambda a, b: jnp.sum(conv(a, b) ** 2), argnums=1), out_shardings=NamedSharding(mesh, P()))
   text = step.lower(x, k).compile().as_text()
-  out[impl] = {op: text.count(" " + op + "(") + text.count(" " + op + "-start(")
-               for op in ("all-reduce", "all-gather", "collective-permute", "all-to-all", "reduce-scatter")}
+  out[f"{impl} {size}"] = {op: text.count(" " + op + "(") + text.count(" " + op + "-start(")
+                           for op in ("all-reduce", "all-gather", "collective-permute", "all-to-all", "reduce-scatter")}
 print("RESULT" + json.dumps(out))
 """
 
 
-def test_bands_split_rows_not_the_sharded_batch():
-  """On a 2-device data-parallel mesh (batch sharded) the banded kernel gradient adds no communication: the
-  same collectives as XLA's (one all-reduce of the kernel gradient). Bands over the batch would move images
-  between devices."""
+def test_bands_and_taps_split_rows_not_the_sharded_batch():
+  """On a 2-device data-parallel mesh (batch sharded) the 'cpu' form adds no communication at any of its map
+  sizes (bands at 28x28, taps forward at 14x14, taps throughout at 7x7): the same collectives as XLA's (one
+  all-reduce of the kernel gradient). Bands or matrix products over the batch would move images between
+  devices."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="2", PYTHONPATH=ROOT)
   env.pop("XLA_FLAGS", None)
   proc = subprocess.run([sys.executable, "-c", _MESH_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   out = json.loads(proc.stdout.split("RESULT", 1)[1])
-  assert out["xla"]["all-reduce"] >= 1, out
-  assert out["cpu"] == out["xla"], out
+  for size in (28, 14, 7):
+    assert out[f"xla {size}"]["all-reduce"] >= 1, out
+    assert out[f"cpu {size}"] == out[f"xla {size}"], (size, out)
+
+
+def test_taps_keep_the_dtype_and_accumulate_like_a_convolution():
+  """In bfloat16 the taps form returns bfloat16 values and gradients (as lax does) accumulated in float32 and
+  rounded once: as close to the float32 convolution as lax's bfloat16 output (one bfloat16 rounding, 2^-9)."""
+  rng = np.random.default_rng(5)
+  x32 = jnp.asarray(rng.standard_normal((4, 7, 7, 64)), jnp.float32)
+  k32 = jnp.asarray(rng.standard_normal((5, 5, 64, 24)) * 0.05, jnp.float32)
+  g32 = jnp.asarray(rng.standard_normal((4, 7, 7, 24)), jnp.float32)
+  x, k, g = (a.astype(jnp.bfloat16) for a in (x32, k32, g32))
+  y, vjp = jax.vjp(mconv.conv_taps, x, k)
+  got = [y, *vjp(g)]
+  assert [a.dtype for a in got] == [jnp.bfloat16] * 3
+  # the float32 convolution of the same bfloat16-rounded inputs
+  y32, vjp32 = jax.vjp(_lax_conv, x.astype(jnp.float32), k.astype(jnp.float32))
+  for a, r, what in zip(got, [y32, *vjp32(g.astype(jnp.float32))], ("output", "input gradient", "kernel gradient")):
+    err = float(jnp.max(jnp.abs(a.astype(jnp.float32) - r) / (jnp.abs(r) + 1e-3 * jnp.max(jnp.abs(r)))))
+    assert err <= 2.0**-8, (what, err)

@@ -469,8 +469,13 @@ def test_paper_network_gradients_match_a_float64_reference():
 
 def test_vmapped_fit_many_step_gradients_match_a_float64_reference():
   """fit_many's vmapped step (2 folds, grouped convolutions) in float32 against float64, BatchNorm inputs at
-  ~100 +- O(1): within 1e-3 (measured ~5e-5; the one-pass variance: ~3e-2)."""
-  cfg = tiny_cfg(stem_features=32, growth_rate=24, reduction=8)
+  ~100 +- O(1): within 1e-3 (measured ~2e-5; the one-pass variance: ~3e-2).
+
+  Without attention: its maxima (over channels, over positions) are kinks like a ReLU's, and these inputs put
+  two channels of block 0's spatial-attention maximum 1.4e-5 apart in fold 1, which float32 rounding may order
+  either way (the taps form of the small maps' convolutions did: 1.2e-3, all of it in the gradients upstream
+  of that one position; 2026-11-28). The paper-network test above keeps the attention."""
+  cfg = tiny_cfg(stem_features=32, growth_rate=24, reduction=8, attention="none")
   model = build_model(cfg)
   vs = [init_variables(model, jax.random.key(f), 32) for f in range(2)]
   vs = [{"params": _shift_conv_biases(v["params"], 100.0), "batch_stats": v["batch_stats"]} for v in vs]

@@ -12,12 +12,22 @@ from it. ``conv_impl='cpu'`` computes the same function and the same gradients, 
   a sum over output positions, so it is computed per band of rows, each band reading its rows of the input
   plus the kernel's halo, and the bands' gradients are added. Bands split rows, never the batch: the batch
   axis is the one the data-parallel mesh shards, and a slice of it would move data between devices.
-  A band holds ``max(1, BAND_POSITIONS // W)`` rows (98 positions per image: 3 of 28 rows, 7 of 14; a 7x7
-  map is one band, i.e. XLA's own gradient). The size is measured (docs/perf.md): 28-196 positions per image
-  were tried on the paper network's train step.
+  A band holds ``max(1, BAND_POSITIONS // W)`` rows (98 positions per image: 3 of 28 rows, 7 of 14). The size
+  is measured (docs/perf.md): 28-196 positions per image were tried on the paper network's train step, and
+  56 / 140 again once small maps took the taps form (0.93x / 0.97x of 98's speed, 2026-11-28).
+* **Small maps take matrix products ("taps").** XLA:CPU's forward k x k convolution producing few (24)
+  channels runs at ~60 GFLOP/s on 7x7 maps and ~90 on 14x14 where a matrix product runs at ~140. Over at most
+  ``TAPS_POSITIONS`` (196) positions per image the forward pass is ``z = x [N*H*W, C] @ w [C, kh*kw*F]``
+  (every input position's contribution to each of its kh*kw output neighbours) followed by a shifted sum
+  of the kh*kw column blocks of ``z``. Its backward pass, where the map is one band (7x7), is matrix products
+  too: with ``G = tap_shifts(g) [N*H*W, kh*kw*F]``, ``dx = G @ w^T`` and ``dw = x^T @ G``; on larger maps
+  (14x14) XLA's input gradient and the banded kernel gradient stay (faster there). Per layer (one core,
+  batch 16, forward and backward) 7x7: 5.3 -> 4.0 ms at 158 channels, 11.7 -> 8.0 ms at 374; 14x14: 30.8
+  against 32.7 ms at 292 channels, about even below ~150; on 28x28 maps the shifted sum of a 600-channel
+  ``z`` costs more than it saves. The paper network's train step: 1.05x (2026-11-28, 2-core x86_64).
 
-The forward values of k x k convolutions and their input gradients are XLA's own, bit for bit; the kernel
-gradients and the 1x1 convolutions differ from ``'xla'`` by float rounding only (a different summation order;
+The forward values of convolutions over more than 196 positions and their input gradients are XLA's own, bit
+for bit; everything else differs from ``'xla'`` by float rounding only (a different summation order;
 tests/test_conv.py compares both with float64). On accelerators the extra, smaller kernels would only cost
 launches, so ``'auto'`` (the default) is ``'cpu'`` on a CPU backend and ``'xla'`` elsewhere
 (:func:`resolve_conv_impl`).
@@ -33,6 +43,7 @@ from jax import lax
 
 CONV_IMPLS = ("auto", "xla", "cpu")  # config.model.conv_impl
 BAND_POSITIONS = 98  # output positions per image in one band of a kernel gradient ('cpu')
+TAPS_POSITIONS = 196  # k x k convolutions over at most this many positions per image are matrix products ('cpu')
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -52,10 +63,10 @@ def band_rows(height: int, width: int) -> int:
   return min(height, max(1, BAND_POSITIONS // width))
 
 
-def _conv_same(x: jnp.ndarray, w: jnp.ndarray, row_pad: int) -> jnp.ndarray:
-  """Stride-1 convolution, NHWC / HWIO: 'SAME' along the columns, ``row_pad`` zero rows on both sides."""
+def _conv_same(x: jnp.ndarray, w: jnp.ndarray, row_pad: tuple[int, int]) -> jnp.ndarray:
+  """Stride-1 convolution, NHWC / HWIO: 'SAME' along the columns, ``row_pad`` = (top, bottom) zero rows."""
   pw = w.shape[1] // 2
-  return lax.conv_general_dilated(x, w, (1, 1), ((row_pad, row_pad), (pw, pw)), dimension_numbers=_NHWC)
+  return lax.conv_general_dilated(x, w, (1, 1), (tuple(row_pad), (pw, pw)), dimension_numbers=_NHWC)
 
 
 def banded_kernel_grad(x: jnp.ndarray, g: jnp.ndarray, w: jnp.ndarray) -> jnp.ndarray:
@@ -72,34 +83,127 @@ def banded_kernel_grad(x: jnp.ndarray, g: jnp.ndarray, w: jnp.ndarray) -> jnp.nd
   h, width = x.shape[1], x.shape[2]
   ph = w.shape[0] // 2
   rows = band_rows(h, width)
-  xp = jnp.pad(x, ((0, 0), (ph, ph), (0, 0), (0, 0)))  # band [r0, r1) of the output reads rows r0..r1+2ph of xp
   total = None
   for r0 in range(0, h, rows):
     r1 = min(h, r0 + rows)
-    band = xp[:, r0 : r1 + 2 * ph]
-    (part,) = jax.linear_transpose(lambda k, band=band: _conv_same(band, k, 0), w)(g[:, r0:r1])
+    # output rows [r0, r1) read input rows [r0 - ph, r1 + ph): the ones inside the map, zero rows for the rest
+    lo, hi = max(0, r0 - ph), min(h, r1 + ph)
+    pads = (lo - (r0 - ph), r1 + ph - hi)
+    band = x[:, lo:hi]
+    (part,) = jax.linear_transpose(lambda k, band=band, pads=pads: _conv_same(band, k, pads), w)(g[:, r0:r1])
     total = part if total is None else total + part
   return total
+
+
+def taps_kernel(w: jnp.ndarray) -> jnp.ndarray:
+  """``[kh, kw, C, F] -> [C, kh * kw * F]``: the kernel as one matrix, columns ordered (row tap, column tap, F)."""
+  kh, kw, c, f = w.shape
+  return w.transpose(2, 0, 1, 3).reshape(c, kh * kw * f)
+
+
+def shifted_tap_sum(z: jnp.ndarray, kh: int, kw: int) -> jnp.ndarray:
+  """``out[n, i, j] = sum_{a, b} z[n, i + a - kh//2, j + b - kw//2, (a, b)]`` (zero outside the map).
+
+  Args:
+    z: ``[N, H, W, kh * kw * F]``: every input position's contribution to each of its ``kh * kw`` output
+      neighbours, tap-major (:func:`taps_kernel`'s column order).
+
+  Returns:
+    ``[N, H, W, F]``.
+  """
+  n, h, w, t = z.shape
+  f = t // (kh * kw)
+  rh, rw = kh // 2, kw // 2
+  # input position p feeds output p - a + rh, i.e. row p - a + 2rh of a frame with rh (rw) spare rows (columns)
+  # on each side. Tap by tap into that frame (in place; 1.2x the whole train step's speed of a sum of 25 slices
+  # of a padded z, 2026-11-28). The frame is made from z (zeros_like) so that it is sharded like z.
+  frame = jnp.pad(jnp.zeros_like(z[..., :f]), ((0, 0), (rh, rh), (rw, rw), (0, 0)))
+  for a in range(kh):
+    for b in range(kw):
+      k = (a * kw + b) * f
+      frame = frame.at[:, 2 * rh - a : 2 * rh - a + h, 2 * rw - b : 2 * rw - b + w].add(z[..., k : k + f])
+  return frame[:, rh : rh + h, rw : rw + w]
+
+
+def tap_shifts(g: jnp.ndarray, kh: int, kw: int) -> jnp.ndarray:
+  """The transpose of :func:`shifted_tap_sum`: ``G[n, p, q, (a, b)] = g[n, p - a + kh//2, q - b + kw//2]``.
+
+  ``[N, H, W, F] -> [N, H, W, kh * kw * F]`` (zero where the shifted position is outside the map).
+  """
+  n, h, w, f = g.shape
+  rh, rw = kh // 2, kw // 2
+  gp = jnp.pad(g, ((0, 0), (rh, rh), (rw, rw), (0, 0)))
+  parts = [gp[:, 2 * rh - a : 2 * rh - a + h, 2 * rw - b : 2 * rw - b + w] for a in range(kh) for b in range(kw)]
+  return jnp.concatenate(parts, -1)
+
+
+def _sum_over_rows(a: jnp.ndarray, b: jnp.ndarray, acc: Any) -> jnp.ndarray:
+  """``a^T @ b`` (accumulated in ``acc``) for ``a [R, M]``, ``b [R, P]``: a sum over rows, which a data-parallel
+  program shards. Under an explicitly sharded mesh the replicated result has to be asked for (lax's own kernel
+  gradient does that); elsewhere (auto-sharded meshes, one device) XLA places the all-reduce itself."""
+  sharding = jax.typeof(a).sharding
+  spec = getattr(sharding, "spec", None)
+  if spec is not None and len(spec) and spec[0] is not None:
+    replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    return jnp.dot(a.T, b, preferred_element_type=acc, out_sharding=replicated)
+  return jnp.dot(a.T, b, preferred_element_type=acc)
+
+
+def _taps_forward(x: jnp.ndarray, w: jnp.ndarray) -> jnp.ndarray:
+  kh, kw, c, f = w.shape
+  # products and the tap sum accumulate in at least float32, as a convolution does, rounded once at the end
+  acc = jnp.promote_types(jnp.result_type(x, w), jnp.float32)
+  z = jnp.dot(x.reshape(-1, c), taps_kernel(w), preferred_element_type=acc)
+  return shifted_tap_sum(z.reshape(x.shape[:3] + (kh * kw * f,)), kh, kw).astype(jnp.result_type(x, w))
+
+
+@jax.custom_vjp
+def conv_taps(x: jnp.ndarray, w: jnp.ndarray) -> jnp.ndarray:
+  """``lax.conv_general_dilated(x, w, (1, 1), 'SAME')`` (NHWC / HWIO, odd kernel) as matrix products:
+  ``[N, H, W, C] * [kh, kw, C, F] -> [N, H, W, F]``.
+
+  Forward: ``z = x [N*H*W, C] @ taps_kernel(w) [C, kh*kw*F]`` and :func:`shifted_tap_sum`. Backward, with
+  ``G = tap_shifts(g) [N*H*W, kh*kw*F]``: ``dx = G @ taps_kernel(w)^T``, ``dw = x^T @ G``; for maps of more
+  than one band (:func:`band_rows`) the backward pass is :func:`conv_banded_grad`'s instead (faster there).
+  """
+  return _taps_forward(x, w)
+
+
+def _taps_fwd(x, w):
+  return _taps_forward(x, w), (x, w)
+
+
+def _taps_bwd(res, g):
+  x, w = res
+  kh, kw, c, f = w.shape
+  if band_rows(x.shape[1], x.shape[2]) < x.shape[1]:
+    return _banded_bwd(res, g)
+  big_g = tap_shifts(g, kh, kw).reshape(-1, kh * kw * f)
+  acc = jnp.promote_types(jnp.result_type(x, w, g), jnp.float32)
+  dx = jnp.dot(big_g, taps_kernel(w).T, preferred_element_type=acc).reshape(x.shape)
+  dw = _sum_over_rows(x.reshape(-1, c), big_g, acc).reshape(c, kh, kw, f).transpose(1, 2, 0, 3)
+  return dx.astype(x.dtype), dw.astype(w.dtype)
 
 
 @jax.custom_vjp
 def conv_banded_grad(x: jnp.ndarray, w: jnp.ndarray) -> jnp.ndarray:
   """``lax.conv_general_dilated(x, w, (1, 1), 'SAME')`` (NHWC / HWIO, odd kernel), kernel gradient by
   :func:`banded_kernel_grad`; ``[N, H, W, C] * [kh, kw, C, F] -> [N, H, W, F]``."""
-  return _conv_same(x, w, w.shape[0] // 2)
+  return _conv_same(x, w, (w.shape[0] // 2,) * 2)
 
 
 def _banded_fwd(x, w):
-  return _conv_same(x, w, w.shape[0] // 2), (x, w)
+  return _conv_same(x, w, (w.shape[0] // 2,) * 2), (x, w)
 
 
 def _banded_bwd(res, g):
   x, w = res
-  (dx,) = jax.linear_transpose(lambda xx: _conv_same(xx, w, w.shape[0] // 2), x)(g)
+  (dx,) = jax.linear_transpose(lambda xx: _conv_same(xx, w, (w.shape[0] // 2,) * 2), x)(g)
   return dx, banded_kernel_grad(x, g, w)
 
 
 conv_banded_grad.defvjp(_banded_fwd, _banded_bwd)
+conv_taps.defvjp(_taps_fwd, _taps_bwd)
 
 
 def _is_same(padding: Any, kernel_hw: Sequence[int]) -> bool:
@@ -126,9 +230,10 @@ def cpu_conv_general_dilated(
 ) -> jnp.ndarray:
   """``lax.conv_general_dilated`` in the ``'cpu'`` form (module docstring), for ``nn.Conv(conv_general_dilated=)``.
 
-  Stride-1, undilated, ungrouped NHWC / HWIO 2-D convolutions with 'SAME' padding: 1x1 -> a matrix product,
-  k x k -> :func:`conv_banded_grad` when the output has more than one band. Everything else (the stride-2 stem,
-  other layouts, explicit precision) is ``lax.conv_general_dilated`` unchanged.
+  Stride-1, undilated, ungrouped NHWC / HWIO 2-D convolutions with 'SAME' padding: 1x1 -> a matrix product;
+  k x k over at most ``TAPS_POSITIONS`` positions per image -> :func:`conv_taps`; larger k x k ->
+  :func:`conv_banded_grad` when the output has more than one band. Everything else (the stride-2 stem, other
+  layouts, explicit precision) is ``lax.conv_general_dilated`` unchanged.
   """
   plain = (
     lhs.ndim == 4
@@ -146,6 +251,8 @@ def cpu_conv_general_dilated(
   if plain and rhs.shape[:2] == (1, 1):
     out = jnp.dot(lhs.reshape(-1, lhs.shape[-1]), rhs.reshape(rhs.shape[2:]))
     return out.reshape(lhs.shape[:-1] + rhs.shape[-1:])
+  if plain and lhs.shape[1] * lhs.shape[2] <= TAPS_POSITIONS:
+    return conv_taps(lhs, rhs)
   if plain and band_rows(lhs.shape[1], lhs.shape[2]) < lhs.shape[1]:
     return conv_banded_grad(lhs, rhs)
   return lax.conv_general_dilated(
