@@ -78,6 +78,7 @@ EXPECTED = {
     "model.block_layers": (2, 2, 2),
     "model.head_pool": 3,
     "model.reduction": 4,
+    "model.bn_momentum": 0.9,
     "pretrain.epochs": 15,
     "pretrain.plateau_patience": 4,
     "pretrain.early_stopping_patience": 6,
