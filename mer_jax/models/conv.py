@@ -63,10 +63,12 @@ def band_rows(height: int, width: int) -> int:
   return min(height, max(1, BAND_POSITIONS // width))
 
 
-def _conv_same(x: jnp.ndarray, w: jnp.ndarray, row_pad: tuple[int, int]) -> jnp.ndarray:
-  """Stride-1 convolution, NHWC / HWIO: 'SAME' along the columns, ``row_pad`` = (top, bottom) zero rows."""
-  pw = w.shape[1] // 2
-  return lax.conv_general_dilated(x, w, (1, 1), (tuple(row_pad), (pw, pw)), dimension_numbers=_NHWC)
+def _conv_same(x: jnp.ndarray, w: jnp.ndarray, row_pad: Optional[tuple[int, int]] = None) -> jnp.ndarray:
+  """Stride-1 convolution, NHWC / HWIO: 'SAME' along the columns, ``row_pad`` = (top, bottom) zero rows
+  (default: 'SAME' along the rows too)."""
+  ph, pw = w.shape[0] // 2, w.shape[1] // 2
+  rows = row_pad if row_pad is not None else (ph, ph)
+  return lax.conv_general_dilated(x, w, (1, 1), (rows, (pw, pw)), dimension_numbers=_NHWC)
 
 
 def banded_kernel_grad(x: jnp.ndarray, g: jnp.ndarray, w: jnp.ndarray) -> jnp.ndarray:
@@ -111,7 +113,7 @@ def shifted_tap_sum(z: jnp.ndarray, kh: int, kw: int) -> jnp.ndarray:
   Returns:
     ``[N, H, W, F]``.
   """
-  n, h, w, t = z.shape
+  _, h, w, t = z.shape
   f = t // (kh * kw)
   rh, rw = kh // 2, kw // 2
   # input position p feeds output p - a + rh, i.e. row p - a + 2rh of a frame with rh (rw) spare rows (columns)
@@ -130,7 +132,7 @@ def tap_shifts(g: jnp.ndarray, kh: int, kw: int) -> jnp.ndarray:
 
   ``[N, H, W, F] -> [N, H, W, kh * kw * F]`` (zero where the shifted position is outside the map).
   """
-  n, h, w, f = g.shape
+  _, h, w, f = g.shape
   rh, rw = kh // 2, kw // 2
   gp = jnp.pad(g, ((0, 0), (rh, rh), (rw, rw), (0, 0)))
   parts = [gp[:, 2 * rh - a : 2 * rh - a + h, 2 * rw - b : 2 * rw - b + w] for a in range(kh) for b in range(kw)]
@@ -152,9 +154,9 @@ def _sum_over_rows(a: jnp.ndarray, b: jnp.ndarray, acc: Any) -> jnp.ndarray:
 def _taps_forward(x: jnp.ndarray, w: jnp.ndarray) -> jnp.ndarray:
   kh, kw, c, f = w.shape
   # products and the tap sum accumulate in at least float32, as a convolution does, rounded once at the end
-  acc = jnp.promote_types(jnp.result_type(x, w), jnp.float32)
-  z = jnp.dot(x.reshape(-1, c), taps_kernel(w), preferred_element_type=acc)
-  return shifted_tap_sum(z.reshape(x.shape[:3] + (kh * kw * f,)), kh, kw).astype(jnp.result_type(x, w))
+  out_dtype = jnp.result_type(x, w)
+  z = jnp.dot(x.reshape(-1, c), taps_kernel(w), preferred_element_type=jnp.promote_types(out_dtype, jnp.float32))
+  return shifted_tap_sum(z.reshape(x.shape[:3] + (kh * kw * f,)), kh, kw).astype(out_dtype)
 
 
 @jax.custom_vjp
@@ -189,16 +191,16 @@ def _taps_bwd(res, g):
 def conv_banded_grad(x: jnp.ndarray, w: jnp.ndarray) -> jnp.ndarray:
   """``lax.conv_general_dilated(x, w, (1, 1), 'SAME')`` (NHWC / HWIO, odd kernel), kernel gradient by
   :func:`banded_kernel_grad`; ``[N, H, W, C] * [kh, kw, C, F] -> [N, H, W, F]``."""
-  return _conv_same(x, w, (w.shape[0] // 2,) * 2)
+  return _conv_same(x, w)
 
 
 def _banded_fwd(x, w):
-  return _conv_same(x, w, (w.shape[0] // 2,) * 2), (x, w)
+  return _conv_same(x, w), (x, w)
 
 
 def _banded_bwd(res, g):
   x, w = res
-  (dx,) = jax.linear_transpose(lambda xx: _conv_same(xx, w, (w.shape[0] // 2,) * 2), x)(g)
+  (dx,) = jax.linear_transpose(lambda xx: _conv_same(xx, w), x)(g)
   return dx, banded_kernel_grad(x, g, w)
 
 

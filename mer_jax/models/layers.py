@@ -32,9 +32,10 @@ def batch_statistics(x: jnp.ndarray, dtype: Any) -> tuple[jnp.ndarray, jnp.ndarr
   terms ~100 +- 1 is off by ~6e-4, enough to move gradients by percents: docs/perf.md).
 
   A per-sample shift (each sample's own mean) would spare a data-parallel program the broadcast of the first
-  sample's mean (one all-reduce per layer), but with it the float32 gradients of the vmapped float64 test
-  (tests/test_models.py, BatchNorm inputs ~100 +- O(1)) were 1.2e-3 off instead of 2e-5 for one of the two
-  folds (2026-11-28; the statistics alone measured as accurate as these), so it is not used.
+  sample's mean (one all-reduce per layer). It was tried once and dropped when the vmapped float64 gradient
+  test (tests/test_models.py) went to 1.2e-3 for one fold; that 1.2e-3 was later traced to a float32 flip of
+  a near tie in the attention's maximum, which other rounding changes trip too (docs/perf.md), not to the
+  shift. The per-sample shift has not been measured again since.
 
   Args:
     x: ``[N, ..., C]`` activations.
