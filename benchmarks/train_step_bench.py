@@ -3,14 +3,15 @@
 Same network (benchmarks/torch_twin.py, tested to have the same parameters and logits), same batch
 (default 32 x 112 x 112 x 3, random data, 3 classes), same optimiser (Adam, lr 0.01), same loss
 (mean cross-entropy), BatchNorm in training mode. The JAX step is ``mer_jax.train.steps.train_step``
-compiled as ``mer_jax.train.loop.fit`` compiles it (``mer_jax.train.parallel.jit``: on a CPU, without XLA:CPU's
-YNNPACK fusions where the devices are fewer than the cores, ``config.cpu_fast_conv='auto'``), timed with the
+compiled as ``mer_jax.train.loop.fit`` compiles it (``mer_jax.train.parallel.jit``, ``config.cpu_fast_conv='auto'``:
+on a CPU, without XLA:CPU's YNNPACK fusions where the devices are fewer than the cores and the model's convolutions
+are ``conv_impl='xla'``; with the default ``'cpu'`` form, XLA's defaults), timed with the
 state carried from step to step and the batch already on the device; PyTorch does
 ``zero_grad / forward / backward / step``. Every figure is the
 median over ``--repeats`` timed blocks of ``--steps`` steps, after warm-up (compile time separate); the
 blocks run round-robin over the variants so that load from other processes affects all of them alike.
 
-  .venv/bin/python benchmarks/train_step_bench.py                  # the 5 default variants below: ~3 min
+  .venv/bin/python benchmarks/train_step_bench.py                  # the 7 default variants below: ~4 min
   .venv/bin/python benchmarks/train_step_bench.py --torch-compile  # + torch.compile (~7 min to compile here)
   .venv/bin/python benchmarks/train_step_bench.py --variants "jax,jax bf16,torch eager,torch eager CL"
   .venv/bin/python benchmarks/train_step_bench.py --batch 64 --steps 5 --repeats 5
@@ -25,7 +26,12 @@ are the same program as ``jax`` / ``jax main``;
 convolutions as XLA derives them) instead of the default ``'auto'``, which on a CPU is ``'cpu'`` (1x1 convolutions
 as matrix products, kernel gradients in row bands: ``mer_jax.models.conv``); on a GPU both are ``'xla'``;
 ``jax bf16``: model.dtype='bfloat16' (compute in bf16, params float32);
-default: ``jax``, ``jax xla``, ``jax main``, ``jax main convxla``, ``torch eager``;
+``jax share`` / ``torch share``: one device's share of ``jax main`` (``--batch`` / the devices) with every thread of
+the process pinned to one core while it is timed (PyTorch with one thread), compiled as each device of ``jax main``
+is: the per-core speed without the other cores' traffic or the devices' synchronisation; with them, the run also
+prints the per-core ratio and each framework's parallel overhead (CPU only; ``--variants "jax main,jax share,torch
+eager,torch share"``);
+default: ``jax``, ``jax xla``, ``jax main``, ``jax main convxla``, ``jax share``, ``torch eager``, ``torch share``;
 ``torch eager`` (NCHW), ``torch eager CL`` (channels_last), ``torch.compile`` (inductor).
 Ratios are against ``torch eager`` measured in the same run.
 """
@@ -52,6 +58,7 @@ import numpy as np  # noqa: E402
 import peaks  # noqa: E402  (benchmarks/peaks.py)
 from mer_jax import config_defaults  # noqa: E402
 from mer_jax.models import build_model, init_variables  # noqa: E402
+from mer_jax.models.conv import resolve_conv_impl  # noqa: E402
 from mer_jax.train import parallel  # noqa: E402
 from mer_jax.train.state import create_state  # noqa: E402
 from mer_jax.train.steps import train_step  # noqa: E402
@@ -77,12 +84,13 @@ def jax_variant(
   conv_impl: ``config.model.conv_impl`` ('auto' (the default), 'xla', 'cpu').
   """
   state = initial_state(args, dtype, conv_impl)
+  impl = resolve_conv_impl(conv_impl)  # what 'auto' compiler options depend on, as in loop._compiled
   rng = np.random.default_rng(0)
   x = rng.uniform(0, 1, (args.batch, args.size, args.size, 3)).astype(np.float32)
   y = rng.integers(0, 3, args.batch).astype(np.int32)
   if mesh is None:
     x, y = jax.device_put(x), jax.device_put(y)
-    step = parallel.jit(train_step, mode=fast_conv, donate_argnums=(0,) if donate else ())
+    step = parallel.jit(train_step, mode=fast_conv, conv_impl=impl, donate_argnums=(0,) if donate else ())
   else:
     parallel.check_batch_size(args.batch, mesh, "--batch")
     rep, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
@@ -92,6 +100,7 @@ def jax_variant(
       train_step,
       mesh=mesh,
       mode=fast_conv,
+      conv_impl=impl,
       in_shardings=(rep, data, data),
       out_shardings=(rep, rep),
       donate_argnums=0,
@@ -128,6 +137,55 @@ def step_work_flops(args) -> float:
   cost = jax.jit(train_step).lower(state, x, y).cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost.get("flops", float("nan"))) if cost else float("nan")
+
+
+def _process_threads() -> list[int]:
+  """Thread ids of this process (Linux: /proc/self/task; elsewhere: none, so nothing is pinned)."""
+  try:
+    return [int(t) for t in os.listdir("/proc/self/task")]
+  except OSError:
+    return []
+
+
+def on_one_core(variant: dict, torch_threads: int | None = None) -> dict:
+  """``variant`` whose timed blocks run with every thread of this process pinned to one core (the first of the
+  process's affinity mask), and PyTorch limited to ``torch_threads`` threads while they run; affinities and
+  PyTorch's thread count are restored after each block. For the per-core share of a data-parallel step: one
+  device's share of the batch on one core, as each core runs it in ``jax main``, but with the core to itself.
+  """
+  inner = variant["block"]
+
+  def block(n):
+    saved = {}
+    core = min(os.sched_getaffinity(0))
+    for tid in _process_threads():
+      try:
+        saved[tid] = os.sched_getaffinity(tid)
+        os.sched_setaffinity(tid, {core})
+      except OSError:  # a thread that ended meanwhile
+        pass
+    if torch_threads is not None:
+      import torch
+
+      before = torch.get_num_threads()
+      torch.set_num_threads(torch_threads)
+    try:
+      return inner(n)
+    finally:
+      if torch_threads is not None:
+        torch.set_num_threads(before)
+      for tid, mask in saved.items():
+        try:
+          os.sched_setaffinity(tid, mask)
+        except OSError:
+          pass
+
+  return dict(variant, block=block)
+
+
+def share_args(args, devices: int):
+  """``args`` with the batch of one of ``devices`` data-parallel devices (``--batch`` / devices)."""
+  return argparse.Namespace(**dict(vars(args), batch=args.batch // max(1, devices)))
 
 
 def torch_variant(args, mode: str) -> dict:
@@ -190,9 +248,9 @@ def main() -> None:
   )
   ap.add_argument(
     "--variants",
-    default="jax,jax xla,jax main,jax main convxla,torch eager",
+    default="jax,jax xla,jax main,jax main convxla,jax share,torch eager,torch share",
     help="comma-separated list from: jax, jax+donate, jax xla, jax fast, jax convxla, jax main, jax main xla, "
-    "jax main fast, jax main convxla, jax bf16, torch eager, torch eager CL, torch.compile",
+    "jax main fast, jax main convxla, jax bf16, jax share, torch eager, torch eager CL, torch share, torch.compile",
   )
   args = ap.parse_args()
   # "jax main": the step as mer_jax.main runs it by default, data parallel over the XLA devices that
@@ -216,6 +274,9 @@ def main() -> None:
     wanted = [v for v in wanted if v.startswith("jax")]
 
   dev = jax.devices()[0]
+  if dev.platform != "cpu" and any(v.endswith(" share") for v in wanted):
+    print("# 'jax share' / 'torch share' measure one CPU core's share: skipped on a non-CPU backend")
+    wanted = [v for v in wanted if not v.endswith(" share")]
   print(f"# train-step benchmark {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}")
   print(
     f"# device: jax {jax.__version__} {dev.platform} ({dev.device_kind}), {os.cpu_count()} CPU cores, "
@@ -231,7 +292,8 @@ def main() -> None:
     f"# 'jax main' = data parallel over {len(jax.local_devices())} {dev.platform} device(s), as mer_jax.main "
     "runs by default; 'jax' = one device"
   )
-  ynn = lambda mesh: "XLA defaults" if parallel.compiler_options(mesh) is None else "no YNNPACK fusions"
+  impl = resolve_conv_impl("auto")
+  ynn = lambda mesh: "XLA defaults" if parallel.compiler_options(mesh, conv_impl=impl) is None else "no YNNPACK fusions"
   print(
     f"# compiled as the loop compiles by default ('auto'): 'jax' {ynn(None)}, 'jax main' "
     f"{ynn(parallel.make_mesh())}; '... xla' XLA defaults, '... fast' no YNNPACK fusions (CPU only)"
@@ -251,7 +313,15 @@ def main() -> None:
     "jax main convxla": lambda: jax_variant(args, mesh=parallel.make_mesh(), conv_impl="xla"),
     "jax convxla": lambda: jax_variant(args, conv_impl="xla"),
     "jax bf16": lambda: jax_variant(args, dtype="bfloat16"),
+    # one device's share of 'jax main' (batch / devices) on one core, compiled as each device of 'jax main' is
+    "jax share": lambda: on_one_core(
+      jax_variant(
+        share_args(args, n_main),
+        fast_conv="on" if parallel.compiler_options(parallel.make_mesh(), conv_impl=impl) else "off",
+      )
+    ),
     "torch eager": lambda: torch_variant(args, "eager"),
+    "torch share": lambda: on_one_core(torch_variant(share_args(args, n_main), "eager"), torch_threads=1),
     "torch eager CL": lambda: torch_variant(args, "channels_last"),
     "torch.compile": lambda: torch_variant(args, "compile"),
   }
@@ -284,10 +354,23 @@ def main() -> None:
     if "error" in r:
       print(f"{name:<16} failed: {r['error']}")
       continue
-    ips = args.batch / r["sec"]
-    gf = flops / r["sec"] / 1e9 if flops == flops else float("nan")
-    ratio = f"{base / r['sec']:.2f}x" if base else "-"
+    share = name.endswith(" share")
+    ips = (args.batch // n_main if share else args.batch) / r["sec"]
+    gf = flops / (n_main if share else 1) / r["sec"] / 1e9 if flops == flops else float("nan")
+    ratio = f"{base / r['sec']:.2f}x" if base and not share else "-"
     print(f"{name:<16} {r['sec'] * 1e3:9.1f} {ips:9.1f} {gf:8.1f} {ratio:>9} {r['compile_s']:10.1f} {r['loss']:9.4f}")
+  sec = {k: r["sec"] for k, r in ready.items()}
+  if "jax share" in sec and "torch share" in sec:
+    print(
+      f"\nper core ({args.batch // n_main} images on one core): jax share / torch share "
+      f"{sec['torch share'] / sec['jax share']:.2f}x PyTorch's speed"
+    )
+  for main_name, share_name in (("jax main", "jax share"), ("torch eager", "torch share")):
+    if main_name in sec and share_name in sec and n_main > 1:
+      print(
+        f"parallel overhead, {main_name}: {sec[main_name] * 1e3:.1f} ms on {n_main} cores vs "
+        f"{sec[share_name] * 1e3:.1f} ms for one core's share alone ({sec[main_name] / sec[share_name]:.2f}x)"
+      )
   if flops == flops:
     print(
       f"\nwork per step (XLA cost analysis of the lowered f32 train step): {flops / 1e9:.1f} GFLOP "
@@ -296,7 +379,7 @@ def main() -> None:
     peak = peaks.matmul_gflops(jnp.float32)
     sheet = (peaks.datasheet(dev) or {}).get("float32")
     for name, r in ready.items():
-      if name.startswith("jax") and not name.endswith("bf16"):
+      if name.startswith("jax") and not name.endswith(("bf16", " share")):  # share: one core, not the peak's
         print(
           f"matrix throughput, {name}: "
           + peaks.describe(flops / r["sec"] / 1e9, peak, sheet, "GFLOP/s")

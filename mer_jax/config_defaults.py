@@ -148,7 +148,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.cpu_devices = 0  # CPU backend: split the host's cores into this many data-parallel XLA devices
   # (0 = automatic, 1 = one device; mer_jax.train.parallel.use_host_cores)
   c.cpu_fast_conv = "auto"  # CPU backend: training steps without XLA:CPU's YNNPACK fusions: auto (when the devices
-  # are fewer than the cores: 1.47x faster on one device) | on | off (mer_jax.train.parallel.fast_conv_applies)
+  # are fewer than the cores and the steps are fold-vmapped or model.conv_impl='xla') | on | off
+  # (mer_jax.train.parallel.fast_conv_applies)
   c.log_every_steps = 50
   c.checkpoint_every_epochs = 1
   c.checkpoint_async = True  # write checkpoints in the background (single-process runs; see train/checkpoint.py)

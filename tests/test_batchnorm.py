@@ -188,25 +188,36 @@ def _ynn_fusions(compiled_text: str) -> int:
 def test_loop_compiles_cpu_steps_without_ynnpack_fusions():
   if jax.default_backend() != "cpu":
     pytest.skip("the option applies to XLA:CPU only")
-  cfg = config_defaults.get_model_config(num_classes=3)
-  cfg.stem_features, cfg.growth_rate, cfg.block_layers, cfg.reduction = 8, 4, (2, 2), 2
-  model = build_model(cfg)
-  apply_fn = model_apply(model)
-  v = init_variables(model, jax.random.key(0), 32)
-  state = create_state(apply_fn, v, config_defaults.get_train_config(batch_size=8, epochs=1))
-  x, y = jnp.ones((8, 32, 32, 3)), jnp.zeros(8, jnp.int32)
   mesh = parallel.make_mesh(jax.devices()[:1])
+  x, y = jnp.ones((8, 32, 32, 3)), jnp.zeros(8, jnp.int32)
   counts = {}
-  for mode in ("on", "off", "auto"):
-    fns = loop._compiled(mesh, False, apply_fn, mode)
-    counts[mode] = (
-      _ynn_fusions(fns["train"].lower(state, x, y).compile().as_text()),
-      _ynn_fusions(fns["logits"].lower(v, x).compile().as_text()),
-    )
-  assert counts["on"] == (0, 0), counts  # no YNNPACK fusion in the train or the eval step
-  assert counts["off"][0] > 0 and counts["off"][1] > 0, counts  # XLA's defaults do fuse (the check can see them)
-  # the default on one device: without YNNPACK fusions when the host has more than one core
-  assert counts["auto"] == (counts["on"] if parallel.host_cores() > 1 else counts["off"]), counts
+  for impl in ("cpu", "xla"):
+    cfg = config_defaults.get_model_config(num_classes=3)
+    cfg.stem_features, cfg.growth_rate, cfg.block_layers, cfg.reduction = 8, 4, (2, 2), 2
+    cfg.conv_impl = impl
+    model = build_model(cfg)
+    apply_fn = model_apply(model)
+    v = init_variables(model, jax.random.key(0), 32)
+    state = create_state(apply_fn, v, config_defaults.get_train_config(batch_size=8, epochs=1))
+    stacked = jax.tree.map(lambda a: jnp.stack([a, a]), v)
+    for mode in ("on", "off", "auto"):
+      fns = loop._compiled(mesh, False, apply_fn, mode)
+      folds = loop._compiled(mesh, True, apply_fn, mode)  # vmapped over 2 folds
+      counts[impl, mode] = (
+        _ynn_fusions(fns["train"].lower(state, x, y).compile().as_text()),
+        _ynn_fusions(fns["logits"].lower(v, x).compile().as_text()),
+        _ynn_fusions(folds["logits"].lower(stacked, jnp.stack([x, x])).compile().as_text()),
+      )
+  for impl in ("cpu", "xla"):
+    assert counts[impl, "on"] == (0, 0, 0), counts  # no YNNPACK fusion in the train or the eval steps
+    assert min(counts[impl, "off"]) > 0, counts  # XLA's defaults do fuse (the check can see them)
+  # the default on one device: without YNNPACK fusions when the host has more than one core, for fold-vmapped
+  # programs and conv_impl='xla' models; a plain conv_impl='cpu' step keeps XLA's defaults (faster there)
+  idle = parallel.host_cores() > 1
+  assert counts["xla", "auto"] == (counts["xla", "on"] if idle else counts["xla", "off"]), counts
+  plain_cpu, folds_cpu = counts["cpu", "auto"][:2], counts["cpu", "auto"][2]
+  assert plain_cpu == counts["cpu", "off"][:2], counts
+  assert folds_cpu == (0 if idle else counts["cpu", "off"][2]), counts
 
 
 def test_compiler_options_only_on_a_cpu_and_only_when_asked(monkeypatch):
@@ -219,10 +230,17 @@ def test_compiler_options_only_on_a_cpu_and_only_when_asked(monkeypatch):
   for n in (1, 3, 4, 8):
     assert parallel.compiler_options(fake_mesh("cpu", n), "on") == ynn_off
     assert parallel.compiler_options(fake_mesh("cpu", n), "off") is None
-    # auto: only while the devices leave cores idle
-    assert parallel.compiler_options(fake_mesh("cpu", n), "auto") == (ynn_off if n < 4 else None), n
+    # auto: only while the devices leave cores idle, and only for fold-vmapped programs and XLA's convolutions
+    idle = ynn_off if n < 4 else None
+    assert parallel.compiler_options(fake_mesh("cpu", n), "auto") == idle, n  # conv_impl='xla' by default
+    assert parallel.compiler_options(fake_mesh("cpu", n), "auto", conv_impl="xla") == idle, n
+    assert parallel.compiler_options(fake_mesh("cpu", n), "auto", conv_impl="cpu") is None, n
+    assert parallel.compiler_options(fake_mesh("cpu", n), "auto", folds=True, conv_impl="cpu") == idle, n
+    assert parallel.compiler_options(fake_mesh("cpu", n), "on", conv_impl="cpu") == ynn_off
+    assert parallel.compiler_options(fake_mesh("cpu", n), "off", folds=True) is None
     for platform in ("gpu", "tpu"):
       assert parallel.compiler_options(fake_mesh(platform, n), "on") is None
+      assert parallel.compiler_options(fake_mesh(platform, n), "auto", folds=True) is None
   assert config_defaults.get_base_config().cpu_fast_conv == "auto"
   assert loop._compiled.__wrapped__.__defaults__ == ("auto",)  # what fit / fit_many / predict_probs default to
   with pytest.raises(ConfigError, match=r"config.cpu_fast_conv='yes': use one of 'auto', 'on', 'off'"):

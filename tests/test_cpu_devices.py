@@ -81,20 +81,30 @@ def test_main_uses_every_core_by_default_and_can_be_told_not_to():
 
 def test_main_compiles_without_ynnpack_fusions_while_devices_leave_cores_idle():
   cores = parallel.host_cores()
-  proc = run_main_start("--config.cpu_devices=1")
+  # one device, the CPU's default conv_impl='cpu': plain steps keep YNNPACK's kernels (faster with that form),
+  # fold-vmapped steps (grouped convolutions) go without them while cores idle
+  proc = run_main_start("--config.cpu_devices=1", "--config.finetune.parallel_folds=4")
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "FAST_CONV auto" in proc.stdout
   if cores > 1:
     assert (
+      "[main] CPU: training steps compiled with XLA's default options (YNNPACK fusions), fold-vmapped steps "
+      f"without YNNPACK fusions (config.cpu_fast_conv='auto': 1 device(s) < {cores} cores, conv_impl='cpu';"
+      in proc.stdout
+    ), proc.stdout
+    # XLA's own convolutions (conv_impl='xla') run faster without YNNPACK while cores idle
+    proc = run_main_start("--config.cpu_devices=1", "--config.model.conv_impl=xla")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (
       "[main] CPU: training steps compiled without YNNPACK fusions (config.cpu_fast_conv='auto': "
-      f"1 device(s) < {cores} cores;" in proc.stdout
-    )
+      f"1 device(s) < {cores} cores, conv_impl='xla';" in proc.stdout
+    ), proc.stdout
   want = parallel.cpu_device_count(cores, [16, 16])
   if want == cores:  # every core a device: YNNPACK's kernels are faster
     proc = run_main_start()
     assert (
       "[main] CPU: training steps compiled with XLA's default options (YNNPACK fusions) "
-      f"(config.cpu_fast_conv='auto': {want} device(s) >= {cores} cores;" in proc.stdout
+      f"(config.cpu_fast_conv='auto': {want} device(s) >= {cores} cores, conv_impl='cpu';" in proc.stdout
     )
   proc = run_main_start("--config.cpu_devices=1", "--config.cpu_fast_conv=off")
   assert proc.returncode == 0, proc.stderr[-2000:]

@@ -47,8 +47,8 @@ checks["sum_ok"] = bool(np.asarray(total) == (batch * batch).sum())
 
 config = train_data.tiny_config(epochs=2, batch_size=4)
 config.pretrain.enabled = False         # (kept short: 2 cores; pretraining runs the same fit() code path)
-# the same compilation in both layouts: under 'auto' one device per process on a 2-core host would compile without
-# YNNPACK fusions and the single process's 2 devices with them (parallel.fast_conv_applies), i.e. other rounding
+# the same compilation in both layouts, whatever the model: under 'auto' one device per process on a 2-core host may
+# compile without YNNPACK fusions and the single process's 2 devices with them (parallel.fast_conv_applies)
 config.cpu_fast_conv = "off"
 micro = train_data.fabricate(subject_sizes=(5, 6, 4))
 # main.run lays its mesh over every process's devices by itself (distributed.global_mesh)

@@ -1,6 +1,8 @@
-"""The synthetic CDE data of benchmarks/loso_bench.py has the paper's LOSO structure."""
+"""The synthetic CDE data of benchmarks/loso_bench.py has the paper's LOSO structure; the benchmarks' helpers."""
 
+import argparse
 import collections
+import os
 from unittest import mock
 
 import numpy as np
@@ -61,3 +63,33 @@ def test_peaks_measure_positive_ceilings_and_map_datasheets():
 def test_loso_bench_workers_drop_only_the_parent_options():
   argv = ["--folds", "8", "--mode", "all", "--workdir=/tmp/x", "--shards", "2", "--epochs=2", "--mode=both"]
   assert loso_bench._worker_argv(argv) == ["--folds", "8", "--epochs=2"]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="thread affinities are Linux-only")
+def test_train_step_bench_share_rows_run_on_one_core_and_restore_the_threads():
+  from benchmarks import train_step_bench as tb
+
+  args = argparse.Namespace(batch=32, size=112, steps=2)
+  assert vars(tb.share_args(args, 2)) == dict(batch=16, size=112, steps=2) and args.batch == 32
+  assert tb.share_args(args, 1).batch == 32
+  torch = pytest.importorskip("torch")
+  masks = lambda: {t: os.sched_getaffinity(t) for t in tb._process_threads()}
+  before, threads_before = masks(), torch.get_num_threads()
+  core = min(os.sched_getaffinity(0))
+  seen = []
+
+  def block(n):
+    seen.append((masks(), torch.get_num_threads()))
+    if n < 0:
+      raise RuntimeError("a failing block")
+    return float(n)
+
+  variant = tb.on_one_core(dict(block=block, compile_s=1.5), torch_threads=1)
+  assert variant["block"](3) == 3.0 and variant["compile_s"] == 1.5
+  inside, threads_inside = seen[-1]
+  assert set(inside) >= set(before) and all(m == {core} for m in inside.values()), inside
+  assert threads_inside == 1
+  assert masks() == before and torch.get_num_threads() == threads_before  # restored after the block
+  with pytest.raises(RuntimeError, match="a failing block"):
+    variant["block"](-1)
+  assert masks() == before and torch.get_num_threads() == threads_before  # and after a failing one

@@ -147,15 +147,17 @@ def _select(mask, new, old):
 @functools.lru_cache(maxsize=None)
 def _compiled(mesh: jax.sharding.Mesh, stacked: bool, apply_fn: Callable, fast_conv: str = "auto") -> dict:
   """The jitted train / logits / plateau (/ select) programs on ``mesh``; ``fast_conv`` is ``config.cpu_fast_conv``
-  (``'auto'``: on a CPU without YNNPACK fusions where the mesh has fewer devices than cores;
+  (``'auto'``: on a CPU without YNNPACK fusions where the mesh has fewer devices than cores and the programs are
+  fold-vmapped (``stacked``) or the model's ``conv_impl`` is ``'xla'``;
   :func:`mer_jax.train.parallel.fast_conv_applies`)."""
   rep = parallel.replicated(mesh)
   data = parallel.batch_sharding(mesh, fold_axis=stacked)
   logits = functools.partial(eval_step, apply_fn=apply_fn)
-  # parallel.jit: on a CPU mesh with fewer devices than cores (fast_conv 'auto') XLA:CPU compiles without YNNPACK
-  # fusions, 1.47x faster one-device train steps; accurate because the model's BatchNorm statistics do not depend
-  # on the reduction order (docs/perf.md).
-  jit = functools.partial(parallel.jit, mesh=mesh, mode=fast_conv)
+  # parallel.jit: on a CPU mesh with fewer devices than cores (fast_conv 'auto') XLA:CPU compiles the fold-vmapped
+  # programs and conv_impl='xla' models without YNNPACK fusions (faster there); accurate because the model's
+  # BatchNorm statistics do not depend on the reduction order (docs/perf.md).
+  conv_impl = getattr(getattr(getattr(apply_fn, "model", None), "backbone", None), "conv_impl", "xla")
+  jit = functools.partial(parallel.jit, mesh=mesh, mode=fast_conv, folds=stacked, conv_impl=conv_impl)
   if not stacked:
     return dict(
       train=jit(train_step, in_shardings=(rep, data, data), out_shardings=(rep, rep), donate_argnums=0),

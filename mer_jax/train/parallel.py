@@ -25,12 +25,15 @@ Compiler options on a CPU (``config.cpu_fast_conv``)
 ---------------------------------------------------
 The training loop's jitted programs (train, eval and plateau steps) are compiled through :func:`jit`. On a CPU
 backend it can turn XLA:CPU's YNNPACK fusions off (:data:`CPU_FAST_CONV_OPTIONS`): XLA's own convolutions then
-use several threads per device, 1.47x faster for the paper network's train step on one device of a 2-core
-host, but slower (0.82x) once every core is already a data-parallel device (docs/perf.md). So by default
-(``'auto'``) a CPU program compiles without YNNPACK fusions only when its devices are fewer than the cores
-(:func:`fast_conv_applies`; ``config.cpu_fast_conv`` is passed down to every jit, there is no process-wide
-setting). That path's float32 reductions accumulate more sequentially (less accurate over many terms), which the
-model's BatchNorm makes harmless by summing only O(spread) terms (``mer_jax.models.layers.batch_statistics``).
+use several threads per device, which pays where cores would otherwise idle and the convolutions are ones
+YNNPACK runs slowly: grouped (fold-vmapped programs, ~1.9x faster without YNNPACK on one device of a 2-core host)
+or XLA's own (``conv_impl='xla'``, 1.6x). With the ``conv_impl='cpu'`` form (the CPU default) YNNPACK's kernels
+are faster (1.10x on one device), and with as many devices as cores they are faster in any case (docs/perf.md).
+So by default (``'auto'``) a CPU program compiles without YNNPACK fusions only when its devices are fewer than
+the cores and it is fold-vmapped or uses ``conv_impl='xla'`` (:func:`fast_conv_applies`; ``config.cpu_fast_conv``
+is passed down to every jit, there is no process-wide setting). That path's float32 reductions accumulate more
+sequentially (less accurate over many terms), which the model's BatchNorm makes harmless by summing only O(spread)
+terms (``mer_jax.models.layers.batch_statistics``).
 GPU/TPU programs keep XLA's defaults.
 """
 
@@ -152,67 +155,102 @@ def _local_device_count(mesh: Optional[Mesh]) -> int:
   return sum(1 for d in mesh.devices.flat if d.process_index == jax.process_index())
 
 
-def fast_conv_applies(mesh: Optional[Mesh] = None, mode: str = "auto") -> bool:
+def fast_conv_applies(
+  mesh: Optional[Mesh] = None, mode: str = "auto", *, folds: bool = False, conv_impl: str = "xla"
+) -> bool:
   """Whether :func:`jit` compiles a program on ``mesh`` (None: one device of the default backend) without
   YNNPACK fusions.
 
   ``mode`` (``config.cpu_fast_conv``): ``'on'``: without YNNPACK fusions; ``'off'``: XLA's default options;
   ``'auto'``: without YNNPACK fusions when the program's devices are fewer than this process's cores
-  (:func:`host_cores`), so that XLA's multi-threaded convolutions can use the idle cores; with as many devices as
-  cores, YNNPACK's kernels (more work per core, largely one thread per device) are faster: 800 vs 970 ms per
-  paper-network step on 2 devices of a 2-core host, against 1395 vs 949 ms on one device
-  (benchmarks/RESULTS.md). Never on GPU/TPU.
+  (:func:`host_cores`), so that XLA's multi-threaded kernels can use the idle cores, **and** its convolutions are
+  ones XLA's own kernels run faster: a program vmapped over LOSO folds (``folds``: its convolutions are grouped,
+  which YNNPACK runs ~2x slower per fold) or a model with ``conv_impl='xla'``. A plain step of a
+  ``conv_impl='cpu'`` model (matrix products, banded kernel gradients) is faster with YNNPACK's kernels even on
+  one device of two cores. Paper-network train step on one device of a 2-core host (2026-11-28; ms, YNNPACK
+  fusions on / off): ``conv_impl='cpu'`` 842 / 930, ``'xla'`` 1431 / 900; vmapped, 4 folds x 8 images: 2826 /
+  1504; on 2 devices of 2 cores the default step takes ~680 ms with them (benchmarks/RESULTS.md). Never on
+  GPU/TPU.
+
+  Args:
+    mesh: the program's devices (None: one device of the default backend).
+    mode: ``config.cpu_fast_conv``.
+    folds: whether the program is vmapped over folds (``loop.fit_many``).
+    conv_impl: the model's resolved ``config.model.conv_impl`` (``'xla'`` or ``'cpu'``).
   """
   mode = check_fast_conv(mode)
   platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
   if platform != "cpu" or mode == "off":
     return False
-  return mode == "on" or _local_device_count(mesh) < host_cores()
+  if mode == "on":
+    return True
+  return _local_device_count(mesh) < host_cores() and (folds or conv_impl != "cpu")
 
 
-def compiler_options(mesh: Optional[Mesh] = None, mode: str = "auto") -> Optional[dict]:
+def compiler_options(
+  mesh: Optional[Mesh] = None, mode: str = "auto", *, folds: bool = False, conv_impl: str = "xla"
+) -> Optional[dict]:
   """XLA compiler options for a program on ``mesh``'s devices.
 
   Args:
     mesh: the devices the program runs on; None: one device of ``jax.default_backend()``.
     mode: ``config.cpu_fast_conv``: ``'auto'`` / ``'on'`` / ``'off'`` (:func:`fast_conv_applies`).
+    folds, conv_impl: what the program is (:func:`fast_conv_applies`).
 
   Returns:
     A copy of :data:`CPU_FAST_CONV_OPTIONS` where :func:`fast_conv_applies`, else None (XLA's defaults).
   """
-  return dict(CPU_FAST_CONV_OPTIONS) if fast_conv_applies(mesh, mode) else None
+  applies = fast_conv_applies(mesh, mode, folds=folds, conv_impl=conv_impl)
+  return dict(CPU_FAST_CONV_OPTIONS) if applies else None
 
 
-def jit(fn: Callable, mesh: Optional[Mesh] = None, mode: str = "auto", **kwargs: Any) -> Callable:
-  """``jax.jit(fn, **kwargs)`` with :func:`compiler_options` for ``mesh`` and ``mode`` (how the training loop
-  compiles).
+def jit(
+  fn: Callable,
+  mesh: Optional[Mesh] = None,
+  mode: str = "auto",
+  *,
+  folds: bool = False,
+  conv_impl: str = "xla",
+  **kwargs: Any,
+) -> Callable:
+  """``jax.jit(fn, **kwargs)`` with :func:`compiler_options` for ``mesh``, ``mode`` and what the program is
+  (``folds``, ``conv_impl``: :func:`fast_conv_applies`); how the training loop compiles.
 
   A jit with compiler options cannot be traced inside another jit (``jax.make_jaxpr`` included): use its
   ``.trace(...)`` / ``.lower(...)`` instead.
   """
-  return jax.jit(fn, compiler_options=compiler_options(mesh, mode), **kwargs)
+  return jax.jit(fn, compiler_options=compiler_options(mesh, mode, folds=folds, conv_impl=conv_impl), **kwargs)
 
 
 def describe_fast_conv(config) -> str:
   """Checks ``config.cpu_fast_conv`` (default ``'auto'``) and says how the training steps on all local devices of
-  the default backend will be compiled (a line for the log).
+  the default backend will be compiled (a line for the log): the plain steps, and the fold-vmapped ones where
+  ``config.finetune.parallel_folds`` > 0.
 
   Args:
-    config: the full config (``cpu_fast_conv``: ``'auto'``, ``'on'`` or ``'off'``; anything else: ConfigError).
+    config: the full config (``cpu_fast_conv``: ``'auto'``, ``'on'`` or ``'off'``; anything else: ConfigError;
+      ``model.conv_impl``, ``finetune.parallel_folds``).
 
   Returns:
     The log line.
   """
+  from mer_jax.models.conv import resolve_conv_impl
+
   mode = check_fast_conv(config.get("cpu_fast_conv", "auto"))
   n, cores = len(jax.local_devices()), host_cores()
-  how = (
+  conv_impl = resolve_conv_impl(config.model.get("conv_impl", "auto"))
+  mesh = make_mesh(jax.local_devices())
+  how = lambda folds: (
     "without YNNPACK fusions"
-    if fast_conv_applies(make_mesh(jax.local_devices()), mode)
+    if fast_conv_applies(mesh, mode, folds=folds, conv_impl=conv_impl)
     else "with XLA's default options (YNNPACK fusions)"
   )
   why = {
-    "auto": f"{n} device(s) {'<' if n < cores else '>='} {cores} cores",
+    "auto": f"{n} device(s) {'<' if n < cores else '>='} {cores} cores, conv_impl='{conv_impl}'",
     "on": "always",
     "off": "never without YNNPACK",
   }[mode]
-  return f"training steps compiled {how} (config.cpu_fast_conv='{mode}': {why}; 'on' / 'off' to choose)"
+  steps = f"training steps compiled {how(False)}"
+  if int(config.finetune.get("parallel_folds", 0) or 0) > 0:
+    steps += f", fold-vmapped steps {how(True)}"
+  return f"{steps} (config.cpu_fast_conv='{mode}': {why}; 'on' / 'off' to choose)"
