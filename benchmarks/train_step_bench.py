@@ -34,6 +34,10 @@ eager,torch share"``);
 default: ``jax``, ``jax xla``, ``jax main``, ``jax main convxla``, ``jax share``, ``torch eager``, ``torch share``;
 ``torch eager`` (NCHW), ``torch eager CL`` (channels_last), ``torch.compile`` (inductor).
 Ratios are against ``torch eager`` measured in the same run.
+``--host-malloc reuse``: the run under ``config.host_malloc='reuse'`` (glibc keeps freed memory, so XLA's
+per-step scratch buffers are not page-faulted in again: ``mer_jax.train.host_memory``); it is process-wide, so
+the PyTorch rows run under it too (their threads share the one arena: 0.93x-1.02x, RESULTS.md log entry 23);
+compare ``jax main`` against a default (``system``) run's ``torch eager``.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ import peaks  # noqa: E402  (benchmarks/peaks.py)
 from mer_jax import config_defaults  # noqa: E402
 from mer_jax.models import build_model, init_variables  # noqa: E402
 from mer_jax.models.conv import resolve_conv_impl  # noqa: E402
-from mer_jax.train import parallel  # noqa: E402
+from mer_jax.train import host_memory, parallel  # noqa: E402
 from mer_jax.train.state import create_state  # noqa: E402
 from mer_jax.train.steps import train_step  # noqa: E402
 
@@ -252,7 +256,16 @@ def main() -> None:
     help="comma-separated list from: jax, jax+donate, jax xla, jax fast, jax convxla, jax main, jax main xla, "
     "jax main fast, jax main convxla, jax bf16, jax share, torch eager, torch eager CL, torch share, torch.compile",
   )
+  ap.add_argument(
+    "--host-malloc",
+    default="system",
+    choices=host_memory.HOST_MALLOC_MODES,
+    help="config.host_malloc for this process, set as mer_jax.main sets it (default: system, main's default); "
+    "process-wide, so it applies to the PyTorch variants too",
+  )
   args = ap.parse_args()
+  # Before JAX or torch start their threads (mer_jax.train.host_memory); process-wide, so torch's rows get it too.
+  malloc_applied, malloc_why = host_memory.configure(args.host_malloc)
   # "jax main": the step as mer_jax.main runs it by default, data parallel over the XLA devices that
   # mer_jax.train.parallel.use_host_cores lays the host's cores out as (set before JAX starts its backends).
   n_main = parallel.cpu_device_count(parallel.host_cores(), [args.batch])
@@ -298,6 +311,7 @@ def main() -> None:
     f"# compiled as the loop compiles by default ('auto'): 'jax' {ynn(None)}, 'jax main' "
     f"{ynn(parallel.make_mesh())}; '... xla' XLA defaults, '... fast' no YNNPACK fusions (CPU only)"
   )
+  print(f"# host memory (--host-malloc {args.host_malloc}, every variant of this process): {malloc_why}")
   print(
     f"# batch {args.batch} x {args.size}x{args.size}x3, Adam lr 0.01, paper config (3,135,541 params); "
     f"median of {args.repeats} blocks of {args.steps} steps after {args.warmup} warm-up"

@@ -181,11 +181,12 @@ def run(
   """
   from mer_jax.models import build_model
   from mer_jax.train import checkpoint as ckpt
-  from mer_jax.train import distributed, loso, parallel, pretrain, transfer
+  from mer_jax.train import distributed, host_memory, loso, parallel, pretrain, transfer
   from mer_jax.train.state import model_apply
 
   t0 = time.time()
   parallel.check_fast_conv(str(config.get("cpu_fast_conv", "auto")))  # passed down to every training jit
+  host_memory.check_host_malloc(str(config.get("host_malloc", "system")))  # applied by main() before JAX starts
   if not config.data.micro and not config.pretrain.enabled:
     raise ConfigError("config.data.micro is empty and config.pretrain.enabled=False: nothing to do")
   if load_arrays is None:
@@ -360,6 +361,9 @@ def main(argv) -> int:
   from mer_jax.train import distributed
 
   spec = distributed.resolve(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  from mer_jax.train import host_memory
+
+  malloc_choice = host_memory.configure(str(config.get("host_malloc", "system")))  # before JAX starts its threads
   cpu_choice = (0, "")
   if not spec.multi_process:  # before JAX starts its backends; multi-process runs keep their devices as they are
     from mer_jax.train import parallel
@@ -378,6 +382,7 @@ def main(argv) -> int:
   fast_conv = parallel.describe_fast_conv(config)
   if jax.default_backend() == "cpu":
     _say(f"[main] CPU: {fast_conv}")
+    _say(f"[main] host memory: {malloc_choice[1]}")
   out = run(config, _WORKDIR.value, progress=not _QUIET.value, fold_shard=fold_shard)
   _say(_summary(out))
   return 0

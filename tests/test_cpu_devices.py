@@ -9,7 +9,7 @@ import pytest
 
 from mer_jax import config_defaults
 from mer_jax.errors import ConfigError
-from mer_jax.train import parallel
+from mer_jax.train import host_memory, parallel
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -113,6 +113,23 @@ def test_main_compiles_without_ynnpack_fusions_while_devices_leave_cores_idle():
   proc = run_main_start("--config.cpu_fast_conv=always")
   assert proc.returncode == 2
   assert "error: config.cpu_fast_conv='always': use one of 'auto', 'on', 'off'" in proc.stderr
+
+
+@pytest.mark.skipif(host_memory.glibc_mallopt() is None, reason="glibc's mallopt only")
+def test_main_keeps_freed_host_memory_for_reuse_when_told_to():
+  proc = run_main_start(env={"LD_PRELOAD": "", "GLIBC_TUNABLES": ""})
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "[main] host memory: system allocator as it is (config.host_malloc='system'" in proc.stdout, proc.stdout
+  env = {"LD_PRELOAD": "", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}  # the Makefile's: combines with 'reuse'
+  proc = run_main_start("--config.host_malloc=reuse", env=env)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert (
+    "[main] host memory: freed memory kept for reuse (glibc: 1 arena, no mmap, trim above 2 GiB; "
+    "config.host_malloc='reuse')" in proc.stdout
+  ), proc.stdout
+  proc = run_main_start("--config.host_malloc=jemalloc")
+  assert proc.returncode == 2
+  assert "error: config.host_malloc='jemalloc': use one of 'system', 'reuse'" in proc.stderr
 
 
 def test_negative_cpu_devices_is_a_config_error():

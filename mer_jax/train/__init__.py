@@ -6,6 +6,7 @@ state       TrainState (params, batch_stats, Adam state, reduce-on-plateau state
 steps       pure ``train_step`` / ``eval_step`` with the cross-entropy of eq. (10).
 sampling    stratified validation split, class-balanced epoch plans.
 parallel    data parallelism over local devices (jax.sharding Mesh / NamedSharding).
+host_memory whether glibc keeps freed memory for reuse (XLA:CPU's per-step scratch buffers), set before JAX starts.
 loop        ``fit`` (one run) and ``fit_many`` (several runs as one vmapped program).
 loso        leave-one-subject-out over the subjects of an ArrayDataset.
 checkpoint  orbax CheckpointManager layout (best + latest), resume, ``load_for_inference``.

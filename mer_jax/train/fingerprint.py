@@ -15,6 +15,7 @@ VOLATILE = (
   "checkpoint_every_epochs",
   "checkpoint_async",
   "bootstrap_samples",
+  "host_malloc",
 )
 
 
