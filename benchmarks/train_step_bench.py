@@ -265,7 +265,7 @@ def main() -> None:
   )
   args = ap.parse_args()
   # Before JAX or torch start their threads (mer_jax.train.host_memory); process-wide, so torch's rows get it too.
-  malloc_applied, malloc_why = host_memory.configure(args.host_malloc)
+  _, malloc_why = host_memory.configure(args.host_malloc)
   # "jax main": the step as mer_jax.main runs it by default, data parallel over the XLA devices that
   # mer_jax.train.parallel.use_host_cores lays the host's cores out as (set before JAX starts its backends).
   n_main = parallel.cpu_device_count(parallel.host_cores(), [args.batch])

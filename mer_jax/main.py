@@ -382,6 +382,7 @@ def main(argv) -> int:
   fast_conv = parallel.describe_fast_conv(config)
   if jax.default_backend() == "cpu":
     _say(f"[main] CPU: {fast_conv}")
+  if jax.default_backend() == "cpu" or malloc_choice[0]:
     _say(f"[main] host memory: {malloc_choice[1]}")
   out = run(config, _WORKDIR.value, progress=not _QUIET.value, fold_shard=fold_shard)
   _say(_summary(out))
