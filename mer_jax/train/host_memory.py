@@ -17,10 +17,10 @@ fragmented for one). It changes where buffers live, not what is computed.
 
 It is not the default (``'system'``) because the one arena is a lock that every thread of the process shares.
 The paper network's data-parallel train step (batch 32, 112x112; 98,000 -> 0 page faults per step) ran
-0.99x-1.35x as fast with it in 8 paired runs on a shared 2-core host (median 1.08x), but the small demo
-network's steps (48x48) ran 0.59x as fast, and PyTorch's step in the same process 0.93x-1.02x (RESULTS.md log
-entry 23). Try it for large steps on a CPU (the paper's configurations), not for small ones, and not on a GPU
-(there the large buffers are device memory). The settings are process-wide and must be made before JAX's CPU
+0.99x-1.35x as fast with it in 8 paired runs on a shared 2-core host (median 1.08x; at batch 16 no clear gain),
+but the small demo network's steps (48x48) ran 0.59x as fast, and PyTorch's step in the same process
+0.93x-1.02x (RESULTS.md log entry 23). Try it for long CPU runs with large steps, not for small ones, and not on
+a GPU (there the large buffers are device memory). The settings are process-wide and must be made before JAX's CPU
 client starts its threads (a thread keeps the arena of its first allocation), so :func:`configure` is called by
 the entry points (``mer_jax.main``, the train-step benchmark) before JAX initialises its backends, beside
 ``parallel.use_host_cores``. Where another malloc is preloaded (``LD_PRELOAD`` of jemalloc, tcmalloc, ...)
