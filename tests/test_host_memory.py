@@ -125,12 +125,18 @@ def test_reuse_says_which_glibc_settings_of_the_environment_it_overrides(fake_gl
   assert applied and len(fake_glibc.calls) == 3 and f"overrides {says})" in why, why
 
 
-def test_unrelated_preloads_and_tunables_do_not_count():
-  assert host_memory.user_allocator_setting({"LD_PRELOAD": "libfoo.so", "GLIBC_TUNABLES": "glibc.rtld.x=1"}) is None
-  # the Makefile's transparent huge pages combine with 'reuse'
-  assert host_memory.user_allocator_setting({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}) is None
-  assert host_memory.user_allocator_setting({"MALLOC_CHECK_": "3"}) is None
-  assert host_memory.user_allocator_setting({}) is None
+@pytest.mark.parametrize(
+  "env",
+  [
+    {"LD_PRELOAD": "libfoo.so", "GLIBC_TUNABLES": "glibc.rtld.x=1"},
+    {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},  # the Makefile's transparent huge pages combine with 'reuse'
+    {"MALLOC_CHECK_": "3"},
+    {},
+  ],
+)
+def test_unrelated_preloads_and_tunables_do_not_count(env):
+  assert host_memory.preloaded_malloc(env) is None
+  assert host_memory.glibc_env_settings(env) is None
 
 
 def test_refused_settings_are_reported(monkeypatch):

@@ -50,8 +50,14 @@ _MALLOC_LIBRARIES = ("malloc", "hoard")  # jemalloc, tcmalloc, mimalloc, ...
 _PARAMS = ("arena_max", "arena_test", "mmap_max", "mmap_threshold", "trim_threshold", "top_pad")
 _TUNABLES = tuple(f"glibc.malloc.{p}" for p in _PARAMS)
 # their environment variables (glibc spells the arena ones without the trailing underscore)
-_MALLOC_ENV = ("MALLOC_ARENA_MAX", "MALLOC_ARENA_TEST", "MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_")
-_MALLOC_ENV += ("MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+_MALLOC_ENV = (
+  "MALLOC_ARENA_MAX",
+  "MALLOC_ARENA_TEST",
+  "MALLOC_MMAP_MAX_",
+  "MALLOC_MMAP_THRESHOLD_",
+  "MALLOC_TRIM_THRESHOLD_",
+  "MALLOC_TOP_PAD_",
+)
 
 
 def check_host_malloc(mode: str) -> str:
@@ -65,33 +71,35 @@ def glibc_mallopt() -> Optional[Callable[[int, int], int]]:
   """glibc's ``mallopt(param, value) -> 1 on success``, or None where the C library is not glibc."""
   try:
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    gnu_get_libc_version = libc.gnu_get_libc_version  # glibc only (musl has mallopt as a no-op stub)
     mallopt = libc.mallopt
   except (OSError, AttributeError):
     return None
-  del gnu_get_libc_version
+  if not hasattr(libc, "gnu_get_libc_version"):  # glibc only (musl has mallopt as a no-op stub)
+    return None
   mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
   mallopt.restype = ctypes.c_int
   return mallopt
 
 
-def user_allocator_setting(environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
-  """The user's own choice in the environment of what ``'reuse'`` sets (another malloc preloaded, glibc's
-  arena / mmap / trim settings), or None. Other glibc tunables (e.g. the Makefile's ``glibc.malloc.hugetlb=1``)
-  combine with ``'reuse'``."""
+def preloaded_malloc(environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
+  """``LD_PRELOAD=...`` naming the malloc libraries (jemalloc, tcmalloc, ...) preloaded in the environment, which
+  replace glibc's malloc, or None."""
   env = os.environ if environ is None else environ
   preload = env.get("LD_PRELOAD", "")
   libs = [p for p in preload.replace(":", " ").split() if any(m in os.path.basename(p) for m in _MALLOC_LIBRARIES)]
-  if libs:
-    return f"LD_PRELOAD={' '.join(libs)}"
+  return f"LD_PRELOAD={' '.join(libs)}" if libs else None
+
+
+def glibc_env_settings(environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
+  """glibc's arena / mmap / trim settings made in the environment (what ``'reuse'`` overrides), or None. Other
+  glibc tunables (e.g. the Makefile's ``glibc.malloc.hugetlb=1``) combine with ``'reuse'``."""
+  env = os.environ if environ is None else environ
   tunables = [t.strip() for t in env.get("GLIBC_TUNABLES", "").split(":")]
   mine = [t for t in tunables if t.split("=")[0] in _TUNABLES]
   if mine:
     return f"GLIBC_TUNABLES={':'.join(mine)}"
   named = sorted(k for k in env if k in _MALLOC_ENV)
-  if named:
-    return ", ".join(named)
-  return None
+  return ", ".join(named) if named else None
 
 
 def configure(mode: str = "system") -> tuple[bool, str]:
@@ -109,13 +117,14 @@ def configure(mode: str = "system") -> tuple[bool, str]:
       "config.host_malloc='reuse' needs glibc's mallopt, which this C library does not have; "
       "use --config.host_malloc=system"
     )
-  user = user_allocator_setting()
-  if user and user.startswith("LD_PRELOAD="):
-    return False, f"system allocator as it is ({user} replaces glibc's malloc, which 'reuse' would configure)"
+  preload = preloaded_malloc()
+  if preload:
+    return False, f"system allocator as it is ({preload} replaces glibc's malloc, which 'reuse' would configure)"
   failed = [param for param, value in REUSE_SETTINGS if mallopt(param, value) != 1]
   if failed:
     return False, f"glibc mallopt refused parameter(s) {failed}; allocator partly unchanged"
-  overrides = f"; overrides {user}" if user else ""
+  env_settings = glibc_env_settings()
+  overrides = f"; overrides {env_settings}" if env_settings else ""
   return (
     True,
     f"freed memory kept for reuse (glibc: 1 arena, no mmap, trim above 2 GiB; config.host_malloc='reuse'{overrides})",
