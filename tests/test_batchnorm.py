@@ -153,6 +153,69 @@ def test_batchnorm_backward_on_a_data_parallel_mesh_synchronises_once():
   assert out["flax"]["all-reduce"] == out["ours"]["all-reduce"], out
 
 
+_SHARD_MAP_SCRIPT = r"""
+import json, jax, jax.numpy as jnp, numpy as np
+jax.config.update("jax_enable_x64", True)
+from jax.sharding import PartitionSpec as P
+from mer_jax.models.layers import BatchNorm, batch_norm_train
+n = jax.device_count()
+mesh = jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+rng = np.random.default_rng(3)
+c = 5
+x = rng.normal(size=(4 * n, 3, 3, c)) * rng.uniform(0.1, 3.0, c) + rng.normal(size=c) * 20
+scale, bias = rng.uniform(0.5, 2.0, c), rng.normal(size=c)
+a, b = rng.normal(size=c), rng.normal(size=c)
+
+def loss(y, mean, var, copies):  # every device's loss sees the (same) statistics: n copies of their terms
+  return jnp.sum(jnp.sin(y)) + copies * (jnp.sum(a * mean) + jnp.sum(b * var))
+
+def whole(x, scale, bias):
+  out = batch_norm_train(x, scale, bias, 1e-3, jnp.float64, jnp.float64)
+  return loss(*out, n), out
+
+def share(x, scale, bias):
+  def f(x, scale, bias):
+    out = batch_norm_train(x, scale, bias, 1e-3, jnp.float64, jnp.float64, "data")
+    return loss(*out, 1), out
+  (_, out), (dx, ds, db) = jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True)(x, scale, bias)
+  return out, dx, jax.lax.psum(ds, "data"), jax.lax.psum(db, "data")
+
+(_, want_out), want_g = jax.value_and_grad(whole, argnums=(0, 1, 2), has_aux=True)(x, scale, bias)
+specs = ((P("data"), P(), P()), P("data"), P(), P())
+got_out, *got_g = jax.jit(jax.shard_map(share, mesh=mesh, in_specs=(P("data"), P(), P()), out_specs=specs,
+                                         check_vma=False))(x, scale, bias)
+err = lambda g, w: float(np.abs(np.asarray(g) - np.asarray(w)).max() / np.abs(np.asarray(w)).max())
+res = {k: err(g, w) for k, g, w in zip(("y", "mean", "var"), got_out, want_out)}
+res.update({k: err(g, w) for k, g, w in zip(("dx", "dscale", "dbias"), got_g, want_g)})
+
+module = BatchNorm(momentum=0.9, epsilon=1e-3, dtype=jnp.float64, param_dtype=jnp.float64)
+v = module.init(jax.random.key(0), x[:2])
+_, want_stats = module.apply(v, x, mutable=["batch_stats"])
+sharded = BatchNorm(momentum=0.9, epsilon=1e-3, dtype=jnp.float64, param_dtype=jnp.float64, axis_name="data")
+run = lambda v, x: sharded.apply(v, x, mutable=["batch_stats"])[1]
+got_stats = jax.jit(jax.shard_map(run, mesh=mesh, in_specs=(P(), P("data")), out_specs=P(), check_vma=False))(v, x)
+for k in ("mean", "var"):
+  res["running_" + k] = err(got_stats["batch_stats"][k], want_stats["batch_stats"][k])
+print("RESULT" + json.dumps(res))
+"""
+
+
+def test_batchnorm_with_an_axis_name_under_shard_map_equals_the_whole_batch_in_float64():
+  """The batch split over 4 devices with ``shard_map``, BatchNorm told the axis (``axis_name``): outputs, batch
+  statistics and running averages equal the one-device layer's on the whole batch, and so do the gradients, with
+  cotangents on all three outputs (y, mean, var): ``dx`` per device, ``scale`` / ``bias`` as the sum of the
+  devices' shares. The share is what lets a data-parallel step average every parameter's gradient alike; a
+  layer that returned the whole batch's sums there would be counted 4 times."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="4", PYTHONPATH=root)
+  env.pop("XLA_FLAGS", None)
+  proc = subprocess.run([sys.executable, "-c", _SHARD_MAP_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  out = json.loads(proc.stdout.split("RESULT", 1)[1])
+  assert set(out) == {"y", "mean", "var", "dx", "dscale", "dbias", "running_mean", "running_var"}, out
+  assert max(out.values()) < 1e-10, out
+
+
 def test_initialising_does_not_update_the_running_statistics():
   x = jnp.full((4, 3, 3, 2), 5.0)
   v = BatchNorm(use_running_average=False).init(jax.random.key(0), x)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -22,7 +22,7 @@ def param_dtype_for(dtype: Any) -> Any:
   return jnp.promote_types(dtype, jnp.float32)
 
 
-def batch_statistics(x: jnp.ndarray, dtype: Any) -> tuple[jnp.ndarray, jnp.ndarray]:
+def batch_statistics(x: jnp.ndarray, dtype: Any, axis_name: Optional[str] = None) -> tuple[jnp.ndarray, jnp.ndarray]:
   """Per-channel batch mean and (biased) variance of ``x`` ``[N, ..., C]`` over every axis but the last.
 
   The mean is ``shift + mean(x - shift)`` with ``shift`` the first sample's mean over its other axes (treated as
@@ -37,9 +37,15 @@ def batch_statistics(x: jnp.ndarray, dtype: Any) -> tuple[jnp.ndarray, jnp.ndarr
   a near tie in the attention's maximum, which other rounding changes trip too (docs/perf.md), not to the
   shift. The per-sample shift has not been measured again since.
 
+  With ``axis_name`` (inside ``shard_map`` / ``pmap`` over that axis, each device holding an equal share of the
+  batch) the statistics are the whole batch's: the mean is the ``pmean`` of each device's shifted mean (each
+  device shifts by its own first sample; a shift cancels), the variance the ``pmean`` of each device's mean
+  squared deviation from that global mean.
+
   Args:
-    x: ``[N, ..., C]`` activations.
+    x: ``[N, ..., C]`` activations (this device's share of the batch under ``axis_name``).
     dtype: the dtype the statistics are computed in (at least float32, see :func:`param_dtype_for`).
+    axis_name: a mapped axis the batch is split over, or None.
 
   Returns:
     (mean ``[C]``, var ``[C]``), both ``dtype``.
@@ -48,12 +54,16 @@ def batch_statistics(x: jnp.ndarray, dtype: Any) -> tuple[jnp.ndarray, jnp.ndarr
   axes = tuple(range(x.ndim - 1))
   shift = jax.lax.stop_gradient(jnp.mean(x[:1], axis=axes, keepdims=True))
   mean = shift + jnp.mean(x - shift, axis=axes, keepdims=True)
+  if axis_name is not None:
+    mean = jax.lax.pmean(mean, axis_name)
   var = jnp.mean(jnp.square(x - mean), axis=axes)
+  if axis_name is not None:
+    var = jax.lax.pmean(var, axis_name)
   return mean.reshape(-1), var
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def batch_norm_train(x, scale, bias, epsilon: float, stats_dtype: Any, out_dtype: Any):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def batch_norm_train(x, scale, bias, epsilon: float, stats_dtype: Any, out_dtype: Any, axis_name: Optional[str] = None):
   """Training-mode batch normalisation ``y = (x - mean) * rsqrt(var + epsilon) * scale + bias`` with the batch's
   statistics (:func:`batch_statistics`), and its gradient in closed form.
 
@@ -67,18 +77,24 @@ def batch_norm_train(x, scale, bias, epsilon: float, stats_dtype: Any, out_dtype
   (M elements per channel, ``xhat = (x - mean) * rstd``): two batch sums, reduced across the devices of a
   data-parallel program in one all-reduce (differentiating the statistics' arithmetic takes two rounds), and
   fewer passes over ``x`` than the derivative of the shifted statistics.
+
+  ``axis_name`` (inside ``shard_map`` over that axis, the batch split evenly): the statistics are the whole
+  batch's (:func:`batch_statistics`) and the backward pass's two sums one ``psum``, so ``dx`` is this device's
+  part of the gradient of the sum of every device's loss (M the whole batch's count). ``scale`` and ``bias``
+  get this device's own sums: its share of their gradient, which the caller adds up (or averages, with the
+  rest of the parameters' gradients) over the axis. Summing them here as well would count them once per device.
   """
-  return _bn_forward(x, scale, bias, epsilon, stats_dtype, out_dtype)[0]
+  return _bn_forward(x, scale, bias, epsilon, stats_dtype, out_dtype, axis_name)[0]
 
 
-def _bn_forward(x, scale, bias, epsilon, stats_dtype, out_dtype):
-  mean, var = batch_statistics(x, stats_dtype)
+def _bn_forward(x, scale, bias, epsilon, stats_dtype, out_dtype, axis_name=None):
+  mean, var = batch_statistics(x, stats_dtype, axis_name)
   rstd = jax.lax.rsqrt(var + epsilon)
   y = (x.astype(stats_dtype) - mean) * (rstd * scale) + bias
   return (y.astype(out_dtype), mean, var), (x, mean, rstd, scale, bias)
 
 
-def _bn_backward(epsilon, stats_dtype, out_dtype, residuals, cotangents):
+def _bn_backward(epsilon, stats_dtype, out_dtype, axis_name, residuals, cotangents):
   x, mean, rstd, scale, bias = residuals
   dy, dmean, dvar = cotangents
   axes = tuple(range(x.ndim - 1))
@@ -86,11 +102,17 @@ def _bn_backward(epsilon, stats_dtype, out_dtype, residuals, cotangents):
   centred = x.astype(stats_dtype) - mean
   xhat = centred * rstd
   dy = dy.astype(stats_dtype)
-  sum_dy = jnp.sum(dy, axis=axes)
-  sum_dy_xhat = jnp.sum(dy * xhat, axis=axes)
+  own_sum_dy = jnp.sum(dy, axis=axes)
+  own_sum_dy_xhat = jnp.sum(dy * xhat, axis=axes)
+  sum_dy, sum_dy_xhat = own_sum_dy, own_sum_dy_xhat
+  if axis_name is not None:  # the whole batch's sums and count, and every device's statistics cotangents
+    sums = jnp.stack([own_sum_dy, own_sum_dy_xhat, dmean.astype(stats_dtype), dvar.astype(stats_dtype)])
+    sum_dy, sum_dy_xhat, dmean, dvar = jax.lax.psum(sums, axis_name)
+    m = m * jax.lax.psum(1, axis_name)
   dx = (scale * rstd / m) * (m * dy - sum_dy - xhat * sum_dy_xhat)
   dx = dx + (dmean + 2.0 * dvar * centred) / m  # the statistics' own cotangents (zero in the model's loss)
-  return dx.astype(x.dtype), sum_dy_xhat.astype(scale.dtype), sum_dy.astype(bias.dtype)
+  # scale / bias: this device's share (batch_norm_train's docstring)
+  return dx.astype(x.dtype), own_sum_dy_xhat.astype(scale.dtype), own_sum_dy.astype(bias.dtype)
 
 
 batch_norm_train.defvjp(_bn_forward, _bn_backward)
@@ -105,7 +127,9 @@ class BatchNorm(nn.Module):
   ``momentum * old + (1 - momentum) * batch`` (skipped while initialising), the same normalisation
   ``(x - mean) * rsqrt(var + epsilon) * scale + bias`` and output ``dtype``; only the batch statistics are
   computed by :func:`batch_statistics` (shifted mean, two-pass variance), and training mode's gradient is
-  :func:`batch_norm_train`'s closed form.
+  :func:`batch_norm_train`'s closed form. ``axis_name``: as flax's, a mapped axis (``shard_map``) the batch is
+  split over, whose whole batch the statistics are taken from in training mode (gradients:
+  :func:`batch_norm_train`).
   """
 
   use_running_average: bool = False
@@ -113,6 +137,7 @@ class BatchNorm(nn.Module):
   epsilon: float = 1e-5
   dtype: Any = None
   param_dtype: Any = jnp.float32
+  axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -127,7 +152,7 @@ class BatchNorm(nn.Module):
       y = (x - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
       return y.astype(out_dtype)
     stats_dtype = jnp.promote_types(self.dtype if self.dtype is not None else x.dtype, jnp.float32)
-    y, mean, var = batch_norm_train(x, scale, bias, float(self.epsilon), stats_dtype, out_dtype)
+    y, mean, var = batch_norm_train(x, scale, bias, float(self.epsilon), stats_dtype, out_dtype, self.axis_name)
     if not self.is_initializing():
       ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
       ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
