@@ -137,17 +137,22 @@ print("RESULT" + json.dumps(out))
 """
 
 
+def _run_on_cpu_devices(script: str, devices: int) -> dict:
+  """Runs ``script`` in a fresh process with ``devices`` XLA CPU devices; the JSON it prints after 'RESULT'."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices), PYTHONPATH=root)
+  env.pop("XLA_FLAGS", None)
+  proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  return json.loads(proc.stdout.split("RESULT", 1)[1])
+
+
 def test_batchnorm_backward_on_a_data_parallel_mesh_synchronises_once():
   """Batch sharded over 2 devices, forward and backward of one layer: three all-reduces forward (the first
   sample's mean as the shift, the mean, the variance) and one backward (sum(dy) and sum(dy * xhat) together:
   the closed-form gradient; differentiating the statistics' arithmetic takes two), as many as flax's two-pass
   BatchNorm, and no other communication."""
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="2", PYTHONPATH=root)
-  env.pop("XLA_FLAGS", None)
-  proc = subprocess.run([sys.executable, "-c", _MESH_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  out = json.loads(proc.stdout.split("RESULT", 1)[1])
+  out = _run_on_cpu_devices(_MESH_SCRIPT, 2)
   none = {"all-gather": 0, "collective-permute": 0, "all-to-all": 0, "reduce-scatter": 0}
   assert out["ours"] == {"all-reduce": 4, **none}, out
   assert out["flax"]["all-reduce"] == out["ours"]["all-reduce"], out
@@ -206,12 +211,7 @@ def test_batchnorm_with_an_axis_name_under_shard_map_equals_the_whole_batch_in_f
   cotangents on all three outputs (y, mean, var): ``dx`` per device, ``scale`` / ``bias`` as the sum of the
   devices' shares. The share is what lets a data-parallel step average every parameter's gradient alike; a
   layer that returned the whole batch's sums there would be counted 4 times."""
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="4", PYTHONPATH=root)
-  env.pop("XLA_FLAGS", None)
-  proc = subprocess.run([sys.executable, "-c", _SHARD_MAP_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  out = json.loads(proc.stdout.split("RESULT", 1)[1])
+  out = _run_on_cpu_devices(_SHARD_MAP_SCRIPT, 4)
   assert set(out) == {"y", "mean", "var", "dx", "dscale", "dbias", "running_mean", "running_var"}, out
   assert max(out.values()) < 1e-10, out
 
