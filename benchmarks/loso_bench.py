@@ -56,6 +56,7 @@ from mer_jax.data.types import ArrayDataset  # noqa: E402
 from mer_jax.models import build_model, count_params, init_variables  # noqa: E402
 from mer_jax.train import checkpoint as ckpt  # noqa: E402
 from mer_jax.train import loso  # noqa: E402
+from mer_jax.train.state import model_apply  # noqa: E402
 
 CDE = (("casme2", 24, 145), ("samm", 28, 133), ("smic", 16, 164))  # (source, subjects, clips)
 COMPILE_EVENTS = (
@@ -156,7 +157,7 @@ def run_mode(config, ds, model, init, group: int, subjects, meter: Meter, workro
   meter.active = True
   t = time.perf_counter()
   records = loso.run_loso(
-    config, ds, workdir, apply_fn=model.apply, init_fn=lambda i: init, progress=False, subjects=subjects
+    config, ds, workdir, apply_fn=model_apply(model), init_fn=lambda i: init, progress=False, subjects=subjects
   )
   wall = time.perf_counter() - t
   meter.active = False

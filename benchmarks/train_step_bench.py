@@ -22,6 +22,8 @@ parallel over the XLA devices the host's CPU cores are laid out as (``config.cpu
 ``jax xla`` / ``jax main xla``: ``jax`` / ``jax main`` compiled with XLA's default options (YNNPACK fusions,
 ``config.cpu_fast_conv='off'``), ``jax fast`` / ``jax main fast``: without YNNPACK fusions (``'on'``); on a GPU all
 are the same program as ``jax`` / ``jax main``;
+``jax main gspmd``: ``jax main`` as the jitted ``train_step`` partitioned by XLA (GSPMD) instead of the loop's
+``shard_map`` step (``mer_jax.train.steps.sharded_train_step``, used on a CPU mesh of several devices);
 ``jax convxla`` / ``jax main convxla``: ``jax`` / ``jax main`` with ``config.model.conv_impl='xla'`` (flax's
 convolutions as XLA derives them) instead of the default ``'auto'``, which on a CPU is ``'cpu'`` (1x1 convolutions
 as matrix products, kernel gradients in row bands: ``mer_jax.models.conv``); on a GPU both are ``'xla'``;
@@ -64,8 +66,8 @@ from mer_jax import config_defaults  # noqa: E402
 from mer_jax.models import build_model, init_variables  # noqa: E402
 from mer_jax.models.conv import resolve_conv_impl  # noqa: E402
 from mer_jax.train import host_memory, parallel  # noqa: E402
-from mer_jax.train.state import create_state  # noqa: E402
-from mer_jax.train.steps import train_step  # noqa: E402
+from mer_jax.train.state import create_state, model_apply  # noqa: E402
+from mer_jax.train.steps import sharded_train_step, train_step  # noqa: E402
 
 
 def initial_state(args, dtype: str = "float32", conv_impl: str = "auto"):
@@ -75,17 +77,25 @@ def initial_state(args, dtype: str = "float32", conv_impl: str = "auto"):
   mcfg.conv_impl = conv_impl
   model = build_model(mcfg)
   tcfg = config_defaults.get_train_config(batch_size=args.batch, epochs=1)
-  return create_state(model.apply, init_variables(model, jax.random.key(0), args.size, 3), tcfg)
+  return create_state(model_apply(model), init_variables(model, jax.random.key(0), args.size, 3), tcfg)
 
 
 def jax_variant(
-  args, dtype: str = "float32", donate: bool = False, mesh=None, fast_conv: str = "auto", conv_impl: str = "auto"
+  args,
+  dtype: str = "float32",
+  donate: bool = False,
+  mesh=None,
+  fast_conv: str = "auto",
+  conv_impl: str = "auto",
+  form: str = "auto",
 ) -> dict:
   """The compiled train step, warmed up: ``block(n)`` runs n steps and returns the last loss.
 
   mesh: data parallel over its devices as ``mer_jax.train.loop.fit`` runs it (batch sharded, state replicated
   and donated); None: one device. fast_conv: ``config.cpu_fast_conv`` ('auto' (the default), 'on', 'off').
-  conv_impl: ``config.model.conv_impl`` ('auto' (the default), 'xla', 'cpu').
+  conv_impl: ``config.model.conv_impl`` ('auto' (the default), 'xla', 'cpu'). form (with a mesh): 'auto' the
+  loop's choice (``parallel.shard_map_step_applies``: the ``shard_map`` step on a CPU mesh), 'gspmd' the jitted
+  ``train_step`` partitioned by XLA, 'shard_map' ``steps.sharded_train_step``.
   """
   state = initial_state(args, dtype, conv_impl)
   impl = resolve_conv_impl(conv_impl)  # what 'auto' compiler options depend on, as in loop._compiled
@@ -100,8 +110,9 @@ def jax_variant(
     rep, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     state = jax.device_put(state, rep, may_alias=False)
     x, y = jax.device_put(x, data), jax.device_put(y, data)
+    smap = parallel.shard_map_step_applies(mesh, state.apply_fn) if form == "auto" else form == "shard_map"
     step = parallel.jit(
-      train_step,
+      sharded_train_step(mesh) if smap else train_step,
       mesh=mesh,
       mode=fast_conv,
       conv_impl=impl,
@@ -254,7 +265,8 @@ def main() -> None:
     "--variants",
     default="jax,jax xla,jax main,jax main convxla,jax share,torch eager,torch share",
     help="comma-separated list from: jax, jax+donate, jax xla, jax fast, jax convxla, jax main, jax main xla, "
-    "jax main fast, jax main convxla, jax bf16, jax share, torch eager, torch eager CL, torch share, torch.compile",
+    "jax main fast, jax main convxla, jax main gspmd, jax bf16, jax share, torch eager, torch eager CL, torch share, "
+    "torch.compile",
   )
   ap.add_argument(
     "--host-malloc",
@@ -325,6 +337,7 @@ def main() -> None:
     "jax main xla": lambda: jax_variant(args, mesh=parallel.make_mesh(), fast_conv="off"),
     "jax main fast": lambda: jax_variant(args, mesh=parallel.make_mesh(), fast_conv="on"),
     "jax main convxla": lambda: jax_variant(args, mesh=parallel.make_mesh(), conv_impl="xla"),
+    "jax main gspmd": lambda: jax_variant(args, mesh=parallel.make_mesh(), form="gspmd"),
     "jax convxla": lambda: jax_variant(args, conv_impl="xla"),
     "jax bf16": lambda: jax_variant(args, dtype="bfloat16"),
     # one device's share of 'jax main' (batch / devices) on one core, compiled as each device of 'jax main' is

@@ -376,7 +376,13 @@ def main(argv) -> int:
     )
   if cpu_choice[0] and jax.default_backend() == "cpu":
     how = "data parallel" if cpu_choice[0] > 1 else "no data parallelism"
-    _say(f"[main] CPU: {cpu_choice[0]} XLA device(s), {how} ({cpu_choice[1]})")
+    how = f"{how} ({cpu_choice[1]})"
+    if cpu_choice[0] > 1:
+      how += (
+        "; BatchNorm statistics over the whole batch, the train step one shard_map program (fold-vmapped steps: "
+        "partitioned by XLA)"
+      )
+    _say(f"[main] CPU: {cpu_choice[0]} XLA device(s), {how}")
   from mer_jax.train import parallel
 
   fast_conv = parallel.describe_fast_conv(config)

@@ -84,6 +84,53 @@ def test_cpu_form_equals_xla_and_numpy_in_float64(name):
     assert convs == (0 if bands == 1 else 1 + bands) if taps else convs == 2 + bands
 
 
+# (N, H, W, parts' channels, k, F) -> convolutions in the compiled gradient program: a dense layer's input is the
+# concatenation of its block's earlier outputs, and its kernel gradient is computed part by part, in bands.
+GROUPED = {
+  "28x28, 3 parts, 10 bands": ((2, 28, 28, (6, 4, 4), 5, 4), 2 + 3 * 10),
+  "14x14, 4 parts, taps forward, 2 bands": ((2, 14, 14, (5, 3, 3, 3), 5, 4), 1 + 4 * 2),
+  "7x7, 2 parts, taps throughout (one band: no parts)": ((2, 7, 7, (6, 4), 5, 4), 0),
+}
+
+
+@pytest.mark.parametrize("name", list(GROUPED))
+def test_kernel_gradient_part_by_part_equals_the_whole_in_float64(name):
+  """With ``input_groups`` (the channel counts of the parts a dense layer's input was concatenated from) the
+  'cpu' form computes the same output and gradients as lax (1e-12, float64; the kernel gradient also against
+  NumPy), and its compiled gradient computes the kernel gradient per part and band (the convolution count)."""
+  (n, h, w, groups, k, f), convs = GROUPED[name]
+  rng = np.random.default_rng(1)
+  with jax.enable_x64(True):
+    parts = [jnp.asarray(rng.standard_normal((n, h, w, c))) for c in groups]
+    kern = jnp.asarray(rng.standard_normal((k, k, sum(groups), f)))
+    g = jnp.asarray(rng.standard_normal((n, h, w, f)))
+
+    def grouped(ps, b):  # as DenseBackbone calls it: the concatenation, told its parts
+      x = jnp.concatenate(ps, -1)
+      dn = jax.lax.conv_dimension_numbers(x.shape, b.shape, DN)
+      return mconv.cpu_conv_general_dilated(x, b, (1, 1), "SAME", dimension_numbers=dn, input_groups=groups)
+
+    outs = {}
+    for impl, fn in (("xla", lambda ps, b: _lax_conv(jnp.concatenate(ps, -1), b)), ("grouped", grouped)):
+      y, vjp = jax.vjp(fn, parts, kern)
+      dps, dk = vjp(g)
+      outs[impl] = [np.asarray(y), np.concatenate([np.asarray(d) for d in dps], -1), np.asarray(dk)]
+    for ref, got, what in zip(outs["xla"], outs["grouped"], ("output", "input gradient", "kernel gradient")):
+      np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max(), err_msg=what)
+    x = np.concatenate([np.asarray(p) for p in parts], -1)
+    np.testing.assert_allclose(outs["grouped"][2], _numpy_kernel_grad(x, np.asarray(g), k, k), rtol=1e-12, atol=1e-10)
+    grad = jax.grad(lambda ps, b: jnp.sum(jnp.sin(grouped(ps, b))), argnums=(0, 1))
+    assert _count_convs(grad, parts, kern) == convs
+
+
+def test_input_groups_must_split_the_channels():
+  x = jnp.zeros((1, 4, 4, 6))
+  assert [p.shape[-1] for p in mconv.split_input_groups(x, (2, 4))] == [2, 4]
+  assert len(mconv.split_input_groups(x, ())) == 1
+  with pytest.raises(ValueError, match=r"input_groups \(2, 3\) do not split 6 channels"):
+    mconv.split_input_groups(x, (2, 3))
+
+
 def _numpy_tap_sum(z, kh, kw):
   """out[n, i, j] = sum_{a, b} z[n, i + a - kh//2, j + b - kw//2, (a, b)] (zero outside), by loops."""
   n, h, w, t = z.shape

@@ -70,6 +70,7 @@ def test_main_uses_every_core_by_default_and_can_be_told_not_to():
   assert f"DEVICES {want} cpu" in proc.stdout
   if want > 1:
     assert f"[main] CPU: {want} XLA device(s), data parallel (automatic: {cores} cores" in proc.stdout
+    assert "the train step one shard_map program" in proc.stdout
   proc = run_main_start("--config.cpu_devices=1")
   assert "DEVICES 1 cpu" in proc.stdout
   assert "[main] CPU: 1 XLA device(s), no data parallelism (config.cpu_devices=1)" in proc.stdout

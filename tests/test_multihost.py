@@ -53,6 +53,9 @@ config.cpu_fast_conv = "off"
 micro = train_data.fabricate(subject_sizes=(5, 6, 4))
 # main.run lays its mesh over every process's devices by itself (distributed.global_mesh)
 out = main_mod.run(config, sys.argv[1], progress=False, load_arrays=lambda c, w, k: micro)
+from mer_jax.models import build_model
+from mer_jax.train.state import model_apply
+checks["shard_map"] = parallel.shard_map_step_applies(mesh, model_apply(build_model(config.model)))
 checks["records"] = [[r["subject"], r["y_pred"], r["probs"], r["best_epoch"]] for r in out["records"]]
 checks["wrote_reports"] = "reports" in out
 print("RESULT" + json.dumps(checks), flush=True)
@@ -118,6 +121,7 @@ def test_two_processes_equal_one_process(tmp_path):
     assert got["global_devices"] == 2 and got["local_devices"] == 1
     assert got["rows"] == [4 * pid, 4 * pid + 4]  # its half of the global batch
     assert got["sum_ok"]
+    assert got["shard_map"] and ref["shard_map"]  # the train step as one shard_map program in both layouts
     assert len(got["records"]) == 3
     # same subjects, predictions, probabilities and selected epochs as the single-process run
     assert got["records"] == ref["records"]

@@ -37,7 +37,7 @@ comparison: 3,091,036 parameters), and the same attention on each stage output.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -64,8 +64,11 @@ class _Common(nn.Module):
   bn_epsilon: float = 1e-3
   dtype: Any = jnp.float32
   conv_impl: str = "xla"  # resolved config.model.conv_impl (mer_jax.models.conv)
+  # The shard_map axis a data-parallel train step splits the batch over (None: the whole batch is here, also
+  # under GSPMD); BatchNorm then reduces its statistics over it. Set by ModelApply.over_batch_axis, not by users.
+  bn_axis_name: Optional[str] = None
 
-  def conv(self, features, kernel_size=None, strides=1, name=None):
+  def conv(self, features, kernel_size=None, strides=1, name=None, input_groups=()):
     return ConvReluBN(
       features,
       kernel_size or self.kernel_size,
@@ -74,6 +77,8 @@ class _Common(nn.Module):
       self.bn_epsilon,
       self.dtype,
       self.conv_impl,
+      tuple(input_groups),
+      self.bn_axis_name,
       name=name,
     )
 
@@ -104,7 +109,10 @@ class DenseBackbone(_Common):
     for b, num_layers in enumerate(self.block_layers):
       feats = [x]
       for i in range(num_layers):
-        h = self.conv(self.growth_rate, name=f"block{b}_layer{i}")(jnp.concatenate(feats, -1), train)
+        groups = [f.shape[-1] for f in feats]
+        h = self.conv(self.growth_rate, name=f"block{b}_layer{i}", input_groups=groups)(
+          jnp.concatenate(feats, -1), train
+        )
         if self.attention_placement == "layer":
           h = self.attend(f"block{b}_layer{i}_attention")(h)
         feats.append(h)

@@ -163,7 +163,10 @@ class ConvReluBN(nn.Module):
   """``BN(ReLU(Conv(x)))``: the layer of eq. (4), in the paper's order.
 
   x: ``[N, H, W, C_in]`` -> ``[N, H', W', features]``. The conv keeps its bias
-  (BN follows the ReLU, so the bias is not redundant), as Keras' Conv2D does.
+  (BN follows the ReLU, so the bias is not redundant), as Keras' Conv2D does. ``input_groups``: the channel
+  counts of the parts ``x`` was concatenated from (a dense layer's input), which the ``'cpu'`` convolution's
+  kernel gradient uses (:func:`mer_jax.models.conv.split_input_groups`); the function is the same either way.
+  ``bn_axis_name``: see :class:`BatchNorm`'s ``axis_name`` (None outside a ``shard_map`` data-parallel step).
   """
 
   features: int
@@ -173,6 +176,8 @@ class ConvReluBN(nn.Module):
   bn_epsilon: float = 1e-3
   dtype: Any = jnp.float32
   conv_impl: str = "xla"  # resolved config.model.conv_impl: 'xla' | 'cpu' (mer_jax.models.conv)
+  input_groups: tuple[int, ...] = ()
+  bn_axis_name: Optional[str] = None  # BatchNorm's axis_name: the shard_map axis a data-parallel step splits over
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
@@ -185,7 +190,7 @@ class ConvReluBN(nn.Module):
       padding="SAME",
       dtype=self.dtype,
       param_dtype=pdt,
-      conv_general_dilated=conv_function(self.conv_impl),
+      conv_general_dilated=conv_function(self.conv_impl, self.input_groups),
       name="conv",
     )(x)
     x = nn.relu(x)
@@ -198,6 +203,7 @@ class ConvReluBN(nn.Module):
       epsilon=self.bn_epsilon,
       dtype=self.dtype,
       param_dtype=pdt,
+      axis_name=self.bn_axis_name,
       name="bn",
     )(x)
 

@@ -62,7 +62,7 @@ from mer_jax.train import checkpoint as ckpt
 from mer_jax.train import parallel
 from mer_jax.train.sampling import epoch_plan, epoch_rng
 from mer_jax.train.state import TrainState, create_state, plateau_step, variables_of
-from mer_jax.train.steps import eval_step, masked_train_step, train_step
+from mer_jax.train.steps import eval_step, masked_train_step, sharded_train_step, train_step
 
 
 @dataclasses.dataclass
@@ -159,8 +159,10 @@ def _compiled(mesh: jax.sharding.Mesh, stacked: bool, apply_fn: Callable, fast_c
   conv_impl = getattr(getattr(getattr(apply_fn, "model", None), "backbone", None), "conv_impl", "xla")
   jit = functools.partial(parallel.jit, mesh=mesh, mode=fast_conv, folds=stacked, conv_impl=conv_impl)
   if not stacked:
+    # the shard_map form of the data-parallel step where it is faster (parallel.shard_map_step_applies)
+    step = sharded_train_step(mesh) if parallel.shard_map_step_applies(mesh, apply_fn) else train_step
     return dict(
-      train=jit(train_step, in_shardings=(rep, data, data), out_shardings=(rep, rep), donate_argnums=0),
+      train=jit(step, in_shardings=(rep, data, data), out_shardings=(rep, rep), donate_argnums=0),
       logits=jit(logits, in_shardings=(rep, data), out_shardings=rep),
       plateau=jit(plateau_step, in_shardings=(rep, rep), out_shardings=rep),
     )

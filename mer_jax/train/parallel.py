@@ -9,14 +9,24 @@ parallelism (pmap is in maintenance mode and lowered onto the same machinery):
 * the training step stays the *same* pure function as on one device: the
   batch is laid out across devices (``P('data')``), parameters and optimiser
   state are replicated (``P()``), and XLA's SPMD partitioner inserts the
-  collectives. No ``axis_name``, no ``lax.pmean`` in model code.
+  collectives. No ``axis_name``, no ``lax.pmean`` in model code (the ``shard_map``
+  form below passes one, as a module field).
 * BatchNorm statistics are therefore *global*: ``mean``/``var`` over the batch
   axis of a sharded array is a global reduction, so the batch statistics (and
   the running averages) are those of the whole batch, exactly as on one device.
   With pmap, a plain flax BatchNorm would average per device unless the model
-  were written with ``axis_name`` (mer_jax.models has none).
+  were written with ``axis_name`` (mer_jax.models' BatchNorm takes one: ``bn_axis_name``).
 * it composes with ``jax.vmap`` over LOSO folds (batch ``[F, B, ...]`` sharded
   ``P(None, 'data')``) and with a single device without code changes.
+
+The same step written per device (``shard_map``)
+-------------------------------------------------
+On a CPU mesh of several devices (one process or several) the loop's plain train step is
+:func:`mer_jax.train.steps.sharded_train_step` instead (:func:`shard_map_step_applies`): ``train_step`` on
+each device's share inside ``jax.shard_map``, the model's BatchNorms told the mesh axis (their statistics and
+backward sums ``pmean`` / ``psum`` over it: still the whole batch's) and the gradients averaged with one
+``pmean``. Same function, fewer and cheaper collectives than GSPMD places there (0.92x the step time on a
+2-core host; docs/perf.md). Fold-vmapped steps and GPU/TPU meshes keep GSPMD.
 
 The global batch size must be a multiple of the number of devices (checked);
 evaluation batches are padded to a multiple with masked rows.
@@ -135,6 +145,26 @@ def use_host_cores(config) -> tuple[int, str]:
   except RuntimeError as e:  # a backend is already up (e.g. mer_jax.main.run called from a notebook)
     return 0, f"not changed ({e})"
   return n, why
+
+
+def shard_map_step_applies(mesh: Optional[Mesh], apply_fn: Any) -> bool:
+  """Whether the training loop's (not fold-vmapped) train step on ``mesh`` is the ``shard_map`` form
+  (:func:`mer_jax.train.steps.sharded_train_step`) rather than the GSPMD-partitioned ``train_step``.
+
+  Both compute the same step on the whole batch (BatchNorm statistics global; equal up to float rounding). The
+  ``shard_map`` form is used on a CPU mesh of more than one device in a single process, where it was measured
+  faster (2-core host, 2 devices: 0.95x the GSPMD step's time, 0.92x with the dense layers' per-part kernel
+  gradients; benchmarks/RESULTS.md log entries 25-26), for models whose ``apply_fn`` can split the batch
+  (:meth:`mer_jax.train.state.ModelApply.splits_batch`). A mesh over several processes' CPU devices
+  (``jax.distributed``) takes it too, so that a multi-process run computes what one process with as many
+  devices does (tests/test_multihost.py). GPU/TPU meshes keep GSPMD (not measured there).
+  """
+  if mesh is None or mesh.devices.size < 2 or len(mesh.axis_names) != 1:
+    return False
+  if mesh.devices.flat[0].platform != "cpu":
+    return False
+  splits = getattr(apply_fn, "splits_batch", None)
+  return bool(splits and splits())
 
 
 # XLA:CPU without YNNPACK fusions (its own convolution and reduction emitters); see the module doc.

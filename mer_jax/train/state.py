@@ -99,6 +99,18 @@ class ModelApply:
   def __call__(self, *args, **kwargs):
     return self.model.apply(*args, **kwargs)
 
+  def splits_batch(self) -> bool:
+    """Whether :meth:`over_batch_axis` applies: the model's backbone has a ``bn_axis_name`` field
+    (:class:`mer_jax.models.MERNet`'s backbones)."""
+    return hasattr(getattr(self.model, "backbone", None), "bn_axis_name")
+
+  def over_batch_axis(self, axis_name: str) -> "ModelApply":
+    """The same model for one device's share of the batch inside ``shard_map`` over ``axis_name``: its
+    BatchNorms reduce their statistics over the axis, so they are the whole batch's (same parameters, same
+    variables; :func:`mer_jax.train.steps.train_step`)."""
+    backbone = self.model.backbone.clone(bn_axis_name=axis_name)
+    return ModelApply(self.model.clone(backbone=backbone))
+
 
 def model_apply(model) -> ModelApply:
   return ModelApply(model)

@@ -7,8 +7,12 @@ the mean over real samples only.
 
 from __future__ import annotations
 
+import functools
+from typing import Callable, Optional
+
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from mer_jax.train.state import TrainState
 
@@ -25,22 +29,55 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array | Non
   return jnp.sum(nll * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
-def train_step(state: TrainState, images: jax.Array, labels: jax.Array) -> tuple[TrainState, jax.Array]:
+def train_step(
+  state: TrainState, images: jax.Array, labels: jax.Array, axis_name: Optional[str] = None
+) -> tuple[TrainState, jax.Array]:
   """One optimiser step on a full batch.
 
   images [B, H, W, C] float32, labels [B] int32 -> (new state, loss []). BatchNorm
   uses (and updates running averages from) the statistics of the whole batch;
-  under a data-parallel sharding XLA reduces them across devices.
+  under a data-parallel sharding (GSPMD) XLA reduces them across devices.
+
+  ``axis_name``: the step runs inside ``jax.shard_map`` over that mesh axis on one device's (equal) share of
+  the batch, the state replicated. The model's BatchNorms then reduce their statistics over the axis
+  (``state.apply_fn.over_batch_axis``), and the loss and gradients are averaged over it (``lax.pmean``): the
+  same step as on the whole batch, up to float rounding (:func:`sharded_train_step`).
   """
+  apply_fn = state.apply_fn if axis_name is None else state.apply_fn.over_batch_axis(axis_name)
 
   def loss_fn(params):
-    logits, updates = state.apply_fn(
+    logits, updates = apply_fn(
       {"params": params, "batch_stats": state.batch_stats}, images, train=True, mutable=["batch_stats"]
     )
     return cross_entropy(logits, labels), updates["batch_stats"]
 
   (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  if axis_name is not None:
+    # each device's loss is its share's mean and its gradient that loss's (BatchNorm's backward pass already
+    # sums over the axis what couples the shares), so the whole batch's are their means
+    grads, loss = jax.lax.pmean((grads, loss), axis_name)
   return state.apply_scaled_gradients(grads=grads, batch_stats=batch_stats), loss
+
+
+def sharded_train_step(mesh: jax.sharding.Mesh) -> Callable:
+  """:func:`train_step` data-parallel over ``mesh``'s (one) axis as ``jax.shard_map``: ``(state replicated,
+  images and labels split along the batch) -> (state, loss)``, both replicated.
+
+  The same function as ``train_step`` jitted with the batch sharded (GSPMD), written per device: each device
+  runs the step on its share, and the collectives are the ones it names (BatchNorm's statistics and backward
+  sums, the gradients' mean), where GSPMD's partitioner places its own. On a 2-core CPU this program is
+  0.95x the GSPMD step's time (benchmarks/RESULTS.md log entries 25-26). Requires a model whose
+  ``apply_fn`` :meth:`~mer_jax.train.state.ModelApply.splits_batch`.
+  """
+  (axis,) = mesh.axis_names
+  return jax.shard_map(
+    functools.partial(train_step, axis_name=axis),
+    mesh=mesh,
+    in_specs=(P(), P(axis), P(axis)),
+    out_specs=(P(), P()),
+    # the state's replicated outputs come out of pmean'ed values; BatchNorm's custom VJP is not typed for vma
+    check_vma=False,
+  )
 
 
 def masked_train_step(
