@@ -23,7 +23,9 @@ parallel over the XLA devices the host's CPU cores are laid out as (``config.cpu
 ``config.cpu_fast_conv='off'``), ``jax fast`` / ``jax main fast``: without YNNPACK fusions (``'on'``); on a GPU all
 are the same program as ``jax`` / ``jax main``;
 ``jax main gspmd``: ``jax main`` as the jitted ``train_step`` partitioned by XLA (GSPMD) instead of the loop's
-``shard_map`` step (``mer_jax.train.steps.sharded_train_step``, used on a CPU mesh of several devices);
+``shard_map`` step (``mer_jax.train.steps.sharded_train_step``, used on a CPU mesh of several devices, where
+``loop.fit`` runs ``loop.STEPS_PER_CALL`` (4) steps per call: ``jax main`` times it so, per step); ``jax main
+single``: that step one per call;
 ``jax convxla`` / ``jax main convxla``: ``jax`` / ``jax main`` with ``config.model.conv_impl='xla'`` (flax's
 convolutions as XLA derives them) instead of the default ``'auto'``, which on a CPU is ``'cpu'`` (1x1 convolutions
 as matrix products, kernel gradients in row bands: ``mer_jax.models.conv``); on a GPU both are ``'xla'``;
@@ -46,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import os
 import platform
 import statistics
@@ -65,9 +68,9 @@ import peaks  # noqa: E402  (benchmarks/peaks.py)
 from mer_jax import config_defaults  # noqa: E402
 from mer_jax.models import build_model, init_variables  # noqa: E402
 from mer_jax.models.conv import resolve_conv_impl  # noqa: E402
-from mer_jax.train import host_memory, parallel  # noqa: E402
+from mer_jax.train import host_memory, loop, parallel  # noqa: E402
 from mer_jax.train.state import create_state, model_apply  # noqa: E402
-from mer_jax.train.steps import sharded_train_step, train_step  # noqa: E402
+from mer_jax.train.steps import sharded_train_step, steps_in_one_call, train_step  # noqa: E402
 
 
 def initial_state(args, dtype: str = "float32", conv_impl: str = "auto"):
@@ -94,14 +97,16 @@ def jax_variant(
   mesh: data parallel over its devices as ``mer_jax.train.loop.fit`` runs it (batch sharded, state replicated
   and donated); None: one device. fast_conv: ``config.cpu_fast_conv`` ('auto' (the default), 'on', 'off').
   conv_impl: ``config.model.conv_impl`` ('auto' (the default), 'xla', 'cpu'). form (with a mesh): 'auto' the
-  loop's choice (``parallel.shard_map_step_applies``: the ``shard_map`` step on a CPU mesh), 'gspmd' the jitted
-  ``train_step`` partitioned by XLA, 'shard_map' ``steps.sharded_train_step``.
+  loop's choice (``parallel.shard_map_step_applies``: on a CPU mesh the ``shard_map`` step, ``loop.STEPS_PER_CALL``
+  steps per call as ``loop.fit`` calls it), 'gspmd' the jitted ``train_step`` partitioned by XLA, 'shard_map'
+  ``steps.sharded_train_step`` one step per call.
   """
   state = initial_state(args, dtype, conv_impl)
   impl = resolve_conv_impl(conv_impl)  # what 'auto' compiler options depend on, as in loop._compiled
   rng = np.random.default_rng(0)
   x = rng.uniform(0, 1, (args.batch, args.size, args.size, 3)).astype(np.float32)
   y = rng.integers(0, 3, args.batch).astype(np.int32)
+  group = None
   if mesh is None:
     x, y = jax.device_put(x), jax.device_put(y)
     step = parallel.jit(train_step, mode=fast_conv, conv_impl=impl, donate_argnums=(0,) if donate else ())
@@ -111,25 +116,31 @@ def jax_variant(
     state = jax.device_put(state, rep, may_alias=False)
     x, y = jax.device_put(x, data), jax.device_put(y, data)
     smap = parallel.shard_map_step_applies(mesh, state.apply_fn) if form == "auto" else form == "shard_map"
-    step = parallel.jit(
-      sharded_train_step(mesh) if smap else train_step,
-      mesh=mesh,
-      mode=fast_conv,
-      conv_impl=impl,
-      in_shardings=(rep, data, data),
-      out_shardings=(rep, rep),
-      donate_argnums=0,
-    )
+    fn = sharded_train_step(mesh) if smap else train_step
+    jit = functools.partial(parallel.jit, mesh=mesh, mode=fast_conv, conv_impl=impl, out_shardings=(rep, rep))
+    step = jit(fn, in_shardings=(rep, data, data), donate_argnums=0)
+    if form == "auto" and smap:  # as loop._compiled: loop.STEPS_PER_CALL steps per call
+      groups = parallel.batch_sharding(mesh, fold_axis=True)
+      xx, yy = (jax.device_put(np.stack([a] * loop.STEPS_PER_CALL), groups) for a in (x, y))
+      group = jit(steps_in_one_call(fn, loop.STEPS_PER_CALL), in_shardings=(rep, groups, groups), donate_argnums=0)
   t = time.perf_counter()
   compiled = step.lower(state, x, y).compile()
+  compiled_group = group.lower(state, xx, yy).compile() if group is not None else None
   compile_s = time.perf_counter() - t
   holder = {"state": state}
 
   def block(n):
+    """n steps as loop.fit runs an epoch's: groups of loop.STEPS_PER_CALL in one call where it does, the rest
+    one by one."""
     s = holder["state"]
-    loss = None
-    for _ in range(n):
-      s, loss = compiled(s, x, y)
+    loss, i = None, 0
+    while i < n:
+      if compiled_group is not None and i + loop.STEPS_PER_CALL <= n:
+        s, losses = compiled_group(s, xx, yy)
+        loss, i = losses[-1], i + loop.STEPS_PER_CALL
+      else:
+        s, loss = compiled(s, x, y)
+        i += 1
     loss.block_until_ready()
     holder["state"] = s
     return float(jax.device_get(loss))
@@ -249,7 +260,12 @@ def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--batch", type=int, default=32)
   ap.add_argument("--size", type=int, default=112)
-  ap.add_argument("--steps", type=int, default=2, help="steps per timed block")
+  ap.add_argument(
+    "--steps",
+    type=int,
+    default=4,
+    help="steps per timed block (4: one call of the loop's multi-device CPU step, mer_jax.train.loop.STEPS_PER_CALL)",
+  )
   ap.add_argument("--repeats", type=int, default=3, help="timed blocks (the median is reported)")
   ap.add_argument("--warmup", type=int, default=1)
   ap.add_argument(
@@ -265,8 +281,8 @@ def main() -> None:
     "--variants",
     default="jax,jax xla,jax main,jax main convxla,jax share,torch eager,torch share",
     help="comma-separated list from: jax, jax+donate, jax xla, jax fast, jax convxla, jax main, jax main xla, "
-    "jax main fast, jax main convxla, jax main gspmd, jax bf16, jax share, torch eager, torch eager CL, torch share, "
-    "torch.compile",
+    "jax main fast, jax main convxla, jax main gspmd, jax main single, jax bf16, jax share, torch eager, "
+    "torch eager CL, torch share, torch.compile",
   )
   ap.add_argument(
     "--host-malloc",
@@ -338,6 +354,7 @@ def main() -> None:
     "jax main fast": lambda: jax_variant(args, mesh=parallel.make_mesh(), fast_conv="on"),
     "jax main convxla": lambda: jax_variant(args, mesh=parallel.make_mesh(), conv_impl="xla"),
     "jax main gspmd": lambda: jax_variant(args, mesh=parallel.make_mesh(), form="gspmd"),
+    "jax main single": lambda: jax_variant(args, mesh=parallel.make_mesh(), form="shard_map"),
     "jax convxla": lambda: jax_variant(args, conv_impl="xla"),
     "jax bf16": lambda: jax_variant(args, dtype="bfloat16"),
     # one device's share of 'jax main' (batch / devices) on one core, compiled as each device of 'jax main' is

@@ -378,9 +378,11 @@ def main(argv) -> int:
     how = "data parallel" if cpu_choice[0] > 1 else "no data parallelism"
     how = f"{how} ({cpu_choice[1]})"
     if cpu_choice[0] > 1:
+      from mer_jax.train import loop
+
       how += (
-        "; BatchNorm statistics over the whole batch, the train step one shard_map program (fold-vmapped steps: "
-        "partitioned by XLA)"
+        "; BatchNorm statistics over the whole batch, the train step one shard_map program, "
+        f"{loop.STEPS_PER_CALL} steps per call (fold-vmapped steps: partitioned by XLA)"
       )
     _say(f"[main] CPU: {cpu_choice[0]} XLA device(s), {how}")
   from mer_jax.train import parallel

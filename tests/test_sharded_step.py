@@ -75,6 +75,86 @@ def test_shard_map_step_equals_the_one_device_step_in_float64():
   assert max(out.values()) < 1e-10, out
 
 
+# loop.fit on 2 devices (the shard_map step, loop.STEPS_PER_CALL steps per call, the epoch's last steps one by one)
+# and on one device, float64 model: the per-step training losses (log_every_steps=1), the epoch history and the
+# best weights.
+_FIT_SCRIPT = r"""
+import json, os, sys
+import jax, numpy as np
+jax.config.update("jax_enable_x64", True)
+sys.path.insert(0, os.path.join(os.getcwd(), "tests"))
+import train_data
+from mer_jax.models import build_model
+from mer_jax.train import loop, parallel
+from mer_jax.train.state import jit_init, model_apply
+config = train_data.tiny_config(epochs=2, batch_size=4)
+config.model.dtype = "float64"
+model = build_model(config.model)
+apply_fn = model_apply(model)
+v0 = jax.device_get(jit_init(model, jax.random.key(0), train_data.SIZE, 3))
+ds = train_data.fabricate(subject_sizes=(12, 12, 8))
+run = loop.RunData(name="r", train_x=ds.images[:23], train_y=ds.labels[:23], val_x=ds.images[24:],
+                   val_y=ds.labels[24:], seed=3, run_dir=None, metadata={})
+
+class Recorder:
+  def __init__(self):
+    self.calls = []
+  def write_scalars(self, step, scalars):
+    self.calls.append((int(step), dict(scalars)))
+  def flush(self):
+    pass
+  def close(self):
+    pass
+
+out, calls = {}, {}
+for n in (1, 2):
+  mesh = parallel.make_mesh(jax.devices()[:n])
+  fns = loop._compiled(mesh, False, apply_fn, "auto")  # the dict fit uses (cached): count its train calls
+  calls[n] = {k: 0 for k in ("train", "train_steps") if k in fns}
+  for k in calls[n]:
+    def counted(*a, _f=fns[k], _k=k, _n=n):
+      calls[_n][_k] += 1
+      return _f(*a)
+    fns[k] = counted
+  w = Recorder()
+  res = loop.fit(apply_fn, v0, run, config.finetune, num_classes=3, mesh=mesh, writer=w, log_every_steps=1,
+                 progress=False)
+  steps = [(s, v["r/step_train_loss"]) for s, v in w.calls if "r/step_train_loss" in v]
+  out[n] = dict(steps=steps, history=[[h["train_loss"], h["val_loss"]] for h in res.history],
+                best=[np.asarray(a, np.float64).ravel().tolist() for a in jax.tree.leaves(res.variables)])
+flat = lambda t: np.concatenate([np.asarray(a).ravel() for a in t])
+print("RESULT" + json.dumps(dict(
+  calls=calls, steps=[out[n]["steps"] for n in (1, 2)],
+  history=float(np.max(np.abs(np.subtract(out[1]["history"], out[2]["history"])))),
+  best=float(np.max(np.abs(flat(out[1]["best"]) - flat(out[2]["best"])))),
+  steps_per_call=loop.STEPS_PER_CALL)))
+"""
+
+
+def test_fit_on_two_devices_runs_several_steps_per_call_and_equals_one_device_in_float64():
+  """On 2 CPU devices loop.fit runs loop.STEPS_PER_CALL optimiser steps per call and the epoch's remaining steps
+  one by one; in float64 every step's logged training loss, the epoch history and the best weights equal the
+  one-device fit's (1e-10), with the same step numbers."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="2", PYTHONPATH=ROOT)
+  env.pop("XLA_FLAGS", None)
+  proc = subprocess.run(
+    [sys.executable, "-c", _FIT_SCRIPT], env=env, capture_output=True, text=True, timeout=600, cwd=ROOT
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.split("RESULT", 1)[1])
+  k = out["steps_per_call"]
+  one, two = out["steps"]
+  n_steps = len(one)
+  per_epoch = n_steps // 2
+  assert per_epoch > k and per_epoch % k, n_steps  # each of the 2 epochs: a group of k steps and a remainder
+  assert out["calls"]["1"] == {"train": n_steps}  # one device: one step per call
+  groups = per_epoch // k
+  assert out["calls"]["2"] == {"train": 2 * (per_epoch - groups * k), "train_steps": 2 * groups}, out["calls"]
+  assert [s for s, _ in two] == [s for s, _ in one] == list(range(1, n_steps + 1))
+  np.testing.assert_allclose([v for _, v in two], [v for _, v in one], rtol=1e-10, atol=1e-12)
+  assert out["history"] < 1e-10 and out["best"] < 1e-10, out
+
+
 def test_the_loop_uses_shard_map_only_on_a_cpu_mesh_of_several_devices():
   model = build_model(config_defaults.get_model_config(num_classes=3))
   one = parallel.make_mesh(jax.devices()[:1])

@@ -62,7 +62,7 @@ from mer_jax.train import checkpoint as ckpt
 from mer_jax.train import parallel
 from mer_jax.train.sampling import epoch_plan, epoch_rng
 from mer_jax.train.state import TrainState, create_state, plateau_step, variables_of
-from mer_jax.train.steps import eval_step, masked_train_step, sharded_train_step, train_step
+from mer_jax.train.steps import eval_step, masked_train_step, sharded_train_step, steps_in_one_call, train_step
 
 
 @dataclasses.dataclass
@@ -144,6 +144,14 @@ def _select(mask, new, old):
   return jax.tree.map(pick, new, old)
 
 
+# Where the train step is the multi-device shard_map step (parallel.shard_map_step_applies), loop.fit runs this many
+# consecutive steps of an epoch in one call (steps.steps_in_one_call; the epoch's last steps one by one). Each call
+# of that step costs ~55-60 ms beside its work on a 2-core host (a fresh scratch buffer, launching 461 arrays on 2
+# devices, the devices' start offset): per step 606 ms with 1 step per call, 578 with 2, 559 with 4 (compiling
+# 15 / 22 / 43 s; benchmarks/RESULTS.md log entry 27).
+STEPS_PER_CALL = 4
+
+
 @functools.lru_cache(maxsize=None)
 def _compiled(mesh: jax.sharding.Mesh, stacked: bool, apply_fn: Callable, fast_conv: str = "auto") -> dict:
   """The jitted train / logits / plateau (/ select) programs on ``mesh``; ``fast_conv`` is ``config.cpu_fast_conv``
@@ -160,12 +168,22 @@ def _compiled(mesh: jax.sharding.Mesh, stacked: bool, apply_fn: Callable, fast_c
   jit = functools.partial(parallel.jit, mesh=mesh, mode=fast_conv, folds=stacked, conv_impl=conv_impl)
   if not stacked:
     # the shard_map form of the data-parallel step where it is faster (parallel.shard_map_step_applies)
-    step = sharded_train_step(mesh) if parallel.shard_map_step_applies(mesh, apply_fn) else train_step
-    return dict(
+    smap = parallel.shard_map_step_applies(mesh, apply_fn)
+    step = sharded_train_step(mesh) if smap else train_step
+    fns = dict(
       train=jit(step, in_shardings=(rep, data, data), out_shardings=(rep, rep), donate_argnums=0),
       logits=jit(logits, in_shardings=(rep, data), out_shardings=rep),
       plateau=jit(plateau_step, in_shardings=(rep, rep), out_shardings=rep),
     )
+    if smap:  # STEPS_PER_CALL steps per call (_Single.train_epoch): each call of a multi-device CPU step costs time
+      group = parallel.batch_sharding(mesh, fold_axis=True)  # [k, B, ...]: B sharded
+      fns["train_steps"] = jit(
+        steps_in_one_call(step, STEPS_PER_CALL),
+        in_shardings=(rep, group, group),
+        out_shardings=(rep, rep),
+        donate_argnums=0,
+      )
+    return fns
   return dict(
     train=jit(
       jax.vmap(masked_train_step), in_shardings=(rep, data, data, rep), out_shardings=(rep, rep), donate_argnums=0
@@ -383,11 +401,14 @@ def _epoch_loop(
   report(step)  # starts clu's clock (a first call never reports)
   t_loop = time.monotonic()
 
-  def after_step(loss, step_active: np.ndarray) -> None:
+  def after_step(loss, step_active: np.ndarray, index: Optional[int] = None) -> None:
+    """One optimiser step done; ``loss``: its loss (``[F]`` or ``[]``), or with ``index`` the losses of the
+    steps of one call, this step's at ``index``."""
     nonlocal step
     step += 1
     if writer is not None and log_every_steps > 0 and step % log_every_steps == 0:
-      now = np.asarray(jax.device_get(loss)).reshape(-1)
+      now = np.asarray(jax.device_get(loss))
+      now = (now if index is None else now[index]).reshape(-1)
       writer.write_scalars(
         step, {f"{r.name}/step_train_loss": float(now[f]) for f, r in enumerate(runs) if step_active[f]}
       )
@@ -396,7 +417,10 @@ def _epoch_loop(
     active = np.array([not b.stopped for b in books])
     first_step = step
     state, losses, masks, n_steps = st.train_epoch(state, epoch, active, after_step)
-    step_losses = np.asarray(jax.device_get(losses), np.float64).reshape(len(losses), f_runs)  # one transfer
+    # [steps, runs]; an entry of `losses` holds one step's losses or (several steps in one call) several steps'
+    step_losses = np.concatenate(
+      [np.zeros((0, f_runs))] + [np.asarray(v, np.float64).reshape(-1, f_runs) for v in jax.device_get(losses)]
+    )
     bad = np.argwhere(np.asarray(masks) & ~np.isfinite(step_losses))
     if bad.size:
       s, f = (int(v) for v in bad[0])
@@ -504,6 +528,7 @@ class _Single:
     self.rep, self.data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     self.batch = int(train_cfg.batch_size)
     self.active = np.ones(1, bool)
+    self.groups = parallel.batch_sharding(mesh, fold_axis=True) if "train_steps" in self.fns else None
 
   def initial(self):
     # may_alias=False: the state owns its buffers (they are donated to every step; the caller keeps its variables)
@@ -521,12 +546,25 @@ class _Single:
     run = self.run  # (the crash tests find the RunData as the local ``run`` of epoch_plan's caller)
     plan = epoch_plan(run.train_y, self.batch, epoch_rng(run.seed, epoch), bool(self.train_cfg.balanced_sampling))
     losses = []
-    for idx in plan:
-      x = jax.device_put(np.asarray(run.train_x[idx], np.float32), self.data)
-      y = jax.device_put(np.asarray(run.train_y[idx], np.int32), self.data)
+    i = 0
+    while i < len(plan):
+      k = STEPS_PER_CALL
+      if self.groups is not None and i + k <= len(plan):  # k steps in one call (_compiled)
+        idx = np.stack(plan[i : i + k])  # [k, B]
+        x = jax.device_put(np.asarray(run.train_x[idx], np.float32), self.groups)
+        y = jax.device_put(np.asarray(run.train_y[idx], np.int32), self.groups)
+        state, group = self.fns["train_steps"](state, x, y)
+        losses.append(group)
+        for j in range(k):
+          after_step(group, self.active, j)
+        i += k
+        continue
+      x = jax.device_put(np.asarray(run.train_x[plan[i]], np.float32), self.data)
+      y = jax.device_put(np.asarray(run.train_y[plan[i]], np.int32), self.data)
       state, loss = self.fns["train"](state, x, y)
       losses.append(loss)
       after_step(loss, self.active)
+      i += 1
     return state, losses, [self.active] * len(plan), [len(plan)]
 
   def train_where(self, first_step: int, s: int) -> str:

@@ -26,7 +26,8 @@ On a CPU mesh of several devices (one process or several) the loop's plain train
 each device's share inside ``jax.shard_map``, the model's BatchNorms told the mesh axis (their statistics and
 backward sums ``pmean`` / ``psum`` over it: still the whole batch's) and the gradients averaged with one
 ``pmean``. Same function, fewer and cheaper collectives than GSPMD places there (0.92x the step time on a
-2-core host; docs/perf.md). Fold-vmapped steps and GPU/TPU meshes keep GSPMD.
+2-core host; docs/perf.md). Fold-vmapped steps and GPU/TPU meshes keep GSPMD. The loop runs that step
+``loop.STEPS_PER_CALL`` batches per call (a call of a multi-device CPU program costs a fresh scratch buffer).
 
 The global batch size must be a multiple of the number of devices (checked);
 evaluation batches are padded to a multiple with masked rows.

@@ -80,6 +80,25 @@ def sharded_train_step(mesh: jax.sharding.Mesh) -> Callable:
   )
 
 
+def steps_in_one_call(step: Callable, k: int) -> Callable:
+  """``k`` consecutive calls of ``step`` as one function: ``(state, images [k, B, ...], labels [k, B]) ->
+  (state, losses [k])``, step ``i`` on ``images[i]`` (unrolled: XLA:CPU runs a ``lax.scan`` of the train step
+  poorly, benchmarks/RESULTS.md log entry 22).
+
+  The same optimiser steps in the same order as ``k`` calls; one call launches them together. Used by the
+  training loop where a call per step costs time between steps (a multi-device CPU step: ``loop.STEPS_PER_CALL``).
+  """
+
+  def run(state, images, labels):
+    losses = []
+    for i in range(k):
+      state, loss = step(state, images[i], labels[i])
+      losses.append(loss)
+    return state, jnp.stack(losses)
+
+  return run
+
+
 def masked_train_step(
   state: TrainState, images: jax.Array, labels: jax.Array, active: jax.Array
 ) -> tuple[TrainState, jax.Array]:
