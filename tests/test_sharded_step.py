@@ -96,16 +96,6 @@ ds = train_data.fabricate(subject_sizes=(12, 12, 8))
 run = loop.RunData(name="r", train_x=ds.images[:23], train_y=ds.labels[:23], val_x=ds.images[24:],
                    val_y=ds.labels[24:], seed=3, run_dir=None, metadata={})
 
-class Recorder:
-  def __init__(self):
-    self.calls = []
-  def write_scalars(self, step, scalars):
-    self.calls.append((int(step), dict(scalars)))
-  def flush(self):
-    pass
-  def close(self):
-    pass
-
 out, calls = {}, {}
 for n in (1, 2):
   mesh = parallel.make_mesh(jax.devices()[:n])
@@ -116,7 +106,7 @@ for n in (1, 2):
       calls[_n][_k] += 1
       return _f(*a)
     fns[k] = counted
-  w = Recorder()
+  w = train_data.Recorder()
   res = loop.fit(apply_fn, v0, run, config.finetune, num_classes=3, mesh=mesh, writer=w, log_every_steps=1,
                  progress=False)
   steps = [(s, v["r/step_train_loss"]) for s, v in w.calls if "r/step_train_loss" in v]

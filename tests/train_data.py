@@ -58,3 +58,19 @@ def tiny_config(epochs: int = 3, batch_size: int = 8):
   c.checkpoint_every_epochs = 1
   c.bootstrap_samples = 50
   return c
+
+
+class Recorder:
+  """A clu-style metric writer that keeps every ``write_scalars`` call: [(step, {name: value})]."""
+
+  def __init__(self):
+    self.calls = []
+
+  def write_scalars(self, step, scalars):
+    self.calls.append((int(step), dict(scalars)))
+
+  def flush(self):
+    pass
+
+  def close(self):
+    pass
