@@ -146,9 +146,9 @@ def _select(mask, new, old):
 
 # Where the train step is the multi-device shard_map step (parallel.shard_map_step_applies), loop.fit runs this many
 # consecutive steps of an epoch in one call (steps.steps_in_one_call; the epoch's last steps one by one). Each call
-# of that step costs ~55-60 ms beside its work on a 2-core host (a fresh scratch buffer, launching 461 arrays on 2
-# devices, the devices' start offset): per step 606 ms with 1 step per call, 578 with 2, 559 with 4 (compiling
-# 15 / 22 / 43 s; benchmarks/RESULTS.md log entry 27).
+# of that step costs ~55-60 ms beside its work on a 2-core host, mostly the scratch buffer glibc maps afresh for
+# every call (under config.host_malloc='reuse' two steps per call gain nothing): per step 606 ms with 1 step per
+# call, 578 with 2, 559 with 4 (compiling 15 / 22 / 43 s; benchmarks/RESULTS.md log entry 27).
 STEPS_PER_CALL = 4
 
 
