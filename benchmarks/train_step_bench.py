@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import functools
 import os
 import platform
 import statistics
@@ -70,7 +69,7 @@ from mer_jax.models import build_model, init_variables  # noqa: E402
 from mer_jax.models.conv import resolve_conv_impl  # noqa: E402
 from mer_jax.train import host_memory, loop, parallel  # noqa: E402
 from mer_jax.train.state import create_state, model_apply  # noqa: E402
-from mer_jax.train.steps import sharded_train_step, steps_in_one_call, train_step  # noqa: E402
+from mer_jax.train.steps import sharded_train_step, train_step  # noqa: E402
 
 
 def initial_state(args, dtype: str = "float32", conv_impl: str = "auto"):
@@ -115,14 +114,22 @@ def jax_variant(
     rep, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     state = jax.device_put(state, rep, may_alias=False)
     x, y = jax.device_put(x, data), jax.device_put(y, data)
-    smap = parallel.shard_map_step_applies(mesh, state.apply_fn) if form == "auto" else form == "shard_map"
-    fn = sharded_train_step(mesh) if smap else train_step
-    jit = functools.partial(parallel.jit, mesh=mesh, mode=fast_conv, conv_impl=impl, out_shardings=(rep, rep))
-    step = jit(fn, in_shardings=(rep, data, data), donate_argnums=0)
-    if form == "auto" and smap:  # as loop._compiled: loop.STEPS_PER_CALL steps per call
-      groups = parallel.batch_sharding(mesh, fold_axis=True)
-      xx, yy = (jax.device_put(np.stack([a] * loop.STEPS_PER_CALL), groups) for a in (x, y))
-      group = jit(steps_in_one_call(fn, loop.STEPS_PER_CALL), in_shardings=(rep, groups, groups), donate_argnums=0)
+    if form == "auto":  # the programs loop.fit runs (with loop.STEPS_PER_CALL steps per call where it does)
+      fns = loop._compiled(mesh, False, state.apply_fn, fast_conv)
+      step, group = fns["train"], fns.get("train_steps")
+      if group is not None:
+        groups = parallel.batch_sharding(mesh, fold_axis=True)
+        xx, yy = (jax.device_put(np.stack([a] * loop.STEPS_PER_CALL), groups) for a in (x, y))
+    else:
+      step = parallel.jit(
+        sharded_train_step(mesh) if form == "shard_map" else train_step,
+        mesh=mesh,
+        mode=fast_conv,
+        conv_impl=impl,
+        in_shardings=(rep, data, data),
+        out_shardings=(rep, rep),
+        donate_argnums=0,
+      )
   t = time.perf_counter()
   compiled = step.lower(state, x, y).compile()
   compiled_group = group.lower(state, xx, yy).compile() if group is not None else None

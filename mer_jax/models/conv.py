@@ -326,5 +326,5 @@ def conv_function(impl: str, input_groups: Sequence[int] = ()) -> Optional[Calla
   if impl == "xla":
     return None
   if len(input_groups) > 1:
-    return functools.partial(cpu_conv_general_dilated, input_groups=tuple(int(c) for c in input_groups))
+    return functools.partial(cpu_conv_general_dilated, input_groups=input_groups)
   return cpu_conv_general_dilated

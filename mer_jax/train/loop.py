@@ -548,23 +548,18 @@ class _Single:
     losses = []
     i = 0
     while i < len(plan):
-      k = STEPS_PER_CALL
-      if self.groups is not None and i + k <= len(plan):  # k steps in one call (_compiled)
-        idx = np.stack(plan[i : i + k])  # [k, B]
-        x = jax.device_put(np.asarray(run.train_x[idx], np.float32), self.groups)
-        y = jax.device_put(np.asarray(run.train_y[idx], np.int32), self.groups)
-        state, group = self.fns["train_steps"](state, x, y)
-        losses.append(group)
-        for j in range(k):
-          after_step(group, self.active, j)
-        i += k
-        continue
-      x = jax.device_put(np.asarray(run.train_x[plan[i]], np.float32), self.data)
-      y = jax.device_put(np.asarray(run.train_y[plan[i]], np.int32), self.data)
-      state, loss = self.fns["train"](state, x, y)
+      # STEPS_PER_CALL steps in one call where _compiled made that program ([k, B] batches), else one step
+      k = STEPS_PER_CALL if self.groups is not None and i + STEPS_PER_CALL <= len(plan) else 1
+      idx, sharding, fn = (
+        (np.stack(plan[i : i + k]), self.groups, "train_steps") if k > 1 else (plan[i], self.data, "train")
+      )
+      x = jax.device_put(np.asarray(run.train_x[idx], np.float32), sharding)
+      y = jax.device_put(np.asarray(run.train_y[idx], np.int32), sharding)
+      state, loss = self.fns[fn](state, x, y)
       losses.append(loss)
-      after_step(loss, self.active)
-      i += 1
+      for j in range(k):
+        after_step(loss, self.active, j if k > 1 else None)
+      i += k
     return state, losses, [self.active] * len(plan), [len(plan)]
 
   def train_where(self, first_step: int, s: int) -> str:

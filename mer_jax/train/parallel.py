@@ -153,9 +153,9 @@ def shard_map_step_applies(mesh: Optional[Mesh], apply_fn: Any) -> bool:
   (:func:`mer_jax.train.steps.sharded_train_step`) rather than the GSPMD-partitioned ``train_step``.
 
   Both compute the same step on the whole batch (BatchNorm statistics global; equal up to float rounding). The
-  ``shard_map`` form is used on a CPU mesh of more than one device in a single process, where it was measured
-  faster (2-core host, 2 devices: 0.95x the GSPMD step's time, 0.92x with the dense layers' per-part kernel
-  gradients; benchmarks/RESULTS.md log entries 25-26), for models whose ``apply_fn`` can split the batch
+  ``shard_map`` form is used on a CPU mesh of more than one device, where it was measured faster (2-core host, 2
+  devices: 0.95x the GSPMD step's time, 0.92x with the dense layers' per-part kernel gradients;
+  benchmarks/RESULTS.md log entries 25-26), for models whose ``apply_fn`` can split the batch
   (:meth:`mer_jax.train.state.ModelApply.splits_batch`). A mesh over several processes' CPU devices
   (``jax.distributed``) takes it too, so that a multi-process run computes what one process with as many
   devices does (tests/test_multihost.py). GPU/TPU meshes keep GSPMD (not measured there).
